@@ -1,0 +1,22 @@
+"""taskprune: compress a multi-task seq2seq model for ONE task, without training.
+
+Scores every neuron by attribution (activation x gradient of the label-token probabilities) on a few
+examples, removes the least important units layer by layer and returns a physically smaller model.
+"""
+
+__version__ = "0.1.0"
+
+from .api import compress, save_compressed, score
+from .checkpoint import load_model, load_pruned, load_tokenizer, save_pruned
+from .errors import TaskpruneError
+from .evaluate import count_parameters, evaluate
+from .plan import PruningPlan, RateSpec, make_plan
+from .prune import apply, mask, masked
+from .scoring import ScoreConfig
+from .tasks import Example, Task, get_task, load_examples, sample_k_shot
+
+__all__ = [
+    "Example", "PruningPlan", "RateSpec", "ScoreConfig", "Task", "TaskpruneError", "apply", "compress",
+    "count_parameters", "evaluate", "get_task", "load_examples", "load_model", "load_pruned", "load_tokenizer",
+    "make_plan", "mask", "masked", "sample_k_shot", "save_compressed", "save_pruned", "score",
+]

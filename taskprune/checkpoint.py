@@ -1,0 +1,139 @@
+"""Loading base models and saving/loading pruned ones as ordinary Hugging Face checkpoints.
+
+A pruned checkpoint is ``config.json`` + safetensors + tokenizer (+ ``plan.json``). Its config carries
+``taskprune_widths`` (every group's width) and, where widths are uniform, the smaller stock fields
+(``d_ff``/``d_kv`` for T5, ``intermediate_size`` for BERT FFNs), so plain ``from_pretrained`` loads it.
+Non-uniform widths and BERT attention widths have no stock field: :func:`load_pruned` builds the stock
+skeleton, slices it to the recorded widths and loads the weights, which covers every case.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .errors import TaskpruneError
+from .io import atomic_dir
+from .models import get_adapter
+from .prune import record_widths, slice_model
+
+
+def _auto_model_class():  # noqa: ANN202
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM
+
+
+def _check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise TaskpruneError(f"model folder {path} not found")
+    if not (path / "config.json").is_file():
+        raise TaskpruneError(f"{path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a seq2seq model (a local folder, or a Hub id for users with internet), pruned or not."""
+    path = Path(name_or_path)
+    if path.exists() or str(name_or_path).startswith((".", "/")):
+        path = _check_model_dir(path)
+        config = json.loads((path / "config.json").read_text())
+        if "taskprune_widths" in config:
+            return load_pruned(path, dtype=dtype)
+    try:
+        model = _auto_model_class().from_pretrained(str(name_or_path), dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
+    get_adapter(model)  # refuse unsupported architectures here, with one clear line
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as err:
+        raise TaskpruneError(f"cannot load a tokenizer from {name_or_path!s}: {str(err).splitlines()[0]}") from None
+
+
+def _state_dict_files(path: Path) -> dict[str, torch.Tensor]:
+    single = path / "model.safetensors"
+    if single.is_file():
+        return load_file(str(single))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(path / shard)))
+        return state
+    raise TaskpruneError(f"{path} holds no safetensors weights (model.safetensors)")
+
+
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load any pruned checkpoint (uniform or not, T5 or BERT attention widths) with exact shapes."""
+    from transformers import AutoConfig
+    from transformers.initialization import no_init_weights
+
+    path = _check_model_dir(path)
+    config = AutoConfig.from_pretrained(str(path))
+    widths: dict[str, int] | None = getattr(config, "taskprune_widths", None)
+    if not widths:
+        return load_model(path, dtype=dtype)
+    with no_init_weights():
+        model = _auto_model_class().from_config(config)
+    adapter = get_adapter(model)
+    keep: dict[str, torch.Tensor] = {}
+    for g in adapter.groups():
+        if g.name not in widths:
+            raise TaskpruneError(f"{path}/config.json lists no width for group {g.name}")
+        w = widths[g.name]
+        if w == g.size:
+            continue
+        per_head = w // g.n_heads
+        keep[g.name] = (torch.arange(per_head).unsqueeze(0) + torch.arange(g.n_heads).unsqueeze(1) * g.head_size).reshape(-1)
+    slice_model(adapter, keep)
+    record_widths(adapter, widths, getattr(config, "taskprune_base_fingerprint", None))
+    state = _state_dict_files(path)
+    stored_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    model.to(stored_dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    loaded = {p.data_ptr() for n, p in model.state_dict().items() if n in state}
+    really_missing = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
+    if really_missing or unexpected:
+        raise TaskpruneError(
+            f"{path} does not match its recorded widths (missing {really_missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def save_pruned(
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    extra_files: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the model (safetensors + config), its tokenizer and extra files into ``out_dir`` atomically.
+
+    ``extra_files`` maps a file name to a callable ``write(path)`` (e.g. the plan and the scores).
+    """
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+
+    return atomic_dir(out_dir, write, overwrite)

@@ -1,0 +1,444 @@
+"""Command-line interface: parses arguments, calls the library, renders progress and tables.
+
+Every user mistake surfaces as ``taskprune: error: <one line>`` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .errors import TaskpruneError
+
+EXIT_USER_ERROR = 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# rendering
+# ----------------------------------------------------------------------------------------------------
+def tqdm_progress(items: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def echo(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# option groups shared by several commands
+# ----------------------------------------------------------------------------------------------------
+def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--model", required=required, default=None,
+                   help="model folder (or Hub id); default: the project's default model "
+                        "($TASKPRUNE_MODEL or models/minilm-glue6)")
+
+
+def _add_task(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True,
+                   help="built-in task (sst2, mrpc, qnli, rte, cb, boolq) or a task file (.json/.yaml) for your own data")
+    p.add_argument("--data-dir", default=None,
+                   help="GLUE/SuperGLUE folder (holding glue/SST-2/ ... or SST-2/ directly); default: $TASKPRUNE_DATA")
+    p.add_argument("--source", default="auto", choices=["auto", "dir", "hf", "file"],
+                   help="where examples come from: a GLUE folder (dir), Hugging Face datasets (hf), the task "
+                        "file's own files (file); auto picks file, then dir")
+    p.add_argument("--max-length", type=int, default=256, help="truncate inputs to this many tokens (default 256)")
+
+
+def _add_scoring(p: argparse.ArgumentParser) -> None:
+    from .scoring import list_scorers
+
+    p.add_argument("--method", default="attribution", choices=list_scorers(),
+                   help="importance method: attribution (supervised, eqs. 4-6) or attribution-unsupervised (eq. 10)")
+    p.add_argument("--samples", type=int, default=10,
+                   help="number of class-balanced fit examples to score with (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
+    p.add_argument("--example-agg", default="abs", choices=["abs", "signed"],
+                   help="aggregate attributions over examples as sum of |A| (abs, default, measured best) or the "
+                        "signed sum of eq. 6 (signed)")
+    p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
+                   help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass (default 8)")
+
+
+def _add_rates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=0.5, help="fraction of units removed in every pruned group, in [0, 1]")
+    p.add_argument("--modules", default="all", choices=["all", "encoder", "decoder"],
+                   help="which module --rate applies to (default all)")
+    p.add_argument("--layer-types", default="all",
+                   help="comma list of layer types --rate applies to: self_attn, cross_attn, ffn (default all)")
+    p.add_argument("--module-rate", action="append", default=[], metavar="MODULE=P",
+                   help="override the rate of a module, e.g. encoder=0.3 (repeatable)")
+    p.add_argument("--layer-type-rate", action="append", default=[], metavar="TYPE=P",
+                   help="override the rate of a layer type, e.g. ffn=0.7 (repeatable)")
+    p.add_argument("--depth-rate", action="append", default=[], metavar="LO-HI=P",
+                   help="override the rate of blocks LO..HI (inclusive) in both modules, e.g. 0-1=0.2 (repeatable)")
+
+
+def _add_out(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", required=True, help=what)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+
+
+# ----------------------------------------------------------------------------------------------------
+# argument -> library object helpers
+# ----------------------------------------------------------------------------------------------------
+def _pairs(items: list[str], flag: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TaskpruneError(f"{flag} expects NAME=RATE, got {item!r}")
+        out[key.strip()] = _float(value, flag)
+    return out
+
+
+def _float(value: str, flag: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise TaskpruneError(f"{flag}: {value!r} is not a number") from None
+
+
+def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
+    from .models import LAYER_TYPES, MODULES
+    from .plan import RateSpec
+
+    depth: list[tuple[int, int, float]] = []
+    for key, value in _pairs(args.depth_rate, "--depth-rate").items():
+        lo, _, hi = key.partition("-")
+        try:
+            depth.append((int(lo), int(hi or lo), value))
+        except ValueError:
+            raise TaskpruneError(f"--depth-rate expects LO-HI=RATE (block indices), got {key!r}") from None
+    layer_types = LAYER_TYPES if args.layer_types == "all" else tuple(t.strip() for t in args.layer_types.split(","))
+    return RateSpec(
+        rate=args.rate,
+        modules=MODULES if args.modules == "all" else (args.modules,),
+        layer_types=layer_types,
+        module_rates=_pairs(args.module_rate, "--module-rate"),
+        layer_type_rates=_pairs(args.layer_type_rate, "--layer-type-rate"),
+        depth_rates=depth,
+    )
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    from .api import default_model_dir
+
+    if args.model:
+        return args.model
+    default = default_model_dir()
+    if default is None:
+        raise TaskpruneError("no --model given and the default model (models/minilm-glue6) is not installed")
+    return str(default)
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from .checkpoint import load_model, load_tokenizer
+
+    path = _model_path(args)
+    return path, load_model(path), load_tokenizer(path)
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    from .api import default_data_dir
+
+    if args.data_dir:
+        return args.data_dir
+    env = default_data_dir()
+    return str(env) if env else None
+
+
+def _examples(args: argparse.Namespace, task, split: str):  # noqa: ANN001, ANN202
+    from .tasks import load_examples
+
+    return load_examples(task, split, _data_dir(args), source=args.source)
+
+
+def _fit_sample(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
+    from .tasks import sample_k_shot
+
+    if args.samples <= 0:
+        raise TaskpruneError(f"--samples must be positive, got {args.samples}")
+    return sample_k_shot(_examples(args, task, "fit"), args.samples, seed=args.seed)
+
+
+def _score_config(args: argparse.Namespace):  # noqa: ANN202
+    from .scoring import ScoreConfig
+
+    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+# ----------------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------------
+def cmd_compress(args: argparse.Namespace) -> None:
+    from .api import compress, save_compressed
+    from .checkpoint import load_pruned
+    from .evaluate import count_parameters, evaluate
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    rates = rates_from_args(args)
+    path, model, tok = _load(args)
+    fit = _fit_sample(args, task)
+    eval_set = _eval_examples(args, task)
+    result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
+                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress)
+    out = save_compressed(result, tok, args.out, overwrite=args.overwrite)
+    before, after = count_parameters(model), count_parameters(result.model)
+    rows = [["parameters (total)", before["total"], after["total"]],
+            ["parameters (prunable)", before["prunable"], after["prunable"]]]
+    if eval_set:
+        reloaded = load_pruned(out)
+        for name, model_ in (("before", model), ("after", reloaded)):
+            res = evaluate(model_, tok, task, eval_set, batch_size=args.eval_batch_size, max_length=args.max_length,
+                           progress=tqdm_progress)
+            for metric, value in res.metrics.items():
+                row = next((r for r in rows if r[0] == metric), None)
+                if row is None:
+                    rows.append([metric, value])
+                else:
+                    row.append(value)
+    echo(f"{task.name}: {args.method} on {len(fit)} examples ({result.scoring_seconds:.1f} s), plan {_rate_text(rates)}")
+    echo(render_table(["", "before", "after"], rows))
+    echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
+    if getattr(result.model.config, "model_type", "") == "encoder-decoder" and _attention_pruned(result.plan):
+        echo("note: BERT attention widths have no stock config field: load this checkpoint with taskprune.load_pruned")
+
+
+def _attention_pruned(plan) -> bool:  # noqa: ANN001
+    return any(len(g["keep"]) < g["size"] for n, g in plan.groups.items() if not n.endswith(".ffn"))
+
+
+def _rate_text(rates) -> str:  # noqa: ANN001
+    text = f"rate {rates.rate:g} on {'+'.join(rates.modules)}"
+    extra = {**rates.module_rates, **rates.layer_type_rates}
+    if extra or rates.depth_rates:
+        text += f" with overrides {extra} {rates.depth_rates or ''}".rstrip()
+    return text
+
+
+def _eval_examples(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
+    if args.no_eval:
+        return []
+    try:
+        examples = _examples(args, task, "eval")
+    except TaskpruneError as err:
+        echo(f"(no evaluation: {err})")
+        return []
+    return examples[: args.eval_examples] if args.eval_examples else examples
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from .api import score
+    from .scoring import save_scores
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    _, model, tok = _load(args)
+    fit = _fit_sample(args, task)
+    scores = score(model, tok, task, fit, method=args.method, config=_score_config(args), batch_size=args.batch_size,
+                   max_length=args.max_length, progress=tqdm_progress)
+    meta = {"task": task.name, "method": args.method, "samples": str(len(fit)), "seed": str(args.seed),
+            **{k: str(v) for k, v in _score_config(args).to_dict().items()}}
+    save_scores(scores, args.out, meta=meta, overwrite=args.overwrite)
+    echo(f"scored {len(scores)} groups of {task.name} on {len(fit)} examples -> {args.out}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from safetensors import safe_open
+
+    from .plan import make_plan
+    from .scoring import load_scores
+
+    rates = rates_from_args(args)
+    _, model, _tok = _load(args)
+    scores = load_scores(args.scores)
+    with safe_open(args.scores, "pt") as f:
+        meta = f.metadata() or {}
+    plan = make_plan(model, scores, rates, task=meta.get("task"), method=meta.get("method"),
+                     samples=int(meta["samples"]) if "samples" in meta else None,
+                     seed=int(meta["seed"]) if "seed" in meta else None,
+                     options={k: meta[k] for k in ("example_agg", "position_agg") if k in meta})
+    plan.save(args.out, overwrite=args.overwrite)
+    kept = sum(len(g["keep"]) for g in plan.groups.values())
+    total = sum(g["size"] for g in plan.groups.values())
+    echo(f"plan keeps {kept:,} of {total:,} units ({_rate_text(rates)}) -> {args.out}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from .checkpoint import save_pruned
+    from .evaluate import count_parameters
+    from .plan import PruningPlan
+    from .prune import apply
+
+    plan = PruningPlan.load(args.plan)
+    _, model, tok = _load(args)
+    pruned = apply(plan, model)
+    save_pruned(pruned, args.out, tok, extra_files={"plan.json": lambda p: plan.save(p)}, overwrite=args.overwrite)
+    before, after = count_parameters(model), count_parameters(pruned)
+    echo(render_table(["", "before", "after"], [["parameters (total)", before["total"], after["total"]],
+                                                ["parameters (prunable)", before["prunable"], after["prunable"]]]))
+    echo(f"saved to {args.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import count_parameters, evaluate, latency_per_example
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    _, model, tok = _load(args)
+    examples = _examples(args, task, args.split)
+    if args.examples:
+        examples = examples[: args.examples]
+    res = evaluate(model, tok, task, examples, batch_size=args.batch_size, max_length=args.max_length,
+                   generate=args.generate, progress=tqdm_progress)
+    params = count_parameters(model)
+    rows = [[k, v] for k, v in res.metrics.items()]
+    rows += [["examples", res.n_examples], ["parameters (total)", params["total"]],
+             ["parameters (prunable)", params["prunable"]]]
+    if args.latency:
+        rows.append(["latency ms/example (batch 1)",
+                     1000 * latency_per_example(model, tok, task, examples, max_length=args.max_length)])
+    if args.json:
+        echo(json.dumps({r[0]: r[1] for r in rows}))
+    else:
+        echo(f"{task.name} ({args.split}, {'generation' if args.generate else 'rank classification'})")
+        echo(render_table(["", "value"], rows))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .fingerprint import fingerprint
+    from .models import get_adapter
+    from .plan import PruningPlan
+
+    if args.plan:
+        plan = PruningPlan.load(args.plan)
+        echo(f"plan for {plan.family} model {plan.base_fingerprint}: task {plan.task}, method {plan.method}, "
+             f"{plan.samples} examples, seed {plan.seed}, options {plan.options}")
+        rows = [[n, g["size"], len(g["keep"]), g.get("rate", "")] for n, g in plan.groups.items()]
+        echo(render_table(["group", "units", "kept", "rate"], rows))
+        return
+    path, model, _ = _load(args)
+    adapter = get_adapter(model)
+    from .evaluate import count_parameters
+
+    params = count_parameters(model)
+    echo(f"{path}: family {adapter.family}, fingerprint {fingerprint(model)}, "
+         f"{params['total']:,} parameters ({params['prunable']:,} prunable)")
+    rows = [[g.name, g.kind, g.n_heads, g.size, adapter.prunable_parameters(g)] for g in adapter.groups()]
+    echo(render_table(["group", "kind", "heads", "units", "parameters"], rows))
+
+
+# ----------------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskprune",
+        description="Compress a multi-task seq2seq model for ONE task by attribution-based pruning, without training.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compress", help="score -> plan -> prune -> save, with before/after parameters and accuracy",
+                       description="Score every neuron on a few task examples, remove the least important ones and "
+                                   "save a physically smaller checkpoint (with plan.json and scores.safetensors).")
+    _add_model(p)
+    _add_task(p)
+    _add_scoring(p)
+    _add_rates(p)
+    _add_out(p, "output folder for the pruned checkpoint")
+    p.add_argument("--eval-examples", type=int, default=None, help="evaluate on at most this many eval examples")
+    p.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation (default 32)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("score", help="compute importance scores and save them as safetensors",
+                       description="Score every unit of every neuron group on a few task examples.")
+    _add_model(p)
+    _add_task(p)
+    _add_scoring(p)
+    _add_out(p, "output .safetensors file for the scores")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("plan", help="turn scores into a pruning plan (JSON)",
+                       description="Select the units to keep from saved scores at the given rates.")
+    _add_model(p)
+    p.add_argument("--scores", required=True, help="scores .safetensors written by `taskprune score`")
+    _add_rates(p)
+    _add_out(p, "output plan .json file")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("prune", help="apply a plan: slice the weights and save the smaller checkpoint",
+                       description="Physically remove the units a plan drops; refuses a plan made for another model.")
+    _add_model(p)
+    p.add_argument("--plan", required=True, help="plan .json written by `taskprune plan` or `compress`")
+    _add_out(p, "output folder for the pruned checkpoint")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="task metrics of a (pruned or dense) model",
+                       description="Accuracy/F1 by rank classification of the label words (or greedy generation).")
+    _add_model(p)
+    _add_task(p)
+    p.add_argument("--split", default="eval", choices=["eval", "fit"], help="which split to evaluate (default eval)")
+    p.add_argument("--examples", type=int, default=None, help="evaluate on at most this many examples")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--generate", action="store_true", help="predict by greedy generation instead of rank classification")
+    p.add_argument("--latency", action="store_true", help="also measure latency per example at batch size 1")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="describe a model's neuron groups, or a plan",
+                       description="List a model's neuron groups, widths, parameter counts and fingerprint, or a plan.")
+    _add_model(p)
+    p.add_argument("--plan", default=None, help="describe this plan file instead of a model")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _quiet_transformers()
+        func: Callable[[argparse.Namespace], None] = args.func
+        func(args)
+    except TaskpruneError as err:
+        print(f"taskprune: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("taskprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Evaluation: task metrics by rank classification (or greedy generation), size and latency.
+
+Rank classification scores every candidate label by the log-probability of its whole target (word-pieces
+and EOS) and predicts the best one; the encoder runs once per batch and is shared by the candidates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import IGNORE, Batch, LabelSpace, batches, n_batches, targets_for
+from .errors import TaskpruneError
+from .models import get_adapter
+from .scoring.base import Progress, no_progress
+from .tasks import Example, Task, compute_metrics
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    n_examples: int
+    seconds: float
+    predictions: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int) -> torch.Tensor:
+    """Log-likelihood of every candidate target for every example: [B, n_classes]."""
+    encoder_outputs = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    out = []
+    for c in range(len(labels)):
+        dec_in, target = targets_for(labels, [c] * len(batch), start_id)
+        dev = batch.input_ids.device
+        logits = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=dec_in.to(dev),
+            use_cache=False,
+        ).logits
+        target = target.to(dev)
+        logp = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out.append((logp * (target != IGNORE)).sum(-1))
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def generate_predictions(model: nn.Module, batch: Batch, labels: LabelSpace, tokenizer: Any) -> list[int]:
+    """Greedy generation; an output that is no label word counts as wrong (-1)."""
+    words = {tokenizer.decode(t[:n], skip_special_tokens=True).strip().lower(): c
+             for c, (t, n) in enumerate(zip(labels.targets, labels.n_pieces))}
+    adapter = get_adapter(model)
+    out = model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=max(len(t) for t in labels.targets) + 1,
+        do_sample=False,
+        num_beams=1,
+        decoder_start_token_id=adapter.decoder_start_token_id(),
+        eos_token_id=labels.targets[0][-1],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [words.get(t.strip().lower(), -1) for t in texts]
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 32,
+    max_length: int = 256,
+    generate: bool = False,
+    progress: Progress = no_progress,
+) -> EvalResult:
+    """Task metrics (percent) of ``model`` on ``examples``."""
+    if not examples:
+        raise TaskpruneError(f"no examples to evaluate task {task.name} on")
+    model.eval()
+    labels = LabelSpace.build(tokenizer, task)
+    device = next(model.parameters()).device
+    start_id = get_adapter(model).decoder_start_token_id()
+    preds: list[int] = []
+    t0 = time.perf_counter()
+    it = batches(examples, tokenizer, batch_size, max_length)
+    for batch in progress(it, f"eval {task.name}", n_batches(len(examples), batch_size)):
+        batch = batch.to(device)
+        if generate:
+            preds.extend(generate_predictions(model, batch, labels, tokenizer))
+        else:
+            preds.extend(rank_scores(model, batch, labels, start_id).argmax(1).tolist())
+    seconds = time.perf_counter() - t0
+    metrics = compute_metrics(task, preds, [e.label for e in examples])
+    return EvalResult(metrics, len(examples), seconds, preds)
+
+
+@torch.no_grad()
+def latency_per_example(
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    n: int = 32,
+    repeats: int = 3,
+    max_length: int = 256,
+) -> float:
+    """Median seconds to classify one example at batch size 1 (warm, best of ``repeats`` passes)."""
+    labels = LabelSpace.build(tokenizer, task)
+    device = next(model.parameters()).device
+    start_id = get_adapter(model).decoder_start_token_id()
+    sample = [b.to(device) for b in batches(list(examples[:n]), tokenizer, 1, max_length)]
+    model.eval()
+    rank_scores(model, sample[0], labels, start_id)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in sample:
+            rank_scores(model, b, labels, start_id)
+        best = min(best, (time.perf_counter() - t0) / len(sample))
+    return best
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Total parameters (shared tensors once) and those in prunable groups (zero-width groups count 0)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    adapter = get_adapter(model)
+    prunable = sum(adapter.prunable_parameters(g) for g in adapter.groups())
+    return {"total": total, "prunable": prunable}

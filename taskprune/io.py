@@ -1,0 +1,60 @@
+"""Safe file output: every write is atomic (temp file + rename) and nothing is overwritten unasked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import TaskpruneError
+
+
+def check_writable(path: str | Path, overwrite: bool) -> Path:
+    """Refuse to replace an existing file or non-empty folder unless ``overwrite`` was asked for."""
+    path = Path(path)
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if exists and not overwrite:
+        raise TaskpruneError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"), overwrite)
+
+
+def atomic_dir(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Build a folder in a temp sibling and swap it into place, so a crash leaves the old one intact."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

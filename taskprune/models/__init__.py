@@ -1,0 +1,25 @@
+"""Model adapters, one file per family, found through a registry (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import TaskpruneError
+from . import bert2bert, t5  # noqa: F401  (register the built-in adapters)
+from .base import GROUP_KINDS, LAYER_TYPES, MODULES, Adapter, GroupParts, NeuronGroup, Site, registered_adapters
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for ``model``; a clear error naming the supported families otherwise."""
+    for cls in registered_adapters().values():
+        if cls.matches(model):
+            return cls(model)
+    kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    names = ", ".join(sorted(registered_adapters()))
+    raise TaskpruneError(
+        f"unsupported architecture {kind!r} ({type(model).__name__}); supported families: {names} "
+        "(T5/mT5/Flan-T5 ForConditionalGeneration and BERT-family EncoderDecoderModel)"
+    )
+
+
+__all__ = ["Adapter", "GroupParts", "NeuronGroup", "Site", "get_adapter", "MODULES", "LAYER_TYPES", "GROUP_KINDS"]

@@ -1,0 +1,208 @@
+"""Pruning plans: which units of every group to keep, and what the choice was made from.
+
+A plan holds indices, not weights: it is tiny, portable and what a server stores per task. It records
+the base model's fingerprint and refuses to be applied to any other model.
+
+Selection (DESIGN §1, eqs. 7-8): within each head of a group (the whole group for FFN), rank units by
+score (descending, ties to the lower index), remove the ``floor(k * p + 1e-9)`` lowest and keep the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import TaskpruneError
+from .fingerprint import fingerprint
+from .io import atomic_write_text
+from .models import LAYER_TYPES, MODULES, NeuronGroup, get_adapter
+
+PLAN_FORMAT = "taskprune-plan/1"
+
+
+def check_rate(rate: float, what: str = "rate") -> float:
+    """A pruning rate is a fraction of units to remove: it must lie in [0, 1]."""
+    if not isinstance(rate, (int, float)) or math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise TaskpruneError(f"{what} {rate!r} is outside [0, 1] (it is the fraction of units removed)")
+    return float(rate)
+
+
+@dataclass
+class RateSpec:
+    """Pruning rate per group: a global rate plus overrides; the most specific rule wins.
+
+    ``rate`` applies to groups whose module is in ``modules`` and layer type in ``layer_types`` (others get
+    0). Then ``module_rates`` (encoder/decoder), ``layer_type_rates`` (self_attn/cross_attn/ffn) and
+    ``depth_rates`` (``[lo, hi, rate]``, inclusive block indices, last match wins) override it, in that order.
+    QK and VO of one attention always share a rate, so every head keeps one width (a stock ``d_kv``).
+    """
+
+    rate: float = 0.0
+    modules: tuple[str, ...] = MODULES
+    layer_types: tuple[str, ...] = LAYER_TYPES
+    module_rates: dict[str, float] = field(default_factory=dict)
+    layer_type_rates: dict[str, float] = field(default_factory=dict)
+    depth_rates: list[tuple[int, int, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.modules = tuple(self.modules)
+        self.layer_types = tuple(self.layer_types)
+        self.depth_rates = [tuple(x) for x in self.depth_rates]  # type: ignore[misc]
+        check_rate(self.rate)
+        _check_names(self.modules, MODULES, "module")
+        _check_names(self.layer_types, LAYER_TYPES, "layer type")
+        _check_names(tuple(self.module_rates), MODULES, "module")
+        _check_names(tuple(self.layer_type_rates), LAYER_TYPES, "layer type")
+        for name, r in {**self.module_rates, **self.layer_type_rates}.items():
+            check_rate(r, f"rate for {name}")
+        for item in self.depth_rates:
+            if len(item) != 3 or int(item[0]) > int(item[1]) or int(item[0]) < 0:
+                raise TaskpruneError(f"depth rate {item!r} must be (lo, hi, rate) with 0 <= lo <= hi")
+            check_rate(item[2], f"rate for depths {item[0]}-{item[1]}")
+
+    def rate_for(self, group: NeuronGroup) -> float:
+        rate = self.rate if group.module in self.modules and group.layer_type in self.layer_types else 0.0
+        rate = self.module_rates.get(group.module, rate)
+        rate = self.layer_type_rates.get(group.layer_type, rate)
+        for lo, hi, r in self.depth_rates:
+            if lo <= group.depth <= hi:
+                rate = r
+        return rate
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modules"], d["layer_types"] = list(self.modules), list(self.layer_types)
+        d["depth_rates"] = [list(x) for x in self.depth_rates]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RateSpec:
+        return cls(**d)
+
+
+def _check_names(given: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
+    for name in given:
+        if name not in allowed:
+            raise TaskpruneError(f"unknown {what} {name!r}; choose from {', '.join(allowed)}")
+
+
+def select_units(scores: torch.Tensor, n_heads: int, rate: float) -> torch.Tensor:
+    """Indices (ascending) of the units kept: per head, drop the floor(k*p) lowest-scoring units."""
+    size = scores.numel()
+    if size % n_heads:
+        raise TaskpruneError(f"group of {size} units does not split into {n_heads} equal heads")
+    head = size // n_heads
+    n_keep = head - math.floor(head * rate + 1e-9)
+    per_head = scores.detach().float().reshape(n_heads, head)
+    # stable descending sort: among equal scores the lower index ranks first and is kept first
+    order = torch.sort(per_head, dim=1, descending=True, stable=True).indices[:, :n_keep]
+    kept = (order + torch.arange(n_heads).unsqueeze(1) * head).reshape(-1)
+    return torch.sort(kept).values
+
+
+@dataclass
+class PruningPlan:
+    """Kept unit indices per group, plus the provenance needed to trust and reproduce them."""
+
+    base_fingerprint: str
+    family: str
+    groups: dict[str, dict[str, Any]]  # name -> {"size", "n_heads", "keep": [int, ...]}
+    task: str | None = None
+    method: str | None = None
+    rates: dict[str, Any] = field(default_factory=dict)
+    samples: int | None = None
+    seed: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    format: str = PLAN_FORMAT
+
+    # -- views ------------------------------------------------------------------------------------
+    def keep(self, name: str) -> torch.Tensor:
+        return torch.tensor(self.groups[name]["keep"], dtype=torch.long)
+
+    def widths(self) -> dict[str, int]:
+        return {name: len(g["keep"]) for name, g in self.groups.items()}
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model other than the one the plan was made for."""
+        actual = fingerprint(model)
+        if actual != self.base_fingerprint:
+            raise TaskpruneError(
+                f"this plan was made for another model (plan fingerprint {self.base_fingerprint}, model "
+                f"{actual}); make a new plan for this model with `taskprune plan`"
+            )
+
+    # -- persistence --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n", overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise TaskpruneError(f"plan file {path} not found")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise TaskpruneError(f"{path} is not a JSON plan file ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise TaskpruneError(f"{path} is not a taskprune plan (expected format {PLAN_FORMAT!r})")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise TaskpruneError(f"{path} is a malformed plan ({err})") from None
+
+
+def make_plan(
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    rates: RateSpec,
+    *,
+    task: str | None = None,
+    method: str | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> PruningPlan:
+    """Select the units to keep in every group of ``model`` from ``scores`` at ``rates``.
+
+    Groups pruned at rate 0 need no score; every other group must have one of matching size.
+    """
+    adapter = get_adapter(model)
+    groups: dict[str, dict[str, Any]] = {}
+    for g in adapter.groups():
+        rate = rates.rate_for(g)
+        if rate == 0.0:
+            keep = torch.arange(g.size)
+        else:
+            if g.name not in scores:
+                raise TaskpruneError(f"no scores for group {g.name}; the scores were made for another model")
+            s = scores[g.name]
+            if s.numel() != g.size:
+                raise TaskpruneError(
+                    f"scores for {g.name} have {s.numel()} units but the model has {g.size}; "
+                    "the scores were made for another model"
+                )
+            keep = select_units(s, g.n_heads, rate)
+        groups[g.name] = {"size": g.size, "n_heads": g.n_heads, "rate": rate, "keep": keep.tolist()}
+    return PruningPlan(
+        base_fingerprint=fingerprint(model),
+        family=adapter.family,
+        groups=groups,
+        task=task,
+        method=method,
+        rates=rates.to_dict(),
+        samples=samples,
+        seed=seed,
+        options=dict(options or {}),
+    )

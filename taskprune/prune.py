@@ -1,0 +1,166 @@
+"""Applying a plan: ``apply`` slices weights physically, ``mask`` zeroes the same units with hooks.
+
+The two are equivalent by construction (a removed unit contributes nothing either way; BERT keeps its
+original score scaling) and the tests hold them to it. ``mask`` costs nothing to set up and is what
+sweeps over many rates use; ``apply`` is what makes a model smaller and faster.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .errors import TaskpruneError
+from .models import Adapter, NeuronGroup, get_adapter
+from .models.slicing import slice_cols, slice_rows
+from .plan import PruningPlan
+
+
+def slice_model(adapter: Adapter, keep: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Slice every group named in ``keep`` in place; returns the resulting width of every group.
+
+    QK and VO of one attention must keep the same number of units per head. An attention cut to width
+    0 keeps a one-unit all-zero placeholder per head (see :mod:`taskprune.models.slicing`).
+    """
+    groups = adapter.groups()
+    widths = {g.name: g.size for g in groups}
+    head_widths: dict[str, dict[str, int]] = {}
+    for g in groups:
+        if g.name not in keep:
+            if g.kind != "ffn":  # its current tensor width (a zero-width placeholder has 1 unit per head)
+                tensor_width = adapter.parts(g).producers[0].out_features // g.n_heads
+                head_widths.setdefault(g.attention, {}).setdefault(g.kind, tensor_width)
+            continue
+        idx = keep[g.name].to(torch.long)
+        _check_keep(g, idx)
+        zero = idx.numel() == 0 and g.kind != "ffn"
+        if zero:
+            idx = torch.arange(g.n_heads) * g.head_size
+        parts = adapter.parts(g)
+        for lin in parts.producers:
+            slice_rows(lin, idx, zero)
+        for lin in parts.consumers:
+            slice_cols(lin, idx, zero)
+        widths[g.name] = 0 if zero else int(idx.numel())
+        if g.kind != "ffn":
+            head_widths.setdefault(g.attention, {})[g.kind] = 1 if zero else int(idx.numel()) // g.n_heads
+    by_attention = {g.attention: g for g in groups if g.kind == "qk"}
+    sliced = {g.attention for g in groups if g.name in keep and g.kind != "ffn"}
+    for attention, hw in head_widths.items():
+        if attention not in sliced:
+            continue
+        if len(set(hw.values())) != 1:
+            raise TaskpruneError(
+                f"{attention}: Q/K keep {hw.get('qk')} and V/O keep {hw.get('vo')} units per head; they must "
+                "be equal (prune both at the same rate)"
+            )
+        adapter.set_head_width(by_attention[attention], next(iter(hw.values())))
+    return widths
+
+
+def _check_keep(group: NeuronGroup, idx: torch.Tensor) -> None:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= group.size):
+        raise TaskpruneError(f"plan keeps unit indices outside 0..{group.size - 1} in {group.name}")
+    if idx.numel() % group.n_heads:
+        raise TaskpruneError(f"plan for {group.name} keeps {idx.numel()} units, not a multiple of {group.n_heads} heads")
+    per_head = torch.bincount(idx // group.head_size, minlength=group.n_heads) if idx.numel() else None
+    if per_head is not None and len(set(per_head.tolist())) != 1:
+        raise TaskpruneError(f"plan for {group.name} keeps unequal numbers of units per head")
+
+
+def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: bool = True) -> nn.Module:
+    """Return a physically smaller model keeping exactly the plan's units; its config records the widths."""
+    if check:
+        plan.check_model(model)
+    adapter = get_adapter(model)
+    _check_group_names(plan, adapter)
+    if not inplace:
+        model = copy.deepcopy(model)
+        adapter = get_adapter(model)
+    widths = slice_model(adapter, {n: plan.keep(n) for n, g in plan.groups.items() if len(g["keep"]) < g["size"]})
+    record_widths(adapter, widths, plan.base_fingerprint)
+    return model
+
+
+def record_widths(adapter: Adapter, widths: dict[str, int], base_fingerprint: str | None) -> None:
+    """Write the new widths into the model config so that saving and loading reproduce the shapes."""
+    config = adapter.model.config
+    adapter.write_widths(config, widths)
+    config.taskprune_widths = dict(widths)
+    if base_fingerprint is not None:
+        config.taskprune_base_fingerprint = base_fingerprint
+
+
+def _check_group_names(plan: PruningPlan, adapter: Adapter) -> None:
+    groups = adapter.group_by_name()
+    for name, g in plan.groups.items():
+        if name not in groups or groups[name].size != g["size"]:
+            raise TaskpruneError(f"plan group {name} does not exist in this model; the plan was made for another model")
+
+
+class MaskHandle:
+    """Hooks that zero the pruned units; ``remove()`` (or leaving the ``with`` block) restores the model."""
+
+    def __init__(self, handles: list[RemovableHandle]) -> None:
+        self._handles = handles
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> MaskHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _mask_hook(mask: torch.Tensor, where: str):  # noqa: ANN202 - torch hook signatures
+    def on_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * mask.to(output.dtype)
+
+    def on_input(_module: nn.Module, inputs: tuple) -> tuple:
+        return (inputs[0] * mask.to(inputs[0].dtype), *inputs[1:])
+
+    return on_output if where == "output" else on_input
+
+
+def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHandle:
+    """Make ``model`` compute what ``apply(plan, model)`` computes, without copying any weight."""
+    if check:
+        plan.check_model(model)
+    adapter = get_adapter(model)
+    _check_group_names(plan, adapter)
+    groups = adapter.group_by_name()
+    handles: list[RemovableHandle] = []
+    for name, g in plan.groups.items():
+        if len(g["keep"]) == g["size"]:
+            continue
+        group = groups[name]
+        _check_keep(group, plan.keep(name))
+        device = adapter.parts(group).producers[0].weight.device
+        m = torch.zeros(g["size"], device=device)
+        m[plan.keep(name).to(device)] = 1.0
+        for site in adapter.sites(group):
+            hook = _mask_hook(m, site.where)
+            if site.where == "output":
+                handles.append(site.module.register_forward_hook(hook))
+            else:
+                handles.append(site.module.register_forward_pre_hook(hook))
+    return MaskHandle(handles)
+
+
+@contextmanager
+def masked(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> Iterator[nn.Module]:
+    """``with masked(plan, model): ...`` runs the block with the plan's units zeroed."""
+    handle = mask(plan, model, check=check)
+    try:
+        yield model
+    finally:
+        handle.remove()

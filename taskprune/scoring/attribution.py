@@ -1,0 +1,112 @@
+"""Attribution scores (DESIGN §1): activation x gradient of the label-token probabilities.
+
+Supervised (eqs. 4-6): ``A_i(x, y) = sum_pos h_i * d(sum_j P(y_j | x, y_<j)) / d h_i`` for the gold
+label's word-pieces, aggregated over examples as configured (see :class:`ScoreConfig`).
+Unsupervised (eq. 10): no gold label; for every candidate label y,
+``A_i += sum_pos |h_i| * sum_j |d P(y_j | x, y_<j) / d h_i|``. One forward and one backward per batch
+(per candidate and label token for the unsupervised variant); the weights never change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import IGNORE, Batch, LabelSpace, targets_for
+from ..models import NeuronGroup, get_adapter
+from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
+from .hooks import ActivationRecorder, recording
+
+
+def _target_probs(model: nn.Module, batch: Batch, dec_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """P(y_j | x, y_<j) for every target position (0 where the target is padding), shape [B, L]."""
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        decoder_input_ids=dec_in,
+        use_cache=False,
+    ).logits
+    probs = logits.float().softmax(-1)
+    valid = target != IGNORE
+    picked = probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * valid
+
+
+def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> torch.Tensor:
+    """Sum over positions of h*grad (or |h*grad|): [B, T, k] -> [B, k]."""
+    if g is None:
+        return torch.zeros(h.shape[0], h.shape[-1], device=h.device)
+    hg = (h.detach().float() * g.float()).reshape(h.shape[0], -1, h.shape[-1])
+    return (hg if position_agg == "sum" else hg.abs()).sum(1)
+
+
+def _empty(groups: list[NeuronGroup], device: torch.device) -> Scores:
+    return {g.name: torch.zeros(g.size, device=device) for g in groups}
+
+
+@register_scorer("attribution")
+def supervised_attribution(
+    model: nn.Module,
+    batches: list[Batch],
+    labels: LabelSpace,
+    groups: list[NeuronGroup],
+    config: ScoreConfig,
+    progress: Progress = no_progress,
+) -> Scores:
+    """Supervised attribution toward each example's gold label (eqs. 4-6)."""
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    start = adapter.decoder_start_token_id()
+    scores = _empty(groups, device)
+    with torch.enable_grad(), recording(adapter, groups) as rec:
+        for batch in progress(batches, "attribution", len(batches)):
+            batch = batch.to(device)
+            dec_in, target = targets_for(labels, batch.gold.tolist(), start, pieces_only=True)
+            objective = _target_probs(model, batch, dec_in.to(device), target.to(device)).sum()
+            _accumulate_supervised(rec, objective, scores, config)
+    return {k: v.cpu() for k, v in scores.items()}
+
+
+def _accumulate_supervised(rec: ActivationRecorder, objective: torch.Tensor, scores: Scores, config: ScoreConfig) -> None:
+    names, tensors = rec.flat()
+    grads = torch.autograd.grad(objective, tensors, allow_unused=True)
+    per_example: dict[str, torch.Tensor] = {}
+    for name, h, g in zip(names, tensors, grads):
+        a = _per_example(h, g, config.position_agg)
+        per_example[name] = per_example[name] + a if name in per_example else a
+    for name, a in per_example.items():
+        scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
+    rec.clear()
+
+
+@register_scorer("attribution-unsupervised")
+def unsupervised_attribution(
+    model: nn.Module,
+    batches: list[Batch],
+    labels: LabelSpace,
+    groups: list[NeuronGroup],
+    config: ScoreConfig,
+    progress: Progress = no_progress,
+) -> Scores:
+    """Label-free attribution over every candidate label with absolute values (eq. 10)."""
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    start = adapter.decoder_start_token_id()
+    scores = _empty(groups, device)
+    with torch.enable_grad(), recording(adapter, groups) as rec:
+        for batch in progress(batches, "attribution (unsupervised)", len(batches)):
+            batch = batch.to(device)
+            for c in range(len(labels)):
+                dec_in, target = targets_for(labels, [c] * len(batch), start, pieces_only=True)
+                probs = _target_probs(model, batch, dec_in.to(device), target.to(device))
+                names, tensors = rec.flat()
+                grad_abs = [torch.zeros_like(t, dtype=torch.float32) for t in tensors]
+                for j in range(labels.n_pieces[c]):
+                    grads = torch.autograd.grad(probs[:, j].sum(), tensors, retain_graph=True, allow_unused=True)
+                    for acc, g in zip(grad_abs, grads):
+                        if g is not None:
+                            acc += g.float().abs()
+                for name, h, g in zip(names, tensors, grad_abs):
+                    scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0)
+                rec.clear()
+    return {k: v.cpu() for k, v in scores.items()}
