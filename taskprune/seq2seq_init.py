@@ -124,7 +124,7 @@ def build_bert2bert(encoder_dir: str | Path, decoder_layers: int | None = None):
     hf_logging.set_verbosity_error()  # "newly initialized weights" is expected here: cross-attention, LM head
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
-        encoder = AutoModel.from_pretrained(str(encoder_dir), add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(str(encoder_dir))
         if getattr(encoder.config, "model_type", None) != "bert":
             raise TaskpruneError(
                 f"{encoder_dir} holds a {encoder.config.model_type!r} model; bert2bert needs a BERT-family folder"

@@ -1,0 +1,474 @@
+"""Multi-task fine-tuning of a seq2seq model on text-to-text classification tasks (how ``minilm-glue6`` is made).
+
+Recipe (docs/finetune.md): every step draws ONE task (examples-proportional mixing with a per-task cap, as in
+T5: weight of task t ∝ min(n_fit(t), cap)), takes the next ``batch_size`` examples of that task (a fresh
+seeded permutation per epoch of the task), pads them to their own longest input and trains with teacher
+forcing on exactly the targets that evaluation and attribution use (:mod:`taskprune.data`: label
+word-pieces + EOS, decoder input = start id + target shifted right, cross-entropy ignoring ``IGNORE``).
+AdamW, linear warm-up then linear decay, gradient clipping.
+
+The task schedule and every batch are pure functions of (seed, step), so a run resumed from
+``out_dir/checkpoint/state.pt`` (model, optimizer, scheduler, RNG, step) continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import IGNORE, LabelSpace, targets_for
+from .errors import TaskpruneError
+from .evaluate import evaluate
+from .io import atomic_write, atomic_write_text
+from .models import get_adapter
+from .tasks import Example, Task, get_task, load_examples
+
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
+Log = Callable[[dict[str, Any]], None]
+
+DEFAULT_TASKS = ("sst2", "mrpc", "qnli", "rte", "cb", "boolq")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on; the CLI (``python -m taskprune.finetune``) mirrors it."""
+
+    model: str
+    out_dir: str
+    data_dir: str | None = None
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_steps: int | None = None  # None: 5 % of steps
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    task_max_length: dict[str, int] = field(default_factory=dict)  # per-task override, e.g. {"boolq": 256}
+    mixing_cap: int = 16384
+    eval_every: int = 500  # 0: no periodic evaluation
+    eval_examples: int = 200  # per task for periodic evaluation (a fixed seeded subset); the final one is full
+    eval_batch_size: int = 64
+    log_every: int = 50
+    save_every: int = 250
+    seed: int = 0
+    resume: bool = True
+    export: str = "last"  # "last" or "best" (best mean periodic-eval accuracy)
+    dtype: str = "float16"  # of the final export
+    threads: int | None = None  # torch.set_num_threads
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        self.task_max_length = {str(k): int(v) for k, v in dict(self.task_max_length).items()}
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise TaskpruneError("steps and batch_size must be positive")
+        if self.mixing_cap <= 0:
+            raise TaskpruneError(f"mixing_cap must be positive, got {self.mixing_cap}")
+        if self.export not in ("last", "best"):
+            raise TaskpruneError(f"export must be 'last' or 'best', got {self.export!r}")
+        if self.dtype not in DTYPES:
+            raise TaskpruneError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.tasks:
+            raise TaskpruneError("no tasks to fine-tune on")
+
+    @property
+    def n_warmup(self) -> int:
+        return int(round(0.05 * self.steps)) if self.warmup_steps is None else int(self.warmup_steps)
+
+    def max_length_for(self, task: str) -> int:
+        return self.task_max_length.get(task, self.max_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TaskpruneError(f"unknown fine-tuning settings: {', '.join(unknown)}")
+        return cls(**data)
+
+
+# ----- mixing and batches: pure functions of (seed, step) ---------------------------------------------------
+
+
+def mixture_weights(sizes: Sequence[int], cap: int) -> list[float]:
+    """Examples-proportional mixing with a cap (T5): weight ∝ min(n, cap), normalised."""
+    capped = [min(int(n), cap) for n in sizes]
+    total = sum(capped)
+    if total <= 0:
+        raise TaskpruneError("every task has zero fit examples")
+    return [c / total for c in capped]
+
+
+def task_schedule(sizes: Sequence[int], cap: int, steps: int, seed: int) -> np.ndarray:
+    """The task index of every step."""
+    rng = np.random.default_rng([seed, 1])
+    return rng.choice(len(sizes), size=steps, p=mixture_weights(sizes, cap))
+
+
+def batch_indices(n: int, k: int, batch_size: int, seed: int, task_index: int) -> list[int]:
+    """Example indices of the ``k``-th batch of a task with ``n`` examples: consecutive slices of seeded
+    per-epoch permutations (a batch that crosses an epoch boundary continues into the next permutation)."""
+    out: list[int] = []
+    pos = k * batch_size
+    perms: dict[int, np.ndarray] = {}
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, 2, task_index, epoch]).permutation(n)
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perms[epoch][offset : offset + take].tolist())
+        pos += take
+    return out
+
+
+def batch_for_step(
+    step: int, schedule: np.ndarray, sizes: Sequence[int], batch_size: int, seed: int
+) -> tuple[int, list[int]]:
+    """(task index, example indices) of ``step``."""
+    t = int(schedule[step])
+    k = int((schedule[:step] == t).sum())
+    return t, batch_indices(sizes[t], k, batch_size, seed, t)
+
+
+def teacher_forcing_loss(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    labels: LabelSpace,
+    start_id: int,
+    max_length: int,
+) -> torch.Tensor:
+    """Mean cross-entropy over the gold targets' tokens (word-pieces + EOS) of ``examples``."""
+    enc = tokenizer(
+        [e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    dec_in, target = targets_for(labels, [e.label for e in examples], start_id)
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=enc["input_ids"].to(device),
+        attention_mask=enc["attention_mask"].to(device),
+        decoder_input_ids=dec_in.to(device),
+        use_cache=False,
+    ).logits
+    return nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), target.to(device).reshape(-1), ignore_index=IGNORE
+    )
+
+
+# ----- optimisation ----------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warm, total = cfg.n_warmup, cfg.steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TaskData:
+    task: Task
+    fit: list[Example]
+    eval_all: list[Example]
+    eval_periodic: list[Example]
+    labels: LabelSpace
+
+
+def _load_tasks(cfg: FinetuneConfig, tokenizer: Any) -> list[_TaskData]:
+    out = []
+    for name in cfg.tasks:
+        task = get_task(name)
+        fit = load_examples(task, "fit", data_dir=cfg.data_dir)
+        ev = load_examples(task, "eval", data_dir=cfg.data_dir)
+        if not fit or not ev:
+            raise TaskpruneError(f"task {task.name}: no {'fit' if not fit else 'eval'} examples found")
+        n = min(cfg.eval_examples, len(ev))
+        sub = sorted(random.Random(cfg.seed).sample(range(len(ev)), n))
+        out.append(_TaskData(task, fit, ev, [ev[i] for i in sub], LabelSpace.build(tokenizer, task)))
+    return out
+
+
+def _evaluate_all(
+    model: nn.Module, tokenizer: Any, data: list[_TaskData], cfg: FinetuneConfig, full: bool, progress: Progress | None
+) -> dict[str, dict[str, float]]:
+    metrics = {}
+    for d in data:
+        exs = d.eval_all if full else d.eval_periodic
+        kw = {"progress": progress} if progress is not None else {}
+        res = evaluate(model, tokenizer, d.task, exs, batch_size=cfg.eval_batch_size,
+                       max_length=cfg.max_length_for(d.task.name), **kw)
+        metrics[d.task.name] = {k: round(v, 2) for k, v in res.metrics.items()}
+    return metrics
+
+
+def _mean_accuracy(metrics: dict[str, dict[str, float]]) -> float:
+    return float(np.mean([m["accuracy"] for m in metrics.values()]))
+
+
+def _load_base(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
+    from .checkpoint import load_model, load_tokenizer
+    from .seq2seq_init import tie_embeddings
+
+    model = load_model(cfg.model)
+    tie_embeddings(model)  # bert2bert folders store the tied embedding twice (see seq2seq_init)
+    return model.float(), load_tokenizer(cfg.model)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+# settings that must not change between a checkpoint and its resumption
+_RESUME_KEYS = ("model", "tasks", "batch_size", "seed", "mixing_cap", "steps", "max_length", "task_max_length")
+
+
+def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.tasks``; returns the final per-task metrics (percent, full eval split).
+
+    Writes ``out_dir/log.jsonl`` (one row per log/eval step), ``out_dir/checkpoint/state.pt`` (every
+    ``save_every`` steps, atomically; resumed automatically with ``resume``), ``out_dir/config.json`` and the
+    exported model in ``out_dir/final/`` (``dtype`` safetensors + config + tokenizer + metrics.json).
+    """
+    from .seq2seq_init import save_seq2seq
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    emit = log or (lambda _row: None)
+    out = Path(cfg.out_dir)
+    ckpt_path = out / "checkpoint" / "state.pt"
+    best_path = out / "checkpoint" / "best.pt"
+    log_path = out / "log.jsonl"
+    final_dir = out / "final"
+    if final_dir.exists() and any(final_dir.iterdir()):
+        raise TaskpruneError(f"{final_dir} already exists: this run is finished; choose another out_dir")
+    if ckpt_path.exists() and not cfg.resume:
+        raise TaskpruneError(f"{ckpt_path} exists; pass resume=True (--resume) to continue it or use another out_dir")
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = _load_base(cfg)
+    data = _load_tasks(cfg, tokenizer)
+    sizes = [len(d.fit) for d in data]
+    schedule = task_schedule(sizes, cfg.mixing_cap, cfg.steps, cfg.seed)
+    start_id = get_adapter(model).decoder_start_token_id()
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+
+    step, best = 0, {"score": -math.inf, "step": None}
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = state["config"]
+        changed = [k for k in _RESUME_KEYS if saved.get(k) != cfg.to_dict().get(k)]
+        if changed:
+            raise TaskpruneError(
+                f"{ckpt_path} was written with other settings ({', '.join(changed)}); use another out_dir"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step, best = int(state["step"]), state["best"]
+        _truncate_log(log_path, step)
+        emit({"event": "resume", "step": step})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n", overwrite=True)
+        row = {"event": "start", "step": 0, "mixture": dict(zip(cfg.tasks, mixture_weights(sizes, cfg.mixing_cap))),
+               "fit_examples": dict(zip(cfg.tasks, sizes))}
+        _append_log(log_path, row)
+        emit(row)
+
+    def save_checkpoint() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": _rng_state(), "step": step, "best": best,
+                 "config": cfg.to_dict()}
+        atomic_write(ckpt_path, lambda p: torch.save(state, p), overwrite=True)
+
+    def periodic_eval() -> None:
+        nonlocal best
+        t0 = time.perf_counter()
+        metrics = _evaluate_all(model, tokenizer, data, cfg, full=False, progress=None)
+        score = _mean_accuracy(metrics)
+        row = {"event": "eval", "step": step, "mean_accuracy": round(score, 2), "metrics": metrics,
+               "eval_seconds": round(time.perf_counter() - t0, 1)}
+        if cfg.export == "best" and score > best["score"]:
+            best = {"score": score, "step": step}
+            atomic_write(best_path, lambda p: torch.save(model.state_dict(), p), overwrite=True)
+        _append_log(log_path, row)
+        emit(row)
+        model.train()
+
+    model.train()
+    t_start = time.perf_counter()
+    window: list[float] = []
+    task_counts = [0] * len(data)
+    steps_iter: Iterable[int] = range(step, cfg.steps)
+    if progress is not None:
+        steps_iter = progress(steps_iter, "finetune", cfg.steps - step)
+    for s in steps_iter:
+        t, idx = batch_for_step(s, schedule, sizes, cfg.batch_size, cfg.seed)
+        d = data[t]
+        loss = teacher_forcing_loss(model, tokenizer, [d.fit[i] for i in idx], d.labels, start_id,
+                                    cfg.max_length_for(d.task.name))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step = s + 1
+        window.append(float(loss))
+        task_counts[t] += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {"event": "train", "step": step, "loss": round(float(np.mean(window)), 5),
+                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
+                   "seconds": round(time.perf_counter() - t_start, 1),
+                   "batches": dict(zip(cfg.tasks, task_counts))}
+            window, task_counts = [], [0] * len(data)
+            _append_log(log_path, row)
+            emit(row)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            periodic_eval()
+        if cfg.save_every and step % cfg.save_every == 0:
+            save_checkpoint()
+
+    if cfg.export == "best":
+        if cfg.eval_every:
+            periodic_eval()  # the last model competes too
+        if best_path.exists():
+            model.load_state_dict(torch.load(best_path, map_location="cpu"))
+    model.eval()
+    t0 = time.perf_counter()
+    metrics = _evaluate_all(model, tokenizer, data, cfg, full=True, progress=progress)
+    result = {"step": cfg.steps, "exported": cfg.export, "best_step": best["step"] if cfg.export == "best" else None,
+              "metrics": metrics, "mean_accuracy": round(_mean_accuracy(metrics), 2),
+              "eval_examples": {d.task.name: len(d.eval_all) for d in data}}
+    row = {"event": "final", "step": cfg.steps, "eval_seconds": round(time.perf_counter() - t0, 1), **result}
+    _append_log(log_path, row)
+    emit(row)
+    text = json.dumps({"config": cfg.to_dict(), **result}, indent=2) + "\n"
+    save_seq2seq(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
+                 extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
+    return metrics
+
+
+def _append_log(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"time": round(time.time(), 1), **row}) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = [r for r in rows if json.loads(r).get("step", 0) <= step or json.loads(r).get("event") == "resume"]
+    atomic_write_text(path, "".join(r + "\n" for r in keep), overwrite=True)
+
+
+# ----- command line ----------------------------------------------------------------------------------------
+
+
+def _parse_task_lengths(items: Sequence[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise SystemExit(f"error: --task-max-length expects TASK=N, got {item!r}")
+        out[name] = int(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import argparse
+    import sys
+
+    d = FinetuneConfig(model="", out_dir="")
+    p = argparse.ArgumentParser(prog="python -m taskprune.finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="seq2seq model folder (e.g. runs/minilm-init)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--tasks", nargs="+", default=list(d.tasks))
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of --steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--task-max-length", nargs="*", default=[], metavar="TASK=N")
+    p.add_argument("--mixing-cap", type=int, default=d.mixing_cap)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-examples", type=int, default=d.eval_examples)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d.resume)
+    p.add_argument("--export", choices=("last", "best"), default=d.export)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype)
+    p.add_argument("--threads", type=int, default=None)
+    args = vars(p.parse_args(argv))
+    args["task_max_length"] = _parse_task_lengths(args["task_max_length"])
+    try:
+        cfg = FinetuneConfig.from_dict(args)
+    except TaskpruneError as err:
+        raise SystemExit(f"error: {err}") from None
+
+    from tqdm.auto import tqdm
+
+    def progress(it: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
+        return tqdm(it, desc=desc, total=total, mininterval=10, file=sys.stderr)
+
+    def log(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+
+    try:
+        return finetune(cfg, progress=progress, log=log)
+    except TaskpruneError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

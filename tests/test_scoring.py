@@ -1,0 +1,148 @@
+"""Attribution equals independent computations: finite differences (supervised) and perturbation leaves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+
+from taskprune.data import LabelSpace, batches, targets_for
+from taskprune.errors import TaskpruneError
+from taskprune.models import get_adapter
+from taskprune.scoring import ScoreConfig, get_scorer
+from taskprune.tasks import Example, Task
+
+# multi-token labels: every label is two word-pieces, plus EOS
+TASK = Task(name="toy", template="{text}", label_words=("very good", "very bad"), label_values=("1", "0"))
+EXAMPLES = [Example("good movie", 0), Example("a very awful film", 1), Example("the film was great", 0)]
+
+
+def _setup(family: str):  # noqa: ANN202
+    model = make_model(family).double()
+    tok = make_tokenizer(family)
+    labels = LabelSpace.build(tok, TASK)
+    assert labels.n_pieces == (2, 2)
+    return model, tok, labels
+
+
+def _objective(model, batch, labels, classes, start, j=None) -> torch.Tensor:  # noqa: ANN001
+    """Sum over label word-pieces of P(y_j | x, y_<j) (or only piece j), computed from scratch."""
+    dec_in, target = targets_for(labels, classes, start, pieces_only=True)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
+                use_cache=False).logits.softmax(-1)
+    total = torch.zeros((), dtype=out.dtype)
+    for b, c in enumerate(classes):
+        for pos in range(labels.n_pieces[c]):
+            if j is None or pos == j:
+                total = total + out[b, pos, labels.targets[c][pos]]
+    return total
+
+
+def _scaled(adapter, group, unit: int, alpha: float):  # noqa: ANN001, ANN202
+    """Hooks multiplying unit ``unit`` of ``group`` at all its sites by ``alpha``."""
+    handles = []
+    for site in adapter.sites(group):
+        def scale(t: torch.Tensor) -> torch.Tensor:
+            m = torch.ones(t.shape[-1], dtype=t.dtype)
+            m[unit] = alpha
+            return t * m
+        if site.where == "output":
+            handles.append(site.module.register_forward_hook(lambda _m, _i, o: scale(o)))
+        else:
+            handles.append(site.module.register_forward_pre_hook(lambda _m, i: (scale(i[0]), *i[1:])))
+    return handles
+
+
+@pytest.mark.parametrize("group_name", ["encoder.0.ffn", "decoder.1.cross_attn.qk", "decoder.0.self_attn.vo",
+                                        "encoder.1.self_attn.qk", "decoder.1.ffn"])
+def test_supervised_attribution_equals_finite_differences(family: str, group_name: str) -> None:
+    model, tok, labels = _setup(family)
+    adapter = get_adapter(model)
+    group = adapter.group_by_name()[group_name]
+    start = adapter.decoder_start_token_id()
+    per_example = []
+    for ex in EXAMPLES:
+        (batch,) = batches([ex], tok, 1)
+        scores = get_scorer("attribution")(model, [batch], labels, [group],
+                                          ScoreConfig(example_agg="signed", position_agg="sum"))[group_name]
+        units = [0, group.size // 2, group.size - 1]
+        eps = 1e-5
+        for u in units:
+            vals = []
+            for alpha in (1 + eps, 1 - eps):
+                handles = _scaled(adapter, group, u, alpha)
+                with torch.no_grad():
+                    vals.append(_objective(model, batch, labels, [ex.label], start))
+                for h in handles:
+                    h.remove()
+            fd = (vals[0] - vals[1]) / (2 * eps)  # d f(alpha * h_u) / d alpha = sum_pos h_u * df/dh_u
+            assert float(scores[u]) == pytest.approx(float(fd), rel=1e-4, abs=1e-9)
+        per_example.append(scores)
+    # aggregation over examples: signed sum vs sum of |A|
+    all_batches = list(batches(EXAMPLES, tok, 2))
+    signed = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="signed"))
+    absolute = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="abs"))
+    torch.testing.assert_close(signed[group_name], sum(per_example), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(absolute[group_name], sum(a.abs() for a in per_example), rtol=1e-6, atol=1e-12)
+
+
+def test_unsupervised_attribution_equals_perturbation_gradients(family: str) -> None:
+    """eq. 10 recomputed with additive zero perturbations as the gradient leaves, one label token at a time."""
+    model, tok, labels = _setup(family)
+    adapter = get_adapter(model)
+    groups = [g for g in adapter.groups() if g.name in ("encoder.0.ffn", "decoder.1.cross_attn.qk")]
+    start = adapter.decoder_start_token_id()
+    all_batches = list(batches(EXAMPLES, tok, 2))
+    got = get_scorer("attribution-unsupervised")(model, all_batches, labels, groups, ScoreConfig())
+    for group in groups:
+        expected = torch.zeros(group.size, dtype=torch.float64)
+        for batch in all_batches:
+            for c in range(len(labels)):
+                acts: list[torch.Tensor] = []
+                deltas: list[torch.Tensor] = []
+
+                def perturb(t: torch.Tensor) -> torch.Tensor:
+                    d = torch.zeros_like(t, requires_grad=True)
+                    acts.append(t.detach())
+                    deltas.append(d)
+                    return t + d
+
+                handles = []
+                for site in adapter.sites(group):
+                    if site.where == "output":
+                        handles.append(site.module.register_forward_hook(lambda _m, _i, o: perturb(o)))
+                    else:
+                        handles.append(site.module.register_forward_pre_hook(lambda _m, i: (perturb(i[0]), *i[1:])))
+                grad_abs = None
+                for j in range(labels.n_pieces[c]):
+                    acts.clear()
+                    deltas.clear()
+                    obj = _objective(model, batch, labels, [c] * len(batch), start, j=j)
+                    grads = torch.autograd.grad(obj, deltas)
+                    g_abs = [g.abs() for g in grads]
+                    grad_abs = g_abs if grad_abs is None else [a + b for a, b in zip(grad_abs, g_abs)]
+                for h in handles:
+                    h.remove()
+                for h_act, g in zip(acts, grad_abs):
+                    expected += (h_act.abs() * g).reshape(-1, h_act.shape[-1]).sum(0)
+        torch.testing.assert_close(got[group.name].double(), expected, rtol=1e-5, atol=1e-12)
+
+
+def test_scoring_keeps_no_weight_gradients_and_restores_flags(family: str) -> None:
+    model, tok, labels = _setup(family)
+    model.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter = get_adapter(model)
+    get_scorer("attribution")(model, list(batches(EXAMPLES, tok, 2)), labels, adapter.groups(), ScoreConfig())
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert model.training
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_score_config_rejects_unknown_aggregations() -> None:
+    with pytest.raises(TaskpruneError, match="example aggregation"):
+        ScoreConfig(example_agg="mean")  # type: ignore[arg-type]
+    with pytest.raises(TaskpruneError, match="unknown method"):
+        get_scorer("magic")
