@@ -17,6 +17,18 @@ TASK = Task(name="toy", template="{text}", label_words=("very good", "very bad")
 EXAMPLES = [Example("good movie", 0), Example("a very awful film", 1), Example("the film was great", 0)]
 
 
+@pytest.fixture(autouse=True)
+def float64_t5_layer_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T5LayerNorm computes its variance in float32 even for a float64 model; finite differences need float64."""
+    from transformers.models.t5 import modeling_t5
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    monkeypatch.setattr(modeling_t5.T5LayerNorm, "forward", forward)
+
+
 def _setup(family: str):  # noqa: ANN202
     model = make_model(family).double()
     tok = make_tokenizer(family)
@@ -76,7 +88,7 @@ def test_supervised_attribution_equals_finite_differences(family: str, group_nam
                 for h in handles:
                     h.remove()
             fd = (vals[0] - vals[1]) / (2 * eps)  # d f(alpha * h_u) / d alpha = sum_pos h_u * df/dh_u
-            assert float(scores[u]) == pytest.approx(float(fd), rel=1e-4, abs=1e-9)
+            assert float(scores[u]) == pytest.approx(float(fd), rel=1e-4, abs=1e-11)
         per_example.append(scores)
     # aggregation over examples: signed sum vs sum of |A|
     all_batches = list(batches(EXAMPLES, tok, 2))

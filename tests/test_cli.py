@@ -1,0 +1,169 @@
+"""The CLI end to end on tiny models and the user's own data; every bad input gives one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA, logits, make_model, make_tokenizer, minilm_dir, needs_minilm, needs_shared_data, sample_inputs
+from transformers import AutoModelForSeq2SeqLM
+
+from taskprune.checkpoint import load_pruned
+from taskprune.cli import main
+
+ROWS = [("good movie", 1), ("great film", 1), ("a very good film", 1), ("awful movie", 0), ("bad film", 0),
+        ("a very bad movie", 0), ("the film was great", 1), ("it was awful", 0)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    model = make_model("t5-relu")
+    model.save_pretrained(root / "model")
+    make_tokenizer("t5-relu").save_pretrained(root / "model")
+    data = "\n".join(json.dumps({"text": t, "label": y}) for t, y in ROWS) + "\n"
+    (root / "train.jsonl").write_text(data)
+    (root / "dev.jsonl").write_text(data)
+    (root / "task.yaml").write_text(
+        "name: toy\ntemplate: 'sst2 sentence: {text}'\nlabel_words: [negative, positive]\nlabel_values: ['0', '1']\n"
+        "files: {fit: train.jsonl, eval: dev.jsonl}\n"
+    )
+    (root / "badtask.yaml").write_text(
+        "name: bad\ntemplate: 'review: {review}'\nlabel_words: [negative, positive]\nlabel_values: ['0', '1']\n"
+        "files: {fit: train.jsonl, eval: dev.jsonl}\n"
+    )
+    return {"root": root, "model": root / "model", "task": root / "task.yaml", "badtask": root / "badtask.yaml"}
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = workspace["root"] / "compressed"
+    code = run("compress", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+               "--rate", 0.5, "--out", out, "--batch-size", 2)
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "parameters (prunable)" in text and "accuracy" in text and "kept 50.0%" in text
+    assert {"config.json", "model.safetensors", "plan.json", "scores.safetensors"} <= {p.name for p in out.iterdir()}
+    plain = AutoModelForSeq2SeqLM.from_pretrained(out)  # uniform rate on T5: a stock checkpoint
+    assert plain.config.d_ff == 24 and plain.config.d_kv == 4
+
+
+def test_score_plan_prune_chain_equals_compress(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root = workspace["root"]
+    common = ["--model", workspace["model"]]
+    assert run("score", *common, "--task", workspace["task"], "--samples", 4, "--batch-size", 2,
+               "--out", root / "s.safetensors") == 0
+    assert run("plan", *common, "--scores", root / "s.safetensors", "--rate", 0.5, "--out", root / "p.json") == 0
+    assert run("prune", *common, "--plan", root / "p.json", "--out", root / "pruned") == 0
+    assert run("info", "--plan", root / "p.json") == 0
+    assert run("info", *common) == 0
+    assert run("eval", "--model", root / "pruned", "--task", workspace["task"], "--json") == 0
+    assert "accuracy" in capsys.readouterr().out
+    compressed = root / "compressed"
+    if not compressed.exists():
+        assert run("compress", *common, "--task", workspace["task"], "--samples", 4, "--rate", 0.5,
+                   "--out", compressed, "--batch-size", 2, "--no-eval") == 0
+    inputs = sample_inputs(0)
+    torch.testing.assert_close(logits(load_pruned(root / "pruned"), inputs), logits(load_pruned(compressed), inputs))
+
+
+BAD_INPUTS = {
+    "unknown task": (["eval", "--task", "nosuchtask"], "unknown task"),
+    "missing column": (["eval", "--task", "{badtask}"], "review"),
+    "rate above 1": (["compress", "--task", "{task}", "--rate", "1.5", "--out", "{root}/x"], "outside [0, 1]"),
+    "negative rate": (["plan", "--scores", "{root}/none.safetensors", "--rate", "-0.2", "--out", "{root}/p2.json"],
+                      "outside [0, 1]"),
+    "missing model": (["info", "--model", "{root}/no-model"], "not found"),
+    "missing scores": (["plan", "--scores", "{root}/none.safetensors", "--out", "{root}/p3.json"], "not found"),
+    "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
+    "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_line(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str], case: str) -> None:
+    argv, needle = BAD_INPUTS[case]
+    fmt = {k: str(v) for k, v in workspace.items()}
+    argv = [a.format(**fmt) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(workspace["model"])]
+    code = run(*argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("taskprune: error:") and needle in err
+
+
+def test_foreign_plan_and_existing_output(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root = workspace["root"]
+    other = root / "other-model"
+    make_model("t5-relu").__class__.from_pretrained(workspace["model"]).save_pretrained(other)
+    make_tokenizer("t5-relu").save_pretrained(other)
+    with torch.no_grad():
+        m = AutoModelForSeq2SeqLM.from_pretrained(other)
+        m.lm_head.weight.mul_(2)
+        m.save_pretrained(other)
+    if not (root / "p.json").exists():
+        assert run("score", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+                   "--out", root / "s2.safetensors") == 0
+        assert run("plan", "--model", workspace["model"], "--scores", root / "s2.safetensors", "--out",
+                   root / "p.json") == 0
+    capsys.readouterr()
+    assert run("prune", "--model", other, "--plan", root / "p.json", "--out", root / "nope") == 2
+    err = capsys.readouterr().err
+    assert "made for another model" in err and len(err.strip().splitlines()) == 1
+    (root / "occupied").mkdir()
+    (root / "occupied" / "keep.txt").write_text("precious")
+    assert run("prune", "--model", workspace["model"], "--plan", root / "p.json", "--out", root / "occupied") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (root / "occupied" / "keep.txt").read_text() == "precious"
+
+
+def test_unsupported_architecture_exits_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    BartForConditionalGeneration(BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1,
+                                            encoder_attention_heads=2, decoder_attention_heads=2,
+                                            encoder_ffn_dim=32, decoder_ffn_dim=32)).save_pretrained(tmp_path / "bart")
+    assert run("info", "--model", tmp_path / "bart") == 2
+    err = capsys.readouterr().err
+    assert "unsupported architecture 'bart'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_command_has_help() -> None:
+    for command in ["compress", "score", "plan", "prune", "eval", "info"]:
+        proc = subprocess.run([sys.executable, "-m", "taskprune.cli", command, "--help"], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0 and "--model" in proc.stdout
+
+
+@needs_shared_data
+@needs_minilm
+def test_minilm_bert2bert_compress_on_real_sst2(tmp_path: Path) -> None:
+    """Integration: the console script compresses a bert2bert warm-started from real MiniLM weights."""
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    src = str(minilm_dir())
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(src, src)
+    tok = AutoTokenizer.from_pretrained(src)
+    model.config.decoder_start_token_id, model.config.pad_token_id = tok.cls_token_id, tok.pad_token_id
+    model.save_pretrained(tmp_path / "b2b")
+    tok.save_pretrained(tmp_path / "b2b")
+    exe = Path(sys.executable).with_name("taskprune")
+    proc = subprocess.run([str(exe), "compress", "--model", str(tmp_path / "b2b"), "--task", "sst2", "--data-dir",
+                           str(SHARED_DATA), "--samples", "10", "--rate", "0.5", "--out", str(tmp_path / "out"),
+                           "--eval-examples", "64"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kept 50.0% of prunable parameters" in proc.stdout
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["task"] == "sst2" and plan["samples"] == 10
+    pruned = load_pruned(tmp_path / "out")
+    dense_ffn = model.config.encoder.intermediate_size
+    assert pruned.config.encoder.intermediate_size == dense_ffn // 2

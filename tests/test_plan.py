@@ -1,0 +1,107 @@
+"""Selection (eqs. 7-8), rate specs and the plan file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import make_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskprune.errors import TaskpruneError
+from taskprune.models import get_adapter
+from taskprune.models.base import NeuronGroup
+from taskprune.plan import PruningPlan, RateSpec, check_rate, make_plan, select_units
+
+
+def test_select_keeps_the_highest_per_head_with_ties_to_lower_index() -> None:
+    scores = torch.tensor([5.0, 1.0, 1.0, 3.0, 0.0, 2.0, 2.0, 9.0])
+    kept = select_units(scores, n_heads=2, rate=0.5)
+    # head 0: [5, 1, 1, 3] keeps 5 and 3; head 1: [0, 2, 2, 9] keeps 9 and the first 2 (index 5)
+    assert kept.tolist() == [0, 3, 5, 7]
+    assert select_units(torch.ones(4), 1, 0.5).tolist() == [0, 1]
+
+
+@given(size=st.integers(1, 64), heads=st.sampled_from([1, 2, 4]), rate=st.floats(0.0, 1.0))
+def test_select_removes_floor_k_p_per_head(size: int, heads: int, rate: float) -> None:
+    size *= heads
+    kept = select_units(torch.randn(size), heads, rate)
+    head = size // heads
+    assert kept.numel() == heads * (head - math.floor(head * rate + 1e-9))
+    assert torch.equal(kept, torch.sort(kept).values)
+    assert len(set(kept.tolist())) == kept.numel()
+    counts = torch.bincount(kept // head, minlength=heads) if kept.numel() else torch.zeros(heads)
+    assert len(set(counts.tolist())) == 1
+
+
+def test_float_guard_and_extremes() -> None:
+    # 10 * 0.3 is 2.9999999999999996 in floating point: the guard removes 3, not 2
+    assert select_units(torch.arange(10.0), 1, 0.3).numel() == 7
+    assert select_units(torch.arange(10.0), 1, 0.0).numel() == 10
+    assert select_units(torch.arange(10.0), 1, 1.0).numel() == 0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_rates_outside_unit_interval_are_refused(bad: float) -> None:
+    with pytest.raises(TaskpruneError, match=r"outside \[0, 1\]"):
+        check_rate(bad)
+    with pytest.raises(TaskpruneError, match=r"outside \[0, 1\]"):
+        RateSpec(rate=bad)
+    with pytest.raises(TaskpruneError, match=r"outside \[0, 1\]"):
+        RateSpec(module_rates={"encoder": bad})
+
+
+def test_rate_spec_precedence() -> None:
+    spec = RateSpec(rate=0.5, modules=("decoder",), module_rates={"encoder": 0.2}, layer_type_rates={"ffn": 0.7},
+                    depth_rates=[(1, 2, 0.9)])
+
+    def g(module: str, layer_type: str, depth: int) -> NeuronGroup:
+        return NeuronGroup("x", module, layer_type, "ffn" if layer_type == "ffn" else "qk", depth, 8)  # type: ignore[arg-type]
+
+    assert spec.rate_for(g("decoder", "self_attn", 0)) == 0.5
+    assert spec.rate_for(g("encoder", "self_attn", 0)) == 0.2
+    assert spec.rate_for(g("encoder", "ffn", 0)) == 0.7
+    assert spec.rate_for(g("encoder", "ffn", 2)) == 0.9
+    assert RateSpec(rate=0.5, layer_types=("ffn",)).rate_for(g("decoder", "self_attn", 0)) == 0.0
+    with pytest.raises(TaskpruneError, match="unknown module"):
+        RateSpec(modules=("middle",))
+    with pytest.raises(TaskpruneError, match="unknown layer type"):
+        RateSpec(layer_type_rates={"mlp": 0.1})
+
+
+def test_plan_round_trip_and_provenance(tmp_path, family: str) -> None:  # noqa: ANN001
+    model = make_model(family)
+    scores = {g.name: torch.randn(g.size) for g in get_adapter(model).groups()}
+    plan = make_plan(model, scores, RateSpec(rate=0.25), task="sst2", method="attribution", samples=10, seed=3)
+    path = plan.save(tmp_path / "plan.json")
+    loaded = PruningPlan.load(path)
+    assert loaded == plan
+    assert loaded.task == "sst2" and loaded.samples == 10 and loaded.seed == 3 and loaded.rates["rate"] == 0.25
+    with pytest.raises(TaskpruneError, match="already exists"):
+        plan.save(path)
+    plan.save(path, overwrite=True)
+
+
+def test_bad_plan_files(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(TaskpruneError, match="not found"):
+        PruningPlan.load(tmp_path / "missing.json")
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(TaskpruneError, match="not a JSON plan"):
+        PruningPlan.load(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(TaskpruneError, match="not a taskprune plan"):
+        PruningPlan.load(tmp_path / "b.json")
+
+
+def test_scores_for_another_model_are_refused() -> None:
+    model = make_model("t5-relu")
+    scores = {g.name: torch.randn(g.size + 1) for g in get_adapter(model).groups()}
+    with pytest.raises(TaskpruneError, match="scores were made for another model"):
+        make_plan(model, scores, RateSpec(rate=0.5))
+    with pytest.raises(TaskpruneError, match="no scores for group"):
+        make_plan(model, {}, RateSpec(rate=0.5))
+    # groups at rate 0 need no scores
+    assert make_plan(model, {}, RateSpec(rate=0.0)).widths()
