@@ -9,11 +9,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import TaskpruneError
 
 EXIT_USER_ERROR = 2
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": None}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -52,6 +54,9 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--model", required=required, default=None,
                    help="model folder (or Hub id); default: the project's default model "
                         "($TASKPRUNE_MODEL or models/minilm-glue6)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="compute dtype (default float32: fp16 checkpoints are slow and lossy on CPU); auto keeps "
+                        "the stored dtype")
 
 
 def _add_task(p: argparse.ArgumentParser) -> None:
@@ -84,7 +89,7 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
 def _add_rates(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.5, help="fraction of units removed in every pruned group, in [0, 1]")
     p.add_argument("--modules", default="all", choices=["all", "encoder", "decoder"],
-                   help="which module --rate applies to (default all)")
+                   help="which module --rate applies to (default %(default)s)")
     p.add_argument("--layer-types", default="all",
                    help="comma list of layer types --rate applies to: self_attn, cross_attn, ffn (default all)")
     p.add_argument("--module-rate", action="append", default=[], metavar="MODULE=P",
@@ -156,8 +161,11 @@ def _model_path(args: argparse.Namespace) -> str:
 def _load(args: argparse.Namespace):  # noqa: ANN202
     from .checkpoint import load_model, load_tokenizer
 
+    import torch
+
     path = _model_path(args)
-    return path, load_model(path), load_tokenizer(path)
+    name = DTYPES[args.dtype]
+    return path, load_model(path, dtype=getattr(torch, name) if name else None), load_tokenizer(path)
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:
@@ -358,6 +366,63 @@ def cmd_info(args: argparse.Namespace) -> None:
     echo(render_table(["group", "kind", "heads", "units", "parameters"], rows))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .api import compress, save_compressed
+    from .checkpoint import load_pruned
+    from .evaluate import count_parameters, evaluate, latency_per_example
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    if _data_dir(args) is None and args.source in ("auto", "dir"):
+        raise TaskpruneError(
+            "no GLUE data: pass --data-dir with a GLUE/SuperGLUE folder (holding glue/SST-2/train.tsv and dev.tsv; "
+            "the standard download_glue_data.py layout works), set $TASKPRUNE_DATA, or use --source hf with internet"
+        )
+    rates = rates_from_args(args)
+    path, model, tok = _load(args)
+    fit = _fit_sample(args, task)
+    eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
+    echo(f"demo: compress {path} for {task.name} from {len(fit)} examples, {_rate_text(rates)}")
+    result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
+                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "pruned"
+        save_compressed(result, tok, out, overwrite=args.overwrite)
+        pruned = load_pruned(out, dtype=next(model.parameters()).dtype)
+        sizes = [_fp16_size(m, Path(tmp) / name) for m, name in ((model, "dense16"), (pruned, "pruned16"))]
+        rows: dict[str, list] = {}
+        for m in (model, pruned):
+            res = evaluate(m, tok, task, eval_set, batch_size=32, max_length=args.max_length, progress=tqdm_progress)
+            for metric, value in res.metrics.items():
+                rows.setdefault(f"{task.name} {metric} (dev, {len(eval_set)})", []).append(value)
+            params = count_parameters(m)
+            rows.setdefault("parameters (total)", []).append(params["total"])
+            rows.setdefault("parameters (prunable)", []).append(params["prunable"])
+        lat = [1000 * latency_per_example(m, tok, task, eval_set, max_length=args.max_length) for m in (model, pruned)]
+    rows["size on disk, fp16 safetensors (MB)"] = [s / 1e6 for s in sizes]
+    rows["latency ms/example (batch 1)"] = lat
+    rows["scoring time (s)"] = ["", result.scoring_seconds]
+    table = [[k, *v, _ratio(v)] for k, v in rows.items()]
+    echo(render_table(["", "dense", "pruned", "pruned/dense"], table))
+    if args.out:
+        echo(f"pruned checkpoint saved to {args.out}")
+
+
+def _fp16_size(model, folder: Path) -> int:  # noqa: ANN001
+    import copy
+
+    copy.deepcopy(model).half().save_pretrained(str(folder))
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def _ratio(values: list) -> str:
+    if len(values) == 2 and all(isinstance(v, (int, float)) for v in values) and values[0]:
+        return f"{values[1] / values[0]:.2f}"
+    return ""
+
+
 # ----------------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------------
@@ -421,6 +486,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--plan", default=None, help="describe this plan file instead of a model")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="compress the default model for SST-2 and print a before/after table",
+                       description="The main job: score the default model on 10 SST-2 examples, prune the decoder "
+                                   "at p = 0.5 and compare accuracy, parameters, size on disk and latency.")
+    _add_model(p)
+    p.add_argument("--task", default="sst2", help="task (default sst2)")
+    p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder; default: $TASKPRUNE_DATA")
+    p.add_argument("--source", default="auto", choices=["auto", "dir", "hf", "file"], help="where examples come from")
+    p.add_argument("--max-length", type=int, default=256, help="truncate inputs to this many tokens (default 256)")
+    _add_scoring(p)
+    _add_rates(p)
+    p.set_defaults(modules="decoder")
+    p.add_argument("--eval-examples", type=int, default=None, help="evaluate on at most this many dev examples")
+    p.add_argument("--out", default=None, help="also keep the pruned checkpoint here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
