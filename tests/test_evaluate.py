@@ -1,0 +1,61 @@
+"""Rank classification, label targets and parameter counting."""
+
+from __future__ import annotations
+
+import torch
+from conftest import make_model, make_tokenizer
+
+from taskprune.data import IGNORE, LabelSpace, batches, targets_for
+from taskprune.evaluate import count_parameters, evaluate, rank_scores
+from taskprune.models import get_adapter
+from taskprune.plan import RateSpec, make_plan
+from taskprune.prune import apply
+from taskprune.tasks import Example, Task
+
+TASK = Task(name="toy", template="{text}", label_words=("very good", "bad"), label_values=("1", "0"))
+EXAMPLES = [Example("good movie", 0), Example("a very awful film", 1), Example("the film", 0)]
+
+
+def test_targets_are_pieces_then_eos(family: str) -> None:
+    tok = make_tokenizer(family)
+    labels = LabelSpace.build(tok, TASK)
+    end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    assert labels.targets[0][-1] == end and labels.n_pieces == (2, 1)
+    dec_in, target = targets_for(labels, [0, 1], start_id=7)
+    assert dec_in[:, 0].tolist() == [7, 7]
+    assert target[0].tolist() == list(labels.targets[0])
+    assert target[1].tolist() == [*labels.targets[1], IGNORE]
+    assert dec_in[0, 1:].tolist() == list(labels.targets[0][:-1])
+    _, pieces = targets_for(labels, [0, 1], start_id=7, pieces_only=True)
+    assert (pieces != IGNORE).sum(1).tolist() == [2, 1]
+
+
+def test_rank_scores_are_target_log_likelihoods(family: str) -> None:
+    model, tok = make_model(family), make_tokenizer(family)
+    labels = LabelSpace.build(tok, TASK)
+    start = get_adapter(model).decoder_start_token_id()
+    (batch,) = batches(EXAMPLES, tok, 8)
+    got = rank_scores(model, batch, labels, start)
+    for c in range(2):
+        dec_in, target = targets_for(labels, [c] * len(batch), start)
+        with torch.no_grad():
+            logp = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         decoder_input_ids=dec_in).logits.log_softmax(-1)
+        for b in range(len(batch)):
+            expected = sum(logp[b, j, t] for j, t in enumerate(labels.targets[c]))
+            assert float(got[b, c]) == float(expected) or abs(float(got[b, c]) - float(expected)) < 1e-5
+    result = evaluate(model, tok, TASK, EXAMPLES, batch_size=2)
+    assert result.predictions == got.argmax(1).tolist()
+    assert 0.0 <= result.metrics["accuracy"] <= 100.0
+
+
+def test_parameter_counts_follow_widths(family: str) -> None:
+    model = make_model(family)
+    adapter = get_adapter(model)
+    counts = count_parameters(model)
+    assert counts["prunable"] == sum(adapter.prunable_parameters(g) for g in adapter.groups())
+    half = apply(make_plan(model, {g.name: torch.randn(g.size) for g in adapter.groups()}, RateSpec(rate=0.5)), model)
+    assert count_parameters(half)["prunable"] * 2 == counts["prunable"]
+    assert counts["total"] - count_parameters(half)["total"] == counts["prunable"] // 2
+    none = apply(make_plan(model, {g.name: torch.randn(g.size) for g in adapter.groups()}, RateSpec(rate=1.0)), model)
+    assert count_parameters(none)["prunable"] == 0
