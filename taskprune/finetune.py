@@ -357,7 +357,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
         optimizer.step()
         scheduler.step()
         step = s + 1
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         task_counts[t] += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"event": "train", "step": step, "loss": round(float(np.mean(window)), 5),

@@ -9,6 +9,8 @@ Unsupervised (eq. 10): no gold label; for every candidate label y,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,8 +42,24 @@ def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> 
     return (hg if position_agg == "sum" else hg.abs()).sum(1)
 
 
-def _empty(groups: list[NeuronGroup], device: torch.device) -> Scores:
-    return {g.name: torch.zeros(g.size, device=device) for g in groups}
+def run_scoring(
+    model: nn.Module,
+    batches: list[Batch],
+    groups: list[NeuronGroup],
+    desc: str,
+    progress: Progress,
+    per_batch: Callable[[ActivationRecorder, Batch, int, Scores], None],
+) -> Scores:
+    """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    start = adapter.decoder_start_token_id()
+    scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in groups}
+    with torch.enable_grad(), recording(adapter, groups) as rec:
+        for batch in progress(batches, desc, len(batches)):
+            per_batch(rec, batch.to(device), start, scores)
+            rec.clear()
+    return {k: v.cpu() for k, v in scores.items()}
 
 
 @register_scorer("attribution")
@@ -54,29 +72,21 @@ def supervised_attribution(
     progress: Progress = no_progress,
 ) -> Scores:
     """Supervised attribution toward each example's gold label (eqs. 4-6)."""
-    adapter = get_adapter(model)
-    device = next(model.parameters()).device
-    start = adapter.decoder_start_token_id()
-    scores = _empty(groups, device)
-    with torch.enable_grad(), recording(adapter, groups) as rec:
-        for batch in progress(batches, "attribution", len(batches)):
-            batch = batch.to(device)
-            dec_in, target = targets_for(labels, batch.gold.tolist(), start, pieces_only=True)
-            objective = _target_probs(model, batch, dec_in.to(device), target.to(device)).sum()
-            _accumulate_supervised(rec, objective, scores, config)
-    return {k: v.cpu() for k, v in scores.items()}
 
+    def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
+        device = batch.input_ids.device
+        dec_in, target = targets_for(labels, batch.gold.tolist(), start, pieces_only=True)
+        objective = _target_probs(model, batch, dec_in.to(device), target.to(device)).sum()
+        names, tensors = rec.flat()
+        grads = torch.autograd.grad(objective, tensors, allow_unused=True)
+        per_example: dict[str, torch.Tensor] = {}
+        for name, h, g in zip(names, tensors, grads):
+            a = _per_example(h, g, config.position_agg)
+            per_example[name] = per_example[name] + a if name in per_example else a
+        for name, a in per_example.items():
+            scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
 
-def _accumulate_supervised(rec: ActivationRecorder, objective: torch.Tensor, scores: Scores, config: ScoreConfig) -> None:
-    names, tensors = rec.flat()
-    grads = torch.autograd.grad(objective, tensors, allow_unused=True)
-    per_example: dict[str, torch.Tensor] = {}
-    for name, h, g in zip(names, tensors, grads):
-        a = _per_example(h, g, config.position_agg)
-        per_example[name] = per_example[name] + a if name in per_example else a
-    for name, a in per_example.items():
-        scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
-    rec.clear()
+    return run_scoring(model, batches, groups, "attribution", progress, per_batch)
 
 
 @register_scorer("attribution-unsupervised")
@@ -89,24 +99,21 @@ def unsupervised_attribution(
     progress: Progress = no_progress,
 ) -> Scores:
     """Label-free attribution over every candidate label with absolute values (eq. 10)."""
-    adapter = get_adapter(model)
-    device = next(model.parameters()).device
-    start = adapter.decoder_start_token_id()
-    scores = _empty(groups, device)
-    with torch.enable_grad(), recording(adapter, groups) as rec:
-        for batch in progress(batches, "attribution (unsupervised)", len(batches)):
-            batch = batch.to(device)
-            for c in range(len(labels)):
-                dec_in, target = targets_for(labels, [c] * len(batch), start, pieces_only=True)
-                probs = _target_probs(model, batch, dec_in.to(device), target.to(device))
-                names, tensors = rec.flat()
-                grad_abs = [torch.zeros_like(t, dtype=torch.float32) for t in tensors]
-                for j in range(labels.n_pieces[c]):
-                    grads = torch.autograd.grad(probs[:, j].sum(), tensors, retain_graph=True, allow_unused=True)
-                    for acc, g in zip(grad_abs, grads):
-                        if g is not None:
-                            acc += g.float().abs()
-                for name, h, g in zip(names, tensors, grad_abs):
-                    scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0)
-                rec.clear()
-    return {k: v.cpu() for k, v in scores.items()}
+
+    def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
+        device = batch.input_ids.device
+        for c in range(len(labels)):
+            dec_in, target = targets_for(labels, [c] * len(batch), start, pieces_only=True)
+            probs = _target_probs(model, batch, dec_in.to(device), target.to(device))
+            names, tensors = rec.flat()
+            grad_abs = [torch.zeros_like(t, dtype=torch.float32) for t in tensors]
+            for j in range(labels.n_pieces[c]):
+                grads = torch.autograd.grad(probs[:, j].sum(), tensors, retain_graph=True, allow_unused=True)
+                for acc, g in zip(grad_abs, grads):
+                    if g is not None:
+                        acc += g.float().abs()
+            for name, h, g in zip(names, tensors, grad_abs):
+                scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0)
+            rec.clear()
+
+    return run_scoring(model, batches, groups, "attribution (unsupervised)", progress, per_batch)
