@@ -9,6 +9,7 @@ skeleton, slices it to the recorded widths and loads the weights, which covers e
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn
     except (OSError, ValueError) as err:
         raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
     get_adapter(model)  # refuse unsupported architectures here, with one clear line
+    tie_embeddings(model)
     return model.eval()
 
 
@@ -112,9 +114,63 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
         raise TaskpruneError(
             f"{path} does not match its recorded widths (missing {really_missing[:3]}, unexpected {unexpected[:3]})"
         )
+    tie_embeddings(model)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+# -- encoder/decoder embedding ties ---------------------------------------------------------------
+# transformers 5.x cannot declare a tie between the encoder and the decoder of an EncoderDecoderModel, and
+# save_pretrained refuses a shared tensor: a tied bert2bert is saved with the decoder embedding as a second,
+# identical copy, and tie_embeddings() restores the single tensor after loading.
+
+def _word_embeddings(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
+    return model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
+
+
+def is_tied(model: nn.Module) -> bool:
+    """True if the decoder's word embeddings are the encoder's tensor."""
+    enc, dec = _word_embeddings(model)
+    return enc.weight is dec.weight
+
+
+def tie_embeddings(model: nn.Module, check_equal: bool = True) -> bool:
+    """Make the decoder's word embeddings (and its LM head) the encoder's tensor.
+
+    With ``check_equal`` (default) only ties when both copies hold the same values (a folder written by
+    :func:`save_seq2seq`), so a genuinely untied model is left alone. Returns whether the model is tied.
+    """
+    if getattr(model.config, "model_type", None) != "encoder-decoder":
+        return False
+    enc, dec = _word_embeddings(model)
+    if enc.weight is dec.weight:
+        return True
+    if enc.weight.shape != dec.weight.shape or (check_equal and not torch.equal(enc.weight, dec.weight)):
+        return False
+    dec.weight = enc.weight
+    out = model.decoder.get_output_embeddings()
+    if out is not None:
+        out.weight = enc.weight
+    return True
+
+
+def _savable(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model``, or a copy cast to ``dtype`` whose decoder embedding is a separate tensor, for save_pretrained."""
+    tied = getattr(model.config, "model_type", None) == "encoder-decoder" and is_tied(model)
+    if not tied and dtype is None:
+        return model
+    m = copy.deepcopy(model)
+    if dtype is not None:
+        m.to(dtype)
+    if getattr(m.config, "model_type", None) == "encoder-decoder" and is_tied(m):
+        enc, dec = _word_embeddings(m)
+        dec.weight = nn.Parameter(enc.weight.detach().clone())
+        out = m.decoder.get_output_embeddings()
+        if out is not None:
+            out.weight = dec.weight
+    return m
+
 
 
 def save_pruned(
@@ -123,14 +179,17 @@ def save_pruned(
     tokenizer: Any = None,
     extra_files: dict[str, Any] | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the model (safetensors + config), its tokenizer and extra files into ``out_dir`` atomically.
 
-    ``extra_files`` maps a file name to a callable ``write(path)`` (e.g. the plan and the scores).
+    ``extra_files`` maps a file name to a callable ``write(path)`` (e.g. the plan and the scores);
+    ``dtype`` casts the saved copy (e.g. ``torch.float16``), ``model`` itself is not changed.
     """
+    to_save = _savable(model, dtype)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp))
+        to_save.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         for name, writer in (extra_files or {}).items():

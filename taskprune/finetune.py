@@ -241,7 +241,7 @@ def _mean_accuracy(metrics: dict[str, dict[str, float]]) -> float:
 
 def _load_base(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
     from .checkpoint import load_model, load_tokenizer
-    from .seq2seq_init import tie_embeddings
+    from .checkpoint import tie_embeddings
 
     model = load_model(cfg.model)
     tie_embeddings(model)  # bert2bert folders store the tied embedding twice (see seq2seq_init)
@@ -269,7 +269,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     ``save_every`` steps, atomically; resumed automatically with ``resume``), ``out_dir/config.json`` and the
     exported model in ``out_dir/final/`` (``dtype`` safetensors + config + tokenizer + metrics.json).
     """
-    from .seq2seq_init import save_seq2seq
+    from .checkpoint import save_pruned
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -387,7 +387,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     _append_log(log_path, row)
     emit(row)
     text = json.dumps({"config": cfg.to_dict(), **result}, indent=2) + "\n"
-    save_seq2seq(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
+    save_pruned(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
                  extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
     return metrics
 

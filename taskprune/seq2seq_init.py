@@ -14,16 +14,12 @@ and gives identical outputs, and :func:`tie_embeddings` restores the single tens
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
 
 from .errors import TaskpruneError
-from .io import atomic_dir
+from .checkpoint import save_pruned, tie_embeddings
 
 
 def minilm_dir() -> Path | None:
@@ -36,75 +32,6 @@ def minilm_dir() -> Path | None:
         if (path / "config.json").is_file():
             return path
     return None
-
-
-def _word_embeddings(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
-    return model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
-
-
-def is_tied(model: nn.Module) -> bool:
-    """True if the decoder's word embeddings are the encoder's tensor."""
-    enc, dec = _word_embeddings(model)
-    return enc.weight is dec.weight
-
-
-def tie_embeddings(model: nn.Module, check_equal: bool = True) -> bool:
-    """Make the decoder's word embeddings (and its LM head) the encoder's tensor.
-
-    With ``check_equal`` (default) only ties when both copies hold the same values (a folder written by
-    :func:`save_seq2seq`), so a genuinely untied model is left alone. Returns whether the model is tied.
-    """
-    if getattr(model.config, "model_type", None) != "encoder-decoder":
-        return False
-    enc, dec = _word_embeddings(model)
-    if enc.weight is dec.weight:
-        return True
-    if enc.weight.shape != dec.weight.shape or (check_equal and not torch.equal(enc.weight, dec.weight)):
-        return False
-    dec.weight = enc.weight
-    out = model.decoder.get_output_embeddings()
-    if out is not None:
-        out.weight = enc.weight
-    return True
-
-
-def _untie_copy(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """A copy whose decoder embedding (and LM head) is a separate tensor, so ``save_pretrained`` accepts it."""
-    m = copy.deepcopy(model)
-    if dtype is not None:
-        m.to(dtype)
-    if getattr(m.config, "model_type", None) == "encoder-decoder" and is_tied(m):
-        enc, dec = _word_embeddings(m)
-        dec.weight = nn.Parameter(enc.weight.detach().clone())
-        out = m.decoder.get_output_embeddings()
-        if out is not None:
-            out.weight = dec.weight
-    return m
-
-
-def save_seq2seq(
-    model: nn.Module,
-    out_dir: str | Path,
-    tokenizer: Any = None,
-    dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-    extra_files: dict[str, Any] | None = None,
-) -> Path:
-    """Save a (possibly tied bert2bert) model as safetensors + config (+ tokenizer) atomically.
-
-    ``dtype`` casts the saved copy (e.g. ``torch.float16``); ``model`` itself is not changed.
-    ``extra_files`` maps a file name to a callable ``write(path)``.
-    """
-    to_save = _untie_copy(model, dtype)
-
-    def write(tmp: Path) -> None:
-        to_save.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        for name, writer in (extra_files or {}).items():
-            writer(tmp / name)
-
-    return atomic_dir(out_dir, write, overwrite)
 
 
 def build_bert2bert(encoder_dir: str | Path, decoder_layers: int | None = None):  # noqa: ANN201
@@ -167,15 +94,7 @@ def init_seq2seq(
 
     check_writable(out_dir, overwrite)
     model, tokenizer = build_bert2bert(encoder_dir, decoder_layers)
-    return save_seq2seq(model, out_dir, tokenizer, overwrite=overwrite)
-
-
-def count_unique_parameters(model: nn.Module) -> int:
-    """Parameters, shared tensors counted once."""
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        seen[id(p)] = p.numel()
-    return sum(seen.values())
+    return save_pruned(model, out_dir, tokenizer, overwrite=overwrite)
 
 
 if __name__ == "__main__":

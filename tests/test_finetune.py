@@ -18,7 +18,9 @@ from taskprune.finetune import (
     mixture_weights,
     task_schedule,
 )
-from taskprune.seq2seq_init import build_bert2bert, count_unique_parameters, init_seq2seq, is_tied, tie_embeddings
+from taskprune.checkpoint import is_tied, tie_embeddings
+from taskprune.evaluate import count_parameters
+from taskprune.seq2seq_init import build_bert2bert, init_seq2seq
 from tiny import WORDS, tiny_bert2bert, tiny_t5, tiny_tokenizer
 
 POS = ["good movie", "great film", "a very good film", "this movie was great", "good and great"]
@@ -120,7 +122,7 @@ def test_init_seq2seq_ties_and_round_trips(tmp_path: Path) -> None:
     model, tok = build_bert2bert(src)
     assert is_tied(model)
     assert model.decoder.get_output_embeddings().weight is model.encoder.get_input_embeddings().weight
-    n_tied = count_unique_parameters(model)
+    n_tied = count_parameters(model)["total"]
     assert model.config.decoder_start_token_id == tok.cls_token_id
     assert (model.config.pad_token_id, model.config.eos_token_id) == (tok.pad_token_id, tok.sep_token_id)
     # the encoder's pretrained weights are in both stacks
@@ -134,7 +136,7 @@ def test_init_seq2seq_ties_and_round_trips(tmp_path: Path) -> None:
     dec = torch.tensor([[tok.cls_token_id, 5]])
     with torch.no_grad():
         before = loaded(**x, decoder_input_ids=dec).logits
-    assert tie_embeddings(loaded) and is_tied(loaded) and count_unique_parameters(loaded) == n_tied
+    assert tie_embeddings(loaded) and is_tied(loaded) and count_parameters(loaded)["total"] == n_tied
     with torch.no_grad():
         assert torch.equal(before, loaded(**x, decoder_input_ids=dec).logits)
     out_ids = loaded.generate(**x, max_new_tokens=3)

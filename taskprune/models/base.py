@@ -12,7 +12,6 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import nn
 
 ModuleName = Literal["encoder", "decoder"]
