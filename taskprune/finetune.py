@@ -407,68 +407,12 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(r + "\n" for r in keep), overwrite=True)
 
 
-# ----- command line ----------------------------------------------------------------------------------------
-
-
-def _parse_task_lengths(items: Sequence[str]) -> dict[str, int]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not value.isdigit():
-            raise SystemExit(f"error: --task-max-length expects TASK=N, got {item!r}")
-        out[name] = int(value)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    import argparse
-    import sys
-
-    d = FinetuneConfig(model="", out_dir="")
-    p = argparse.ArgumentParser(prog="python -m taskprune.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="seq2seq model folder (e.g. runs/minilm-init)")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--tasks", nargs="+", default=list(d.tasks))
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of --steps")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--task-max-length", nargs="*", default=[], metavar="TASK=N")
-    p.add_argument("--mixing-cap", type=int, default=d.mixing_cap)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--eval-examples", type=int, default=d.eval_examples)
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d.resume)
-    p.add_argument("--export", choices=("last", "best"), default=d.export)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype)
-    p.add_argument("--threads", type=int, default=None)
-    args = vars(p.parse_args(argv))
-    args["task_max_length"] = _parse_task_lengths(args["task_max_length"])
-    try:
-        cfg = FinetuneConfig.from_dict(args)
-    except TaskpruneError as err:
-        raise SystemExit(f"error: {err}") from None
-
-    from tqdm.auto import tqdm
-
-    def progress(it: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
-        return tqdm(it, desc=desc, total=total, mininterval=10, file=sys.stderr)
-
-    def log(row: dict[str, Any]) -> None:
-        print(json.dumps(row), flush=True)
-
-    try:
-        return finetune(cfg, progress=progress, log=log)
-    except TaskpruneError as err:
-        raise SystemExit(f"error: {err}") from None
+# ----- command line: `taskprune finetune` (taskprune/cli.py); `python -m taskprune.finetune` is the same ----
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["finetune", *sys.argv[1:]]))
