@@ -78,9 +78,9 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=10,
                    help="number of class-balanced fit examples to score with (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
-    p.add_argument("--example-agg", default="abs", choices=["abs", "signed"],
-                   help="aggregate attributions over examples as sum of |A| (abs, default, measured best) or the "
-                        "signed sum of eq. 6 (signed)")
+    p.add_argument("--example-agg", default="abs", choices=["abs", "signed", "abs_sum"],
+                   help="aggregate attributions over examples as sum of |A| (abs, default, measured best), the "
+                        "signed sum of eq. 6 (signed) or its absolute value (abs_sum)")
     p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
                    help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass (default 8)")

@@ -96,6 +96,8 @@ def test_supervised_attribution_equals_finite_differences(family: str, group_nam
     absolute = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="abs"))
     torch.testing.assert_close(signed[group_name], sum(per_example), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(absolute[group_name], sum(a.abs() for a in per_example), rtol=1e-6, atol=1e-12)
+    abs_sum = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="abs_sum"))
+    torch.testing.assert_close(abs_sum[group_name], sum(per_example).abs(), rtol=1e-6, atol=1e-12)
 
 
 def test_unsupervised_attribution_equals_perturbation_gradients(family: str) -> None:

@@ -86,7 +86,8 @@ def supervised_attribution(
         for name, a in per_example.items():
             scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
 
-    return run_scoring(model, batches, groups, "attribution", progress, per_batch)
+    scores = run_scoring(model, batches, groups, "attribution", progress, per_batch)
+    return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
 
 
 @register_scorer("attribution-unsupervised")

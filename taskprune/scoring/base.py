@@ -31,17 +31,17 @@ class ScoreConfig:
     """How scores are aggregated (DESIGN §1: measured, not assumed; see docs/method.md).
 
     ``example_agg``: ``abs`` sums |A(x, y)| over examples (default: the signed sum cancels exactly the
-    units that separate the classes), ``signed`` is eq. 6 read literally.
+    units that separate the classes), ``signed`` is eq. 6 read literally, ``abs_sum`` is |signed sum|.
     ``position_agg``: ``sum`` sums h*grad over positions before taking a sign-free aggregate,
     ``abs`` sums |h*grad| per position.
     """
 
-    example_agg: Literal["abs", "signed"] = "abs"
+    example_agg: Literal["abs", "signed", "abs_sum"] = "abs"
     position_agg: Literal["sum", "abs"] = "sum"
 
     def __post_init__(self) -> None:
-        if self.example_agg not in ("abs", "signed"):
-            raise TaskpruneError(f"unknown example aggregation {self.example_agg!r}; choose abs or signed")
+        if self.example_agg not in ("abs", "signed", "abs_sum"):
+            raise TaskpruneError(f"unknown example aggregation {self.example_agg!r}; choose abs, signed or abs_sum")
         if self.position_agg not in ("sum", "abs"):
             raise TaskpruneError(f"unknown position aggregation {self.position_agg!r}; choose sum or abs")
 
