@@ -167,3 +167,31 @@ def test_minilm_bert2bert_compress_on_real_sst2(tmp_path: Path) -> None:
     assert plan["task"] == "sst2" and plan["samples"] == 10
     pruned = load_pruned(tmp_path / "out")
     assert pruned.config.encoder.intermediate_size == 1536 // 2
+
+
+T5_SMALL = SHARED_DATA.parent / "t5-small-no-weights"
+
+
+@needs_shared_data
+@pytest.mark.skipif(not T5_SMALL.is_dir(), reason=f"integration: {T5_SMALL} (t5-small config/tokenizer) not found")
+def test_done_when_t5_small_shapes_half_prunable_and_plain_loading(tmp_path: Path) -> None:
+    """The issue's acceptance command on a t5-small of real shapes (random weights: no T5 weights exist here)."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config.from_pretrained(T5_SMALL))
+    model.save_pretrained(tmp_path / "t5")
+    AutoTokenizer.from_pretrained(T5_SMALL).save_pretrained(tmp_path / "t5")
+    exe = Path(sys.executable).with_name("taskprune")
+    proc = subprocess.run([str(exe), "compress", "--model", str(tmp_path / "t5"), "--task", "sst2", "--data-dir",
+                           str(SHARED_DATA), "--samples", "10", "--rate", "0.5", "--out", str(tmp_path / "out"),
+                           "--no-eval"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kept 50.0% of prunable parameters" in proc.stdout
+    plain = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    assert plain.config.d_ff == 1024 and plain.config.d_kv == 32
+    from taskprune.evaluate import count_parameters
+
+    assert count_parameters(plain)["prunable"] * 2 == count_parameters(model)["prunable"]
+    inputs = sample_inputs(0)
+    torch.testing.assert_close(logits(plain, inputs), logits(load_pruned(tmp_path / "out"), inputs))
