@@ -25,7 +25,7 @@ from .errors import TaskpruneError
 from .models import get_adapter
 from .plan import PruningPlan, RateSpec, make_plan
 from .prune import apply
-from .scoring import ScoreConfig, Scores, get_scorer, save_scores
+from .scoring import ScoreConfig, Scores, get_scorer, save_scores, score_metadata
 from .scoring.base import Progress, no_progress
 from .tasks import Example, Task
 
@@ -103,6 +103,11 @@ def compress(
     return CompressResult(apply(plan, model, check=False), plan, scores, seconds)
 
 
+def _meta(plan: PruningPlan) -> dict[str, str]:
+    config = ScoreConfig(**{k: v for k, v in plan.options.items() if k in ("example_agg", "position_agg")})
+    return score_metadata(plan.task or "", plan.method or "", plan.samples or 0, plan.seed, config)
+
+
 def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Checkpoint + tokenizer + ``plan.json`` + ``scores.safetensors``, in one atomic folder."""
     return save_pruned(
@@ -111,7 +116,7 @@ def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path,
         tokenizer,
         extra_files={
             "plan.json": lambda p: result.plan.save(p),
-            "scores.safetensors": lambda p: save_scores(result.scores, p),
+            "scores.safetensors": lambda p: save_scores(result.scores, p, meta=_meta(result.plan)),
         },
         overwrite=overwrite,
     )

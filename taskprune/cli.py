@@ -267,7 +267,7 @@ def _eval_examples(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
 
 def cmd_score(args: argparse.Namespace) -> None:
     from .api import score
-    from .scoring import save_scores
+    from .scoring import save_scores, score_metadata
     from .tasks import get_task
 
     task = get_task(args.task)
@@ -275,8 +275,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     fit = _fit_sample(args, task)
     scores = score(model, tok, task, fit, method=args.method, config=_score_config(args), batch_size=args.batch_size,
                    max_length=args.max_length, progress=tqdm_progress)
-    meta = {"task": task.name, "method": args.method, "samples": str(len(fit)), "seed": str(args.seed),
-            **{k: str(v) for k, v in _score_config(args).to_dict().items()}}
+    meta = score_metadata(task.name, args.method, len(fit), args.seed, _score_config(args))
     save_scores(scores, args.out, meta=meta, overwrite=args.overwrite)
     echo(f"scored {len(scores)} groups of {task.name} on {len(fit)} examples -> {args.out}")
 

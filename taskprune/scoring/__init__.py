@@ -1,6 +1,6 @@
 """Importance methods behind one interface, registered by name (see :mod:`.base`)."""
 
 from . import attribution  # noqa: F401  (registers the attribution methods)
-from .base import ScoreConfig, Scorer, Scores, get_scorer, list_scorers, load_scores, register_scorer, save_scores
+from .base import ScoreConfig, Scorer, Scores, get_scorer, list_scorers, load_scores, register_scorer, save_scores, score_metadata
 
-__all__ = ["ScoreConfig", "Scorer", "Scores", "get_scorer", "list_scorers", "register_scorer", "save_scores", "load_scores"]
+__all__ = ["ScoreConfig", "Scorer", "Scores", "get_scorer", "list_scorers", "register_scorer", "save_scores", "load_scores", "score_metadata"]

@@ -82,6 +82,14 @@ def list_scorers() -> list[str]:
     return sorted(_SCORERS)
 
 
+def score_metadata(task: str, method: str, samples: int, seed: int | None, config: ScoreConfig) -> dict[str, str]:
+    """What a scores file records about its making (safetensors metadata is str -> str)."""
+    meta = {"task": task, "method": method, "samples": str(samples), **{k: str(v) for k, v in config.to_dict().items()}}
+    if seed is not None:
+        meta["seed"] = str(seed)
+    return meta
+
+
 def save_scores(scores: Scores, path: str | Path, meta: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Scores as safetensors (one 1-D float tensor per group), written atomically."""
     from safetensors.torch import save_file
