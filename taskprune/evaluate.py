@@ -72,6 +72,12 @@ def generate_predictions(model: nn.Module, batch: Batch, labels: LabelSpace, tok
     return [words.get(t.strip().lower(), -1) for t in texts]
 
 
+def _prepare(model: nn.Module, tokenizer: Any, task: Task) -> tuple[LabelSpace, torch.device, int]:
+    """Eval mode, the task's label targets, the model's device and its decoder start token."""
+    model.eval()
+    return LabelSpace.build(tokenizer, task), next(model.parameters()).device, get_adapter(model).decoder_start_token_id()
+
+
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
@@ -86,10 +92,7 @@ def evaluate(
     """Task metrics (percent) of ``model`` on ``examples``."""
     if not examples:
         raise TaskpruneError(f"no examples to evaluate task {task.name} on")
-    model.eval()
-    labels = LabelSpace.build(tokenizer, task)
-    device = next(model.parameters()).device
-    start_id = get_adapter(model).decoder_start_token_id()
+    labels, device, start_id = _prepare(model, tokenizer, task)
     preds: list[int] = []
     t0 = time.perf_counter()
     it = batches(examples, tokenizer, batch_size, max_length)
@@ -115,12 +118,9 @@ def latency_per_example(
     repeats: int = 3,
     max_length: int = 256,
 ) -> float:
-    """Median seconds to classify one example at batch size 1 (warm, best of ``repeats`` passes)."""
-    labels = LabelSpace.build(tokenizer, task)
-    device = next(model.parameters()).device
-    start_id = get_adapter(model).decoder_start_token_id()
+    """Seconds to classify one example at batch size 1: mean over ``n`` examples, best of ``repeats`` warm passes."""
+    labels, device, start_id = _prepare(model, tokenizer, task)
     sample = [b.to(device) for b in batches(list(examples[:n]), tokenizer, 1, max_length)]
-    model.eval()
     rank_scores(model, sample[0], labels, start_id)  # warm-up
     best = float("inf")
     for _ in range(repeats):
