@@ -74,7 +74,10 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     from .scoring import list_scorers
 
     p.add_argument("--method", default="attribution", choices=list_scorers(),
-                   help="importance method: attribution (supervised, eqs. 4-6) or attribution-unsupervised (eq. 10)")
+                   help="importance method: attribution (supervised, eqs. 4-6, default), attribution-unsupervised "
+                        "(eq. 10), or the baselines activation (FPP), random-attribution (RAP), random (RP)")
+    p.add_argument("--trial-seed", type=int, default=0,
+                   help="trial seed of the random methods (random, random-attribution); default 0")
     p.add_argument("--samples", type=int, default=10,
                    help="number of class-balanced fit examples to score with (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
@@ -194,7 +197,7 @@ def _fit_sample(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
 def _score_config(args: argparse.Namespace):  # noqa: ANN202
     from .scoring import ScoreConfig
 
-    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg)
+    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg, seed=args.trial_seed)
 
 
 def _quiet_transformers() -> None:

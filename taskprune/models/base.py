@@ -62,7 +62,11 @@ class Site:
 
 @dataclass(frozen=True)
 class GroupParts:
-    """The linear layers of a group: producers own units as output rows, consumers as input columns."""
+    """The linear layers of a group: producers own units as output rows, consumers as input columns.
+
+    For QK groups the producers are (query, key) in that order: site 1 is the key side, which in
+    cross-attention runs over the encoder's positions.
+    """
 
     producers: tuple[nn.Linear, ...]
     consumers: tuple[nn.Linear, ...]

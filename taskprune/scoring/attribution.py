@@ -9,15 +9,13 @@ Unsupervised (eq. 10): no gold label; for every candidate label y,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from ..data import IGNORE, Batch, LabelSpace, targets_for
-from ..models import NeuronGroup, get_adapter
+from ..models import NeuronGroup
 from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
-from .hooks import ActivationRecorder, recording
+from .hooks import ActivationRecorder, run_scoring
 
 
 def _target_probs(model: nn.Module, batch: Batch, dec_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -40,26 +38,6 @@ def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> 
         return torch.zeros(h.shape[0], h.shape[-1], device=h.device)
     hg = (h.detach().float() * g.float()).reshape(h.shape[0], -1, h.shape[-1])
     return (hg if position_agg == "sum" else hg.abs()).sum(1)
-
-
-def run_scoring(
-    model: nn.Module,
-    batches: list[Batch],
-    groups: list[NeuronGroup],
-    desc: str,
-    progress: Progress,
-    per_batch: Callable[[ActivationRecorder, Batch, int, Scores], None],
-) -> Scores:
-    """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
-    adapter = get_adapter(model)
-    device = next(model.parameters()).device
-    start = adapter.decoder_start_token_id()
-    scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in groups}
-    with torch.enable_grad(), recording(adapter, groups) as rec:
-        for batch in progress(batches, desc, len(batches)):
-            per_batch(rec, batch.to(device), start, scores)
-            rec.clear()
-    return {k: v.cpu() for k, v in scores.items()}
 
 
 @register_scorer("attribution")

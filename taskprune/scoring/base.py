@@ -33,11 +33,12 @@ class ScoreConfig:
     ``example_agg``: ``abs`` sums |A(x, y)| over examples (default: the signed sum cancels exactly the
     units that separate the classes), ``signed`` is eq. 6 read literally, ``abs_sum`` is |signed sum|.
     ``position_agg``: ``sum`` sums h*grad over positions before taking a sign-free aggregate,
-    ``abs`` sums |h*grad| per position.
+    ``abs`` sums |h*grad| per position. ``seed`` draws the trial of the random baselines.
     """
 
     example_agg: Literal["abs", "signed", "abs_sum"] = "abs"
     position_agg: Literal["sum", "abs"] = "sum"
+    seed: int = 0  # trial seed of the random methods (random, random-attribution)
 
     def __post_init__(self) -> None:
         if self.example_agg not in ("abs", "signed", "abs_sum"):

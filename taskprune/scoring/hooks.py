@@ -7,59 +7,84 @@ embeddings' outputs (made to require grad), so every recorded activation is part
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..models import Adapter, NeuronGroup
+from ..data import Batch
+from ..models import Adapter, NeuronGroup, get_adapter
+from .base import Progress, Scores
 
 
 class ActivationRecorder:
     """Holds, per group, the activation tensors (one per site) of the last forward pass."""
 
-    def __init__(self, adapter: Adapter, groups: list[NeuronGroup]) -> None:
+    def __init__(self, adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) -> None:
         self.adapter = adapter
         self.groups = groups
-        self.captured: dict[str, list[torch.Tensor]] = {g.name: [] for g in groups}
+        self.grad = grad
+        # one slot per site of each group (site order of Adapter.sites), filled by the last forward pass
+        self.captured: dict[str, list[torch.Tensor | None]] = {g.name: [None] * len(adapter.sites(g)) for g in groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def clear(self) -> None:
         for tensors in self.captured.values():
-            tensors.clear()
+            tensors[:] = [None] * len(tensors)
 
     def flat(self) -> tuple[list[str], list[torch.Tensor]]:
         """(group name per tensor, tensors) in one list, for ``torch.autograd.grad``."""
         names, tensors = [], []
         for name, ts in self.captured.items():
             for t in ts:
-                names.append(name)
-                tensors.append(t)
+                if t is not None:
+                    names.append(name)
+                    tensors.append(t)
         return names, tensors
 
-    def _hook(self, name: str, where: str):  # noqa: ANN202 - torch hook signatures
+    def position_masks(self, batch: Batch, decoder_valid: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Per captured tensor, a [B, T] mask of its real (non-padding) positions.
+
+        Encoder groups and the key side of cross-attention live on input positions; everything else in the
+        decoder lives on target positions. Needed where no gradient zeroes padding for us (activation scores).
+        """
+        masks: dict[str, list[torch.Tensor]] = {}
+        by_name = {g.name: g for g in self.groups}
+        for name, tensors in self.captured.items():
+            g = by_name[name]
+            out = []
+            for i, t in enumerate(tensors):
+                if t is None:
+                    continue
+                # site 1 of a cross-attention QK group is the key projection, applied to the encoder output
+                on_input = g.module == "encoder" or (g.layer_type == "cross_attn" and g.kind == "qk" and i == 1)
+                out.append(batch.attention_mask if on_input else decoder_valid)
+            masks[name] = out
+        return masks
+
+    def _hook(self, name: str, index: int, where: str):  # noqa: ANN202 - torch hook signatures
         store = self.captured[name]
 
         def on_output(_m: nn.Module, _i: tuple, output: torch.Tensor) -> None:
-            store.append(output)
+            store[index] = output
 
         def on_input(_m: nn.Module, inputs: tuple) -> None:
-            store.append(inputs[0])
+            store[index] = inputs[0]
 
         return on_output if where == "output" else on_input
 
     def attach(self) -> None:
         model = self.adapter.model
         seen: set[int] = set()
-        for stack in (model.get_encoder(), model.get_decoder()):
+        for stack in (model.get_encoder(), model.get_decoder()) if self.grad else ():
             emb = stack.get_input_embeddings()
             if id(emb) not in seen:
                 seen.add(id(emb))
                 self._handles.append(emb.register_forward_hook(_require_grad))
         for g in self.groups:
-            for site in self.adapter.sites(g):
-                hook = self._hook(g.name, site.where)
+            for index, site in enumerate(self.adapter.sites(g)):
+                hook = self._hook(g.name, index, site.where)
                 if site.where == "output":
                     self._handles.append(site.module.register_forward_hook(hook))
                 else:
@@ -77,12 +102,12 @@ def _require_grad(_m: nn.Module, _i: tuple, output: torch.Tensor) -> torch.Tenso
 
 
 @contextmanager
-def recording(adapter: Adapter, groups: list[NeuronGroup]) -> Iterator[ActivationRecorder]:
+def recording(adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) -> Iterator[ActivationRecorder]:
     """Eval mode, frozen parameters and activation hooks for the duration of the block; all restored."""
     model = adapter.model
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    recorder = ActivationRecorder(adapter, groups)
+    recorder = ActivationRecorder(adapter, groups, grad)
     try:
         model.eval()
         for p, _ in flags:
@@ -94,3 +119,24 @@ def recording(adapter: Adapter, groups: list[NeuronGroup]) -> Iterator[Activatio
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def run_scoring(
+    model: nn.Module,
+    batches: list[Batch],
+    groups: list[NeuronGroup],
+    desc: str,
+    progress: Progress,
+    per_batch: Callable[[ActivationRecorder, Batch, int, Scores], None],
+    grad: bool = True,
+) -> Scores:
+    """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    start = adapter.decoder_start_token_id()
+    scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in groups}
+    with torch.set_grad_enabled(grad), recording(adapter, groups, grad) as rec:
+        for batch in progress(batches, desc, len(batches)):
+            per_batch(rec, batch.to(device), start, scores)
+            rec.clear()
+    return {k: v.cpu() for k, v in scores.items()}

@@ -1,0 +1,58 @@
+"""RAP baseline: attribution toward random word-pieces that are no label's word-pieces.
+
+Same computation as supervised attribution (eqs. 4-6, same aggregation options), but each example's target
+is a fresh draw of as many random vocabulary ids as its gold label has word-pieces (then EOS), excluding
+every label word-piece, the EOS and the decoder start token. The draw depends on ``ScoreConfig.seed``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import Batch, LabelSpace
+from ..models import NeuronGroup, get_adapter
+from .attribution import supervised_attribution
+from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
+
+
+def random_label_space(labels: LabelSpace, gold: list[int], vocab_size: int, avoid: set[int],
+                       generator: torch.Generator) -> LabelSpace:
+    """One random 'label' per example, shaped like its gold label (same number of word-pieces, then EOS)."""
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in avoid])
+    targets, pieces = [], []
+    eos = labels.targets[0][-1]
+    for c in gold:
+        n = labels.n_pieces[c]
+        draw = allowed[torch.randint(len(allowed), (n,), generator=generator)].tolist()
+        targets.append((*draw, eos))
+        pieces.append(n)
+    return LabelSpace(tuple(targets), tuple(pieces))
+
+
+@register_scorer("random-attribution")
+def random_attribution(
+    model: nn.Module,
+    batches: list[Batch],
+    labels: LabelSpace,
+    groups: list[NeuronGroup],
+    config: ScoreConfig,
+    progress: Progress = no_progress,
+) -> Scores:
+    """Attribution (eqs. 4-6) toward random non-label word-pieces; a new draw per trial seed."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(config.seed)
+    # per-batch calls: keep signs until the end so that abs_sum means |sum over ALL examples|
+    per_batch_config = replace(config, example_agg="signed") if config.example_agg == "abs_sum" else config
+    vocab = model.get_output_embeddings().weight.shape[0]
+    avoid = {t for target in labels.targets for t in target} | {get_adapter(model).decoder_start_token_id()}
+    total: Scores = {}
+    for batch in progress(batches, "random attribution", len(batches)):
+        gold = batch.gold.tolist()
+        random_labels = random_label_space(labels, gold, vocab, avoid, g)
+        relabelled = Batch(batch.input_ids, batch.attention_mask, torch.arange(len(gold)))
+        part = supervised_attribution(model, [relabelled], random_labels, groups, per_batch_config)
+        for k, v in part.items():
+            total[k] = total[k] + v if k in total else v
+    return {k: v.abs() for k, v in total.items()} if config.example_agg == "abs_sum" else total
