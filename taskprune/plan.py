@@ -176,13 +176,13 @@ def make_plan(
 ) -> PruningPlan:
     """Select the units to keep in every group of ``model`` from ``scores`` at ``rates``.
 
-    Groups pruned at rate 0 need no score; every other group must have one of matching size.
+    Groups pruned at rate 0 (and empty groups) need no score; every other group must have one of matching size.
     """
     adapter = get_adapter(model)
     groups: dict[str, dict[str, Any]] = {}
     for g in adapter.groups():
         rate = rates.rate_for(g)
-        if rate == 0.0:
+        if rate == 0.0 or g.size == 0:  # nothing to choose: keep all (an already-empty group stays empty)
             keep = torch.arange(g.size)
         else:
             if g.name not in scores:

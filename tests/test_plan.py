@@ -105,3 +105,17 @@ def test_scores_for_another_model_are_refused() -> None:
         make_plan(model, {}, RateSpec(rate=0.5))
     # groups at rate 0 need no scores
     assert make_plan(model, {}, RateSpec(rate=0.0)).widths()
+
+
+def test_a_pruned_model_can_be_planned_again() -> None:
+    """Re-pruning: empty (zero-width) groups need no scores and stay empty."""
+    from taskprune.prune import apply
+
+    model = make_model("bert2bert")
+    scores = {g.name: torch.randn(g.size) for g in get_adapter(model).groups()}
+    once = apply(make_plan(model, scores, RateSpec(rate=0.5, layer_type_rates={"cross_attn": 1.0})), model)
+    groups = get_adapter(once).groups()
+    again = make_plan(once, {g.name: torch.randn(g.size) for g in groups if g.size}, RateSpec(rate=0.5))
+    twice = apply(again, once)
+    sizes = {g.name: g.size for g in get_adapter(twice).groups()}
+    assert all(sizes[g.name] == (0 if g.size == 0 else g.size // 2) for g in groups)
