@@ -11,6 +11,23 @@ from pathlib import Path
 from .errors import TaskpruneError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain_permissions(path: Path) -> None:
+    """Temp files/folders are created private (0600/0700); give results the user's usual permissions."""
+    mask = _umask()
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for child in path.rglob("*"):
+            child.chmod((0o777 if child.is_dir() else 0o666) & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Refuse to replace an existing file or non-empty folder unless ``overwrite`` was asked for."""
     path = Path(path)
@@ -28,6 +45,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
     os.close(fd)
     try:
         write(Path(tmp))
+        _plain_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,6 +64,7 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None], overwrite: bool 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
+        _plain_permissions(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

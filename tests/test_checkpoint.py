@@ -95,3 +95,19 @@ def test_unsupported_architecture_is_named(tmp_path) -> None:  # noqa: ANN001
     bart.save_pretrained(tmp_path / "bart")
     with pytest.raises(TaskpruneError, match="unsupported architecture"):
         load_model(tmp_path / "bart")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    from taskprune.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        out = save_pruned(make_model("t5-relu"), tmp_path / "m")
+        text = atomic_write_text(tmp_path / "plan.json", "{}")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert text.stat().st_mode & 0o777 == 0o644
