@@ -104,8 +104,8 @@ def compress(
 
 
 def _meta(plan: PruningPlan) -> dict[str, str]:
-    config = ScoreConfig(**{k: v for k, v in plan.options.items() if k in ("example_agg", "position_agg")})
-    return score_metadata(plan.task or "", plan.method or "", plan.samples or 0, plan.seed, config)
+    return score_metadata(plan.task or "", plan.method or "", plan.samples or 0, plan.seed,
+                          ScoreConfig(**plan.options))
 
 
 def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path, overwrite: bool = False) -> Path:

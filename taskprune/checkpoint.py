@@ -135,42 +135,60 @@ def is_tied(model: nn.Module) -> bool:
     return enc.weight is dec.weight
 
 
-def tie_embeddings(model: nn.Module, check_equal: bool = True) -> bool:
-    """Make the decoder's word embeddings (and its LM head) the encoder's tensor.
+TIE_MARK = "taskprune_tied_embeddings"
 
-    With ``check_equal`` (default) only ties when both copies hold the same values (a folder written by
-    :func:`save_seq2seq`), so a genuinely untied model is left alone. Returns whether the model is tied.
+
+def _is_seq2seq_of_stacks(model: nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) == "encoder-decoder"
+
+
+def tie_embeddings(model: nn.Module, force: bool = False) -> bool:
+    """Make the decoder's word embeddings (and an LM head tied to them) the encoder's tensor.
+
+    Without ``force`` this only re-ties what :func:`save_pruned` recorded as tied (config flag
+    ``taskprune_tied_embeddings``) and whose two copies are still equal: merely equal embeddings, or an
+    LM head that was not tied to the decoder embeddings, are left alone. Returns whether the model is tied.
     """
-    if getattr(model.config, "model_type", None) != "encoder-decoder":
+    if not _is_seq2seq_of_stacks(model):
         return False
     enc, dec = _word_embeddings(model)
     if enc.weight is dec.weight:
         return True
-    if enc.weight.shape != dec.weight.shape or (check_equal and not torch.equal(enc.weight, dec.weight)):
+    if not force and not getattr(model.config, TIE_MARK, False):
         return False
-    dec.weight = enc.weight
+    if enc.weight.shape != dec.weight.shape or (not force and not torch.equal(enc.weight, dec.weight)):
+        return False
     out = model.decoder.get_output_embeddings()
-    if out is not None:
+    head_follows = out is not None and (out.weight is dec.weight or torch.equal(out.weight, dec.weight))
+    dec.weight = enc.weight
+    if head_follows:
         out.weight = enc.weight
+    setattr(model.config, TIE_MARK, True)
     return True
 
 
 def _savable(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """``model``, or a copy cast to ``dtype`` whose decoder embedding is a separate tensor, for save_pretrained."""
-    tied = getattr(model.config, "model_type", None) == "encoder-decoder" and is_tied(model)
+    """``model``, or a copy cast to ``dtype`` whose decoder embedding is a separate tensor, for save_pretrained.
+
+    The copy's config records the tie (``taskprune_tied_embeddings``) so loading can restore it.
+    """
+    tied = _is_seq2seq_of_stacks(model) and is_tied(model)
+    if _is_seq2seq_of_stacks(model) and not tied and getattr(model.config, TIE_MARK, False):
+        setattr(model.config, TIE_MARK, False)  # untied since it was loaded: say so in what is saved
     if not tied and dtype is None:
         return model
     m = copy.deepcopy(model)
     if dtype is not None:
         m.to(dtype)
-    if getattr(m.config, "model_type", None) == "encoder-decoder" and is_tied(m):
+    if tied:
         enc, dec = _word_embeddings(m)
-        dec.weight = nn.Parameter(enc.weight.detach().clone())
         out = m.decoder.get_output_embeddings()
-        if out is not None:
+        head_follows = out is not None and out.weight is dec.weight
+        dec.weight = nn.Parameter(enc.weight.detach().clone())
+        if head_follows:
             out.weight = dec.weight
+        setattr(m.config, TIE_MARK, True)
     return m
-
 
 
 def save_pruned(

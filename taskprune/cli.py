@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TaskpruneError
+from .io import check_writable
 
 EXIT_USER_ERROR = 2
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": None}
@@ -121,6 +122,13 @@ def _pairs(items: list[str], flag: str) -> dict[str, float]:
     return out
 
 
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise TaskpruneError(f"scores file metadata {what}={value!r} is not an integer") from None
+
+
 def _float(value: str, flag: str) -> float:
     try:
         return float(value)
@@ -216,6 +224,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from .evaluate import count_parameters, evaluate
     from .tasks import get_task
 
+    check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
     task = get_task(args.task)
     rates = rates_from_args(args)
     path, model, tok = _load(args)
@@ -273,6 +282,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from .scoring import save_scores, score_metadata
     from .tasks import get_task
 
+    check_writable(args.out, args.overwrite, folder=False)
     task = get_task(args.task)
     _, model, tok = _load(args)
     fit = _fit_sample(args, task)
@@ -289,15 +299,18 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from .plan import make_plan
     from .scoring import load_scores
 
+    check_writable(args.out, args.overwrite, folder=False)
     rates = rates_from_args(args)
-    _, model, _tok = _load(args)
     scores = load_scores(args.scores)
+    _, model, _tok = _load(args)
     with safe_open(args.scores, "pt") as f:
         meta = f.metadata() or {}
+    options = {k: meta[k] for k in ("example_agg", "position_agg") if k in meta}
+    if "trial_seed" in meta:
+        options["seed"] = _int(meta["trial_seed"], "trial_seed")
     plan = make_plan(model, scores, rates, task=meta.get("task"), method=meta.get("method"),
-                     samples=int(meta["samples"]) if "samples" in meta else None,
-                     seed=int(meta["seed"]) if "seed" in meta else None,
-                     options={k: meta[k] for k in ("example_agg", "position_agg") if k in meta})
+                     samples=_int(meta["samples"], "samples") if "samples" in meta else None,
+                     seed=_int(meta["seed"], "seed") if "seed" in meta else None, options=options)
     plan.save(args.out, overwrite=args.overwrite)
     kept = sum(len(g["keep"]) for g in plan.groups.values())
     total = sum(g["size"] for g in plan.groups.values())
@@ -310,6 +323,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .plan import PruningPlan
     from .prune import apply
 
+    check_writable(args.out, args.overwrite, folder=True)
     plan = PruningPlan.load(args.plan)
     _, model, tok = _load(args)
     pruned = apply(plan, model)
@@ -382,6 +396,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             "no GLUE data: pass --data-dir with a GLUE/SuperGLUE folder (holding glue/SST-2/train.tsv and dev.tsv; "
             "the standard download_glue_data.py layout works), set $TASKPRUNE_DATA, or use --source hf with internet"
         )
+    if args.out:
+        check_writable(args.out, args.overwrite, folder=True)
     rates = rates_from_args(args)
     path, model, tok = _load(args)
     fit = _fit_sample(args, task)
@@ -599,6 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         func(args)
     except TaskpruneError as err:
         print(f"taskprune: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # permissions, a file where a folder should be, a full disk: the user's to fix
+        print(f"taskprune: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("taskprune: interrupted", file=sys.stderr)

@@ -28,9 +28,16 @@ def _plain_permissions(path: Path) -> None:
         path.chmod(0o666 & ~mask)
 
 
-def check_writable(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to replace an existing file or non-empty folder unless ``overwrite`` was asked for."""
+def check_writable(path: str | Path, overwrite: bool, folder: bool | None = None) -> Path:
+    """Refuse to replace an existing file or non-empty folder unless ``overwrite`` was asked for.
+
+    ``folder`` (when known) also refuses a file where a folder is to go, and the reverse.
+    """
     path = Path(path)
+    if folder is True and path.is_file():
+        raise TaskpruneError(f"{path} is a file; the output here is a folder")
+    if folder is False and path.is_dir():
+        raise TaskpruneError(f"{path} is a folder; the output here is a file")
     exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if exists and not overwrite:
         raise TaskpruneError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -39,7 +46,7 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = check_writable(path, overwrite)
+    path = check_writable(path, overwrite, folder=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -59,13 +66,13 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> P
 
 def atomic_dir(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Build a folder in a temp sibling and swap it into place, so a crash leaves the old one intact."""
-    path = check_writable(path, overwrite)
+    path = check_writable(path, overwrite, folder=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         write(tmp)
         _plain_permissions(tmp)
-        if path.exists():
+        if path.exists():  # an (empty, or --overwrite) folder
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)

@@ -36,11 +36,12 @@ def check_rate(rate: float, what: str = "rate") -> float:
 
 @dataclass
 class RateSpec:
-    """Pruning rate per group: a global rate plus overrides; the most specific rule wins.
+    """Pruning rate per group: a scope, a rate, and overrides inside the scope; the most specific rule wins.
 
-    ``rate`` applies to groups whose module is in ``modules`` and layer type in ``layer_types`` (others get
-    0). Then ``module_rates`` (encoder/decoder), ``layer_type_rates`` (self_attn/cross_attn/ffn) and
+    The scope is ``modules`` x ``layer_types``: groups outside it are never pruned. Inside it, ``rate``
+    applies, then ``module_rates`` (encoder/decoder), ``layer_type_rates`` (self_attn/cross_attn/ffn) and
     ``depth_rates`` (``[lo, hi, rate]``, inclusive block indices, last match wins) override it, in that order.
+    An override naming a module or layer type outside the scope is a contradiction and is refused.
     QK and VO of one attention always share a rate, so every head keeps one width (a stock ``d_kv``).
     """
 
@@ -62,14 +63,22 @@ class RateSpec:
         _check_names(tuple(self.layer_type_rates), LAYER_TYPES, "layer type")
         for name, r in {**self.module_rates, **self.layer_type_rates}.items():
             check_rate(r, f"rate for {name}")
+        outside = [m for m in self.module_rates if m not in self.modules]
+        outside += [t for t in self.layer_type_rates if t not in self.layer_types]
+        if outside:
+            raise TaskpruneError(
+                f"a rate is given for {', '.join(outside)}, which lies outside the pruned scope (modules "
+                f"{'+'.join(self.modules)}, layer types {'+'.join(self.layer_types)}); widen --modules/--layer-types"
+            )
         for item in self.depth_rates:
             if len(item) != 3 or int(item[0]) > int(item[1]) or int(item[0]) < 0:
                 raise TaskpruneError(f"depth rate {item!r} must be (lo, hi, rate) with 0 <= lo <= hi")
             check_rate(item[2], f"rate for depths {item[0]}-{item[1]}")
 
     def rate_for(self, group: NeuronGroup) -> float:
-        rate = self.rate if group.module in self.modules and group.layer_type in self.layer_types else 0.0
-        rate = self.module_rates.get(group.module, rate)
+        if group.module not in self.modules or group.layer_type not in self.layer_types:
+            return 0.0
+        rate = self.module_rates.get(group.module, self.rate)
         rate = self.layer_type_rates.get(group.layer_type, rate)
         for lo, hi, r in self.depth_rates:
             if lo <= group.depth <= hi:
@@ -136,7 +145,8 @@ class PruningPlan:
         if actual != self.base_fingerprint:
             raise TaskpruneError(
                 f"this plan was made for another model (plan fingerprint {self.base_fingerprint}, model "
-                f"{actual}); make a new plan for this model with `taskprune plan`"
+                f"{actual}); make a new plan for this model with `taskprune plan` (fingerprints hash float16-rounded "
+                "weights: the same model in bfloat16 differs, so plan and prune at one --dtype)"
             )
 
     # -- persistence --------------------------------------------------------------------------------
@@ -158,9 +168,19 @@ class PruningPlan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise TaskpruneError(f"{path} is not a taskprune plan (expected format {PLAN_FORMAT!r})")
         try:
-            return cls(**data)
+            plan = cls(**data)
         except TypeError as err:
             raise TaskpruneError(f"{path} is a malformed plan ({err})") from None
+        for name, g in plan.groups.items() if isinstance(plan.groups, dict) else [("groups", None)]:
+            ok = (
+                isinstance(g, dict)
+                and all(isinstance(g.get(k), int) and not isinstance(g.get(k), bool) for k in ("size", "n_heads"))
+                and isinstance(g.get("keep"), list)
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in g["keep"])
+            )
+            if not ok:
+                raise TaskpruneError(f"{path}: group {name} needs integer 'size', 'n_heads' and a list of integer 'keep'")
+        return plan
 
 
 def make_plan(

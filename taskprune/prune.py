@@ -64,8 +64,11 @@ def slice_model(adapter: Adapter, keep: dict[str, torch.Tensor]) -> dict[str, in
 
 
 def _check_keep(group: NeuronGroup, idx: torch.Tensor) -> None:
+    """Kept indices must be strictly increasing, in range, and equally many in every head."""
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= group.size):
         raise TaskpruneError(f"plan keeps unit indices outside 0..{group.size - 1} in {group.name}")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise TaskpruneError(f"plan for {group.name} lists kept units out of order or twice; they must increase")
     if idx.numel() % group.n_heads:
         raise TaskpruneError(f"plan for {group.name} keeps {idx.numel()} units, not a multiple of {group.n_heads} heads")
     per_head = torch.bincount(idx // group.head_size, minlength=group.n_heads) if idx.numel() else None
@@ -73,12 +76,35 @@ def _check_keep(group: NeuronGroup, idx: torch.Tensor) -> None:
         raise TaskpruneError(f"plan for {group.name} keeps unequal numbers of units per head")
 
 
+def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> None:
+    """Check a plan against the model's groups BEFORE anything is sliced or hooked (nothing half-done).
+
+    Slicing also needs Q/K and V/O of one attention to keep the same width per head (one head size);
+    masking does not, so hand-made plans that remove only one of them can still be studied with masks.
+    """
+    groups = adapter.group_by_name()
+    per_head: dict[str, dict[str, int]] = {}
+    for name, g in plan.groups.items():
+        if name not in groups or groups[name].size != g["size"]:
+            raise TaskpruneError(f"plan group {name} does not exist in this model; the plan was made for another model")
+        group = groups[name]
+        _check_keep(group, plan.keep(name))
+        if group.kind != "ffn" and slicing:
+            per_head.setdefault(group.attention, {})[group.kind] = len(g["keep"]) // group.n_heads
+    for attention, widths in per_head.items():
+        if len(set(widths.values())) > 1:
+            raise TaskpruneError(
+                f"{attention}: the plan keeps {widths.get('qk')} Q/K and {widths.get('vo')} V/O units per head; "
+                "they must be equal (prune both at the same rate)"
+            )
+
+
 def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: bool = True) -> nn.Module:
     """Return a physically smaller model keeping exactly the plan's units; its config records the widths."""
     if check:
         plan.check_model(model)
     adapter = get_adapter(model)
-    _check_group_names(plan, adapter)
+    validate_plan(plan, adapter)
     if not inplace:
         model = copy.deepcopy(model)
         adapter = get_adapter(model)
@@ -94,13 +120,6 @@ def record_widths(adapter: Adapter, widths: dict[str, int], base_fingerprint: st
     config.taskprune_widths = dict(widths)
     if base_fingerprint is not None:
         config.taskprune_base_fingerprint = base_fingerprint
-
-
-def _check_group_names(plan: PruningPlan, adapter: Adapter) -> None:
-    groups = adapter.group_by_name()
-    for name, g in plan.groups.items():
-        if name not in groups or groups[name].size != g["size"]:
-            raise TaskpruneError(f"plan group {name} does not exist in this model; the plan was made for another model")
 
 
 class MaskHandle:
@@ -136,14 +155,13 @@ def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHand
     if check:
         plan.check_model(model)
     adapter = get_adapter(model)
-    _check_group_names(plan, adapter)
+    validate_plan(plan, adapter, slicing=False)
     groups = adapter.group_by_name()
     handles: list[RemovableHandle] = []
     for name, g in plan.groups.items():
         if len(g["keep"]) == g["size"]:
             continue
         group = groups[name]
-        _check_keep(group, plan.keep(name))
         device = adapter.parts(group).producers[0].weight.device
         m = torch.zeros(g["size"], device=device)
         m[plan.keep(name).to(device)] = 1.0

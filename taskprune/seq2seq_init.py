@@ -82,7 +82,7 @@ def build_bert2bert(encoder_dir: str | Path, decoder_layers: int | None = None):
     gen.pad_token_id = tokenizer.pad_token_id
     gen.eos_token_id = tokenizer.sep_token_id
     gen.bos_token_id = tokenizer.cls_token_id
-    tie_embeddings(model, check_equal=False)
+    tie_embeddings(model, force=True)
     return model.eval(), tokenizer
 
 

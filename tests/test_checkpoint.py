@@ -111,3 +111,24 @@ def test_outputs_get_ordinary_permissions(tmp_path) -> None:  # noqa: ANN001
     assert out.stat().st_mode & 0o777 == 0o755
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert text.stat().st_mode & 0o777 == 0o644
+
+
+def test_encoder_decoder_embedding_ties_survive_saving_and_nothing_else_is_tied(tmp_path) -> None:  # noqa: ANN001
+    from taskprune.checkpoint import is_tied, tie_embeddings
+    from taskprune.evaluate import count_parameters
+
+    tied = make_model("bert2bert")
+    assert tie_embeddings(tied, force=True) and is_tied(tied)
+    inputs = sample_inputs(0)
+    reloaded = load_model(save_pruned(tied, tmp_path / "tied"))
+    assert is_tied(reloaded) and count_parameters(reloaded)["total"] == count_parameters(tied)["total"]
+    torch.testing.assert_close(logits(reloaded, inputs), logits(tied, inputs))
+    # equal but untied embeddings, and an LM head with weights of its own: loading must change nothing
+    untied = make_model("bert2bert")
+    with torch.no_grad():
+        untied.decoder.get_input_embeddings().weight.copy_(untied.encoder.get_input_embeddings().weight)
+        head = untied.decoder.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone() * 1.5)
+    loaded = load_model(save_pruned(untied, tmp_path / "untied"))
+    assert not is_tied(loaded)
+    torch.testing.assert_close(logits(loaded, inputs), logits(untied, inputs))

@@ -61,6 +61,8 @@ def test_score_plan_prune_chain_equals_compress(workspace: dict[str, Path], caps
     assert run("score", *common, "--task", workspace["task"], "--samples", 4, "--batch-size", 2,
                "--out", root / "s.safetensors") == 0
     assert run("plan", *common, "--scores", root / "s.safetensors", "--rate", 0.5, "--out", root / "p.json") == 0
+    plan = json.loads((root / "p.json").read_text())
+    assert plan["samples"] == 4 and plan["seed"] == 0 and plan["options"]["seed"] == 0  # sample and trial seeds
     assert run("prune", *common, "--plan", root / "p.json", "--out", root / "pruned") == 0
     assert run("info", "--plan", root / "p.json") == 0
     assert run("info", *common) == 0
@@ -84,6 +86,9 @@ BAD_INPUTS = {
     "missing scores": (["plan", "--scores", "{root}/none.safetensors", "--out", "{root}/p3.json"], "not found"),
     "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
     "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
+    "folder where a file goes": (["score", "--task", "{task}", "--out", "{root}"], "is a folder"),
+    "override outside scope": (["compress", "--task", "{task}", "--modules", "decoder", "--module-rate",
+                                "encoder=0.3", "--out", "{root}/w"], "outside the pruned scope"),
 }
 
 

@@ -54,8 +54,8 @@ def test_rates_outside_unit_interval_are_refused(bad: float) -> None:
         RateSpec(module_rates={"encoder": bad})
 
 
-def test_rate_spec_precedence() -> None:
-    spec = RateSpec(rate=0.5, modules=("decoder",), module_rates={"encoder": 0.2}, layer_type_rates={"ffn": 0.7},
+def test_rate_spec_precedence_and_scope() -> None:
+    spec = RateSpec(rate=0.5, module_rates={"encoder": 0.2}, layer_type_rates={"ffn": 0.7},
                     depth_rates=[(1, 2, 0.9)])
 
     def g(module: str, layer_type: str, depth: int) -> NeuronGroup:
@@ -65,7 +65,15 @@ def test_rate_spec_precedence() -> None:
     assert spec.rate_for(g("encoder", "self_attn", 0)) == 0.2
     assert spec.rate_for(g("encoder", "ffn", 0)) == 0.7
     assert spec.rate_for(g("encoder", "ffn", 2)) == 0.9
+    # outside the scope nothing is pruned, whatever the overrides say
+    scoped = RateSpec(rate=0.5, modules=("decoder",), layer_type_rates={"ffn": 0.7}, depth_rates=[(0, 5, 0.9)])
+    assert scoped.rate_for(g("encoder", "ffn", 0)) == 0.0
+    assert scoped.rate_for(g("decoder", "ffn", 0)) == 0.9
     assert RateSpec(rate=0.5, layer_types=("ffn",)).rate_for(g("decoder", "self_attn", 0)) == 0.0
+    with pytest.raises(TaskpruneError, match="outside the pruned scope"):
+        RateSpec(rate=0.5, modules=("decoder",), module_rates={"encoder": 0.3})
+    with pytest.raises(TaskpruneError, match="outside the pruned scope"):
+        RateSpec(rate=0.5, layer_types=("ffn",), layer_type_rates={"cross_attn": 0.3})
     with pytest.raises(TaskpruneError, match="unknown module"):
         RateSpec(modules=("middle",))
     with pytest.raises(TaskpruneError, match="unknown layer type"):
@@ -83,6 +91,25 @@ def test_plan_round_trip_and_provenance(tmp_path, family: str) -> None:  # noqa:
     with pytest.raises(TaskpruneError, match="already exists"):
         plan.save(path)
     plan.save(path, overwrite=True)
+
+
+def test_malformed_or_shuffled_keep_lists_are_refused(tmp_path) -> None:  # noqa: ANN001
+    from taskprune.prune import apply, mask
+
+    model = make_model("t5-relu")
+    plan = make_plan(model, {g.name: torch.randn(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    name = "encoder.0.self_attn.qk"
+    keep = plan.groups[name]["keep"]
+    plan.groups[name]["keep"] = keep[1:2] + keep[:1] + keep[2:]  # same units, out of order
+    for fn in (apply, mask):
+        with pytest.raises(TaskpruneError, match="out of order"):
+            fn(plan, model)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # nothing left half-done
+    data = plan.to_dict()
+    data["groups"][name]["keep"] = ["a"]
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(TaskpruneError, match="list of integer 'keep'"):
+        PruningPlan.load(tmp_path / "p.json")
 
 
 def test_bad_plan_files(tmp_path) -> None:  # noqa: ANN001

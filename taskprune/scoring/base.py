@@ -85,9 +85,10 @@ def list_scorers() -> list[str]:
 
 def score_metadata(task: str, method: str, samples: int, seed: int | None, config: ScoreConfig) -> dict[str, str]:
     """What a scores file records about its making (safetensors metadata is str -> str)."""
-    meta = {"task": task, "method": method, "samples": str(samples), **{k: str(v) for k, v in config.to_dict().items()}}
+    meta = {"task": task, "method": method, "samples": str(samples), "example_agg": config.example_agg,
+            "position_agg": config.position_agg, "trial_seed": str(config.seed)}
     if seed is not None:
-        meta["seed"] = str(seed)
+        meta["seed"] = str(seed)  # the seed of the example sample
     return meta
 
 
