@@ -429,9 +429,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _fp16_size(model, folder: Path) -> int:  # noqa: ANN001
-    import copy
+    import torch
 
-    copy.deepcopy(model).half().save_pretrained(str(folder))
+    from .checkpoint import save_pruned
+
+    save_pruned(model, folder, dtype=torch.float16)
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 

@@ -200,3 +200,19 @@ def test_done_when_t5_small_shapes_half_prunable_and_plain_loading(tmp_path: Pat
     assert count_parameters(plain)["prunable"] * 2 == count_parameters(model)["prunable"]
     inputs = sample_inputs(0)
     torch.testing.assert_close(logits(plain, inputs), logits(load_pruned(tmp_path / "out"), inputs))
+
+
+def test_demo_prints_the_before_after_table(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("demo", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+               "--batch-size", 2) == 0
+    out = capsys.readouterr().out
+    for row in ("accuracy", "parameters (prunable)", "size on disk", "latency ms/example", "scoring time"):
+        assert row in out
+
+
+def test_demo_without_data_says_how_to_get_glue(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKPRUNE_DATA", raising=False)
+    assert run("demo", "--model", workspace["model"]) == 2
+    err = capsys.readouterr().err
+    assert "no GLUE data" in err and "--data-dir" in err and len(err.strip().splitlines()) == 1
