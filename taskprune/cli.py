@@ -391,7 +391,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .tasks import get_task
 
     task = get_task(args.task)
-    if _data_dir(args) is None and args.source in ("auto", "dir"):
+    if _data_dir(args) is None and args.source in ("auto", "dir") and not task.file_map:
         raise TaskpruneError(
             "no GLUE data: pass --data-dir with a GLUE/SuperGLUE folder (holding glue/SST-2/train.tsv and dev.tsv; "
             "the standard download_glue_data.py layout works), set $TASKPRUNE_DATA, or use --source hf with internet"
