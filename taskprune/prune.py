@@ -140,16 +140,6 @@ class MaskHandle:
         self.remove()
 
 
-def _mask_hook(mask: torch.Tensor, where: str):  # noqa: ANN202 - torch hook signatures
-    def on_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output * mask.to(output.dtype)
-
-    def on_input(_module: nn.Module, inputs: tuple) -> tuple:
-        return (inputs[0] * mask.to(inputs[0].dtype), *inputs[1:])
-
-    return on_output if where == "output" else on_input
-
-
 def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHandle:
     """Make ``model`` compute what ``apply(plan, model)`` computes, without copying any weight."""
     if check:
@@ -166,11 +156,7 @@ def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHand
         m = torch.zeros(g["size"], device=device)
         m[plan.keep(name).to(device)] = 1.0
         for site in adapter.sites(group):
-            hook = _mask_hook(m, site.where)
-            if site.where == "output":
-                handles.append(site.module.register_forward_hook(hook))
-            else:
-                handles.append(site.module.register_forward_pre_hook(hook))
+            handles.append(site.hook(lambda t, m=m: t * m.to(t.dtype)))
     return MaskHandle(handles)
 
 

@@ -9,10 +9,13 @@ same way. Adding an architecture means writing one adapter file and registering 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 ModuleName = Literal["encoder", "decoder"]
 LayerType = Literal["self_attn", "cross_attn", "ffn"]
@@ -58,6 +61,17 @@ class Site:
 
     module: nn.Module
     where: Literal["input", "output"]
+
+    def hook(self, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
+        """Call ``fn`` on the site's activation at every forward; a tensor it returns replaces the activation."""
+        if self.where == "output":
+            return self.module.register_forward_hook(lambda _m, _i, output: fn(output))
+
+        def pre(_m: nn.Module, inputs: tuple) -> tuple | None:
+            new = fn(inputs[0])
+            return None if new is None else (new, *inputs[1:])
+
+        return self.module.register_forward_pre_hook(pre)
 
 
 @dataclass(frozen=True)

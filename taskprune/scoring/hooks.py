@@ -63,16 +63,13 @@ class ActivationRecorder:
             masks[name] = out
         return masks
 
-    def _hook(self, name: str, index: int, where: str):  # noqa: ANN202 - torch hook signatures
-        store = self.captured[name]
+    def _store(self, name: str, index: int):  # noqa: ANN202
+        slots = self.captured[name]
 
-        def on_output(_m: nn.Module, _i: tuple, output: torch.Tensor) -> None:
-            store[index] = output
+        def store(t: torch.Tensor) -> None:
+            slots[index] = t
 
-        def on_input(_m: nn.Module, inputs: tuple) -> None:
-            store[index] = inputs[0]
-
-        return on_output if where == "output" else on_input
+        return store
 
     def attach(self) -> None:
         model = self.adapter.model
@@ -84,11 +81,7 @@ class ActivationRecorder:
                 self._handles.append(emb.register_forward_hook(_require_grad))
         for g in self.groups:
             for index, site in enumerate(self.adapter.sites(g)):
-                hook = self._hook(g.name, index, site.where)
-                if site.where == "output":
-                    self._handles.append(site.module.register_forward_hook(hook))
-                else:
-                    self._handles.append(site.module.register_forward_pre_hook(hook))
+                self._handles.append(site.hook(self._store(g.name, index)))
 
     def detach(self) -> None:
         for h in self._handles:
