@@ -6,17 +6,18 @@ examples, removes the least important units layer by layer and returns a physica
 
 __version__ = "0.1.0"
 
-from .api import compress, save_compressed, score
+from .api import compress, compress_trials, list_methods, save_compressed, score
 from .checkpoint import load_model, load_pruned, load_tokenizer, save_pruned
 from .errors import TaskpruneError
 from .evaluate import count_parameters, evaluate
 from .plan import PruningPlan, RateSpec, make_plan
 from .prune import apply, mask, masked
-from .scoring import ScoreConfig
+from .scoring import ScoreConfig, SMPConfig
 from .tasks import Example, Task, get_task, load_examples, sample_k_shot
 
 __all__ = [
-    "Example", "PruningPlan", "RateSpec", "ScoreConfig", "Task", "TaskpruneError", "apply", "compress",
+    "Example", "PruningPlan", "RateSpec", "SMPConfig", "ScoreConfig", "Task", "TaskpruneError", "apply", "compress",
+    "compress_trials", "list_methods",
     "count_parameters", "evaluate", "get_task", "load_examples", "load_model", "load_pruned", "load_tokenizer",
     "make_plan", "mask", "masked", "sample_k_shot", "save_compressed", "save_pruned", "score",
 ]

@@ -12,11 +12,14 @@ The CLI is a thin layer over these functions; notebooks and scripts call them di
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .checkpoint import save_pruned
@@ -25,7 +28,7 @@ from .errors import TaskpruneError
 from .models import get_adapter
 from .plan import PruningPlan, RateSpec, make_plan
 from .prune import apply
-from .scoring import ScoreConfig, Scores, get_scorer, save_scores, score_metadata
+from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
 from .scoring.base import Progress, no_progress
 from .tasks import Example, Task
 
@@ -47,6 +50,16 @@ def default_data_dir() -> Path | None:
     return Path(env) if env else None
 
 
+def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
+                batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress) -> ScoringJob:
+    """Tokenise ``examples`` and gather what every scoring method is given (all non-empty groups)."""
+    if not examples:
+        raise TaskpruneError(f"no examples to score task {task.name} with")
+    groups = [g for g in get_adapter(model).groups() if g.size > 0]
+    return ScoringJob(model, list(batches(examples, tokenizer, batch_size, max_length)),
+                      LabelSpace.build(tokenizer, task), groups, config or ScoreConfig(), progress)
+
+
 def score(
     model: nn.Module,
     tokenizer: Any,
@@ -60,22 +73,65 @@ def score(
     progress: Progress = no_progress,
 ) -> Scores:
     """Importance of every unit of every group of ``model`` for ``task``, from ``examples``."""
-    if not examples:
-        raise TaskpruneError(f"no examples to score task {task.name} with")
     scorer = get_scorer(method)
-    adapter = get_adapter(model)
-    labels = LabelSpace.build(tokenizer, task)
-    batch_list = list(batches(examples, tokenizer, batch_size, max_length))
-    groups = [g for g in adapter.groups() if g.size > 0]
-    return scorer(model, batch_list, labels, groups, config or ScoreConfig(), progress)
+    return scorer(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress))
 
 
 @dataclass
 class CompressResult:
+    """The compressed model and what made it. ``plan`` is None for methods that do not select units (svd,
+    smp-unstructured); ``extra_files`` are written next to the checkpoint (e.g. unstructured masks)."""
+
     model: nn.Module
-    plan: PruningPlan
+    plan: PruningPlan | None
     scores: Scores
     scoring_seconds: float
+    method: str = "attribution"
+    note: str | None = None
+    extra_files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
+
+
+def _compress_svd(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], rates: RateSpec,
+                  config: ScoreConfig, batch_size: int, max_length: int, progress: Progress) -> CompressResult:
+    from .lowrank import factorize
+
+    t0 = time.perf_counter()
+    out = factorize(model, rates)
+    return CompressResult(out, None, {}, time.perf_counter() - t0, "svd",
+                          note="low-rank factorisation (no examples used): load it with taskprune.load_pruned")
+
+
+def _compress_smp_unstructured(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example],
+                               rates: RateSpec, config: ScoreConfig, batch_size: int, max_length: int,
+                               progress: Progress) -> CompressResult:
+    from safetensors.torch import save_file
+
+    from .scoring.smp import apply_weight_masks, learn_weight_masks
+
+    t0 = time.perf_counter()
+    masks, _ = learn_weight_masks(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length,
+                                              progress))
+    out = apply_weight_masks(model, masks)
+    tensors = {k: v.to(dtype=torch.uint8).contiguous() for k, v in masks.items()}
+    return CompressResult(
+        out, None, {}, time.perf_counter() - t0, "smp-unstructured",
+        note="unstructured: the zeroed weights keep their dense shapes, so the model is neither smaller nor "
+             "faster without a sparse kernel or format (masks in masks.safetensors)",
+        extra_files={"masks.safetensors": lambda p: save_file(tensors, str(p), metadata={"task": task.name})},
+    )
+
+
+# Methods that change the model some other way than by selecting units (a scorer + plan).
+TRANSFORMS: dict[str, Callable[..., CompressResult]] = {
+    "svd": _compress_svd,
+    "smp-unstructured": _compress_smp_unstructured,
+}
+RANDOM_METHODS = ("random", "random-attribution")
+
+
+def list_methods() -> list[str]:
+    """Every method ``compress`` accepts: the registered scorers and the transforms."""
+    return sorted([*list_scorers(), *TRANSFORMS])
 
 
 def compress(
@@ -92,31 +148,107 @@ def compress(
     max_length: int = 256,
     progress: Progress = no_progress,
 ) -> CompressResult:
-    """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy."""
-    config = config or ScoreConfig()
+    """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
+
+    ``scoring_seconds`` is the wall time of the method's own step (scoring, mask learning or factorising).
+    """
+    config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
+    if method in TRANSFORMS:
+        return TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length, progress)
+    if method not in list_scorers():
+        raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
     t0 = time.perf_counter()
     scores = score(model, tokenizer, task, examples, method=method, config=config, batch_size=batch_size,
                    max_length=max_length, progress=progress)
     seconds = time.perf_counter() - t0
     plan = make_plan(model, scores, rates, task=task.name, method=method, samples=len(examples), seed=seed,
                      options=config.to_dict())
-    return CompressResult(apply(plan, model, check=False), plan, scores, seconds)
+    return CompressResult(apply(plan, model, check=False), plan, scores, seconds, method)
+
+
+@dataclass
+class TrialsResult:
+    """Metrics of every trial of a random method and their mean and (sample) standard deviation."""
+
+    method: str
+    seeds: list[int]
+    metrics: list[dict[str, float]]
+    plans: list[PruningPlan]
+    seconds: list[float]
+
+    def mean(self) -> dict[str, float]:
+        return {k: statistics.fmean(m[k] for m in self.metrics) for k in self.metrics[0]}
+
+    def std(self) -> dict[str, float]:
+        if len(self.metrics) < 2:
+            return {k: 0.0 for k in self.metrics[0]}
+        return {k: statistics.stdev(m[k] for m in self.metrics) for k in self.metrics[0]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seeds": self.seeds, "metrics": self.metrics, "mean": self.mean(),
+                "std": self.std(), "seconds": self.seconds}
+
+
+def compress_trials(
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task,
+    examples: list[Example],
+    eval_examples: list[Example],
+    rates: RateSpec,
+    *,
+    method: str,
+    trials: int,
+    config: ScoreConfig | None = None,
+    seed: int | None = None,
+    batch_size: int = 8,
+    eval_batch_size: int = 32,
+    max_length: int = 256,
+    progress: Progress = no_progress,
+) -> TrialsResult:
+    """Run a random method ``trials`` times (trial seeds ``config.seed`` + 0..trials-1) and evaluate each.
+
+    Each trial is evaluated with the plan's masks on ``model`` itself (equal to the sliced model, which the
+    tests hold it to), so no copy is made per trial.
+    """
+    from .evaluate import evaluate
+    from .prune import masked
+
+    if method not in RANDOM_METHODS:
+        raise TaskpruneError(f"--trials is for the random methods ({', '.join(RANDOM_METHODS)}); {method} is deterministic")
+    if trials < 1:
+        raise TaskpruneError(f"--trials must be at least 1, got {trials}")
+    if not eval_examples:
+        raise TaskpruneError("trials are compared by evaluation: no eval examples were given")
+    config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
+    seeds = [config.seed + i for i in range(trials)]
+    metrics, plans, seconds = [], [], []
+    for s in seeds:
+        cfg = replace(config, seed=s)
+        t0 = time.perf_counter()
+        scores = score(model, tokenizer, task, examples, method=method, config=cfg, batch_size=batch_size,
+                       max_length=max_length)
+        seconds.append(time.perf_counter() - t0)
+        plan = make_plan(model, scores, rates, task=task.name, method=method, samples=len(examples), seed=seed,
+                         options=cfg.to_dict())
+        with masked(plan, model, check=False):
+            res = evaluate(model, tokenizer, task, eval_examples, batch_size=eval_batch_size, max_length=max_length,
+                           progress=progress)
+        metrics.append(dict(res.metrics))
+        plans.append(plan)
+    return TrialsResult(method, seeds, metrics, plans, seconds)
 
 
 def _meta(plan: PruningPlan) -> dict[str, str]:
     return score_metadata(plan.task or "", plan.method or "", plan.samples or 0, plan.seed,
-                          ScoreConfig(**plan.options))
+                          ScoreConfig.from_dict(plan.options))
 
 
 def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Checkpoint + tokenizer + ``plan.json`` + ``scores.safetensors``, in one atomic folder."""
-    return save_pruned(
-        result.model,
-        out_dir,
-        tokenizer,
-        extra_files={
-            "plan.json": lambda p: result.plan.save(p),
-            "scores.safetensors": lambda p: save_scores(result.scores, p, meta=_meta(result.plan)),
-        },
-        overwrite=overwrite,
-    )
+    """Checkpoint + tokenizer + ``plan.json`` + ``scores.safetensors`` (+ method files), in one atomic folder."""
+    extra: dict[str, Callable[[Path], Any]] = dict(result.extra_files)
+    if result.plan is not None:
+        plan = result.plan
+        extra["plan.json"] = lambda p: plan.save(p)
+        extra["scores.safetensors"] = lambda p: save_scores(result.scores, p, meta=_meta(plan))
+    return save_pruned(result.model, out_dir, tokenizer, extra_files=extra, overwrite=overwrite)

@@ -4,7 +4,9 @@ A pruned checkpoint is ``config.json`` + safetensors + tokenizer (+ ``plan.json`
 ``taskprune_widths`` (every group's width) and, where widths are uniform, the smaller stock fields
 (``d_ff``/``d_kv`` for T5, ``intermediate_size`` for BERT FFNs), so plain ``from_pretrained`` loads it.
 Non-uniform widths and BERT attention widths have no stock field: :func:`load_pruned` builds the stock
-skeleton, slices it to the recorded widths and loads the weights, which covers every case.
+skeleton, slices it to the recorded widths and loads the weights, which covers every case. An SVD-baseline
+checkpoint (:mod:`taskprune.lowrank`) records ``taskprune_lowrank`` ({layer: rank}) and loads the same way,
+its layers swapped for empty low-rank ones before the weights are read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from .errors import TaskpruneError
 from .io import atomic_dir
+from .lowrank import LOWRANK_KEY, restore_lowrank
 from .models import get_adapter
 from .prune import record_widths, slice_model
 
@@ -45,7 +48,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn
     if path.exists() or str(name_or_path).startswith((".", "/")):
         path = _check_model_dir(path)
         config = json.loads((path / "config.json").read_text())
-        if "taskprune_widths" in config:
+        if config.get("taskprune_widths") or config.get(LOWRANK_KEY):
             return load_pruned(path, dtype=dtype)
     try:
         model = _auto_model_class().from_pretrained(str(name_or_path), dtype=dtype)
@@ -80,39 +83,52 @@ def _state_dict_files(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load any pruned checkpoint (uniform or not, T5 or BERT attention widths) with exact shapes."""
+    """Load any pruned checkpoint (uniform or not, T5 or BERT attention widths) or factorised one, with exact shapes."""
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
     path = _check_model_dir(path)
     config = AutoConfig.from_pretrained(str(path))
     widths: dict[str, int] | None = getattr(config, "taskprune_widths", None)
-    if not widths:
+    ranks: dict[str, int] | None = getattr(config, LOWRANK_KEY, None)
+    if not widths and not ranks:
         return load_model(path, dtype=dtype)
     with no_init_weights():
         model = _auto_model_class().from_config(config)
     adapter = get_adapter(model)
-    keep: dict[str, torch.Tensor] = {}
-    for g in adapter.groups():
-        if g.name not in widths:
-            raise TaskpruneError(f"{path}/config.json lists no width for group {g.name}")
-        w = widths[g.name]
-        if w == g.size:
-            continue
-        per_head = w // g.n_heads
-        keep[g.name] = (torch.arange(per_head).unsqueeze(0) + torch.arange(g.n_heads).unsqueeze(1) * g.head_size).reshape(-1)
-    slice_model(adapter, keep)
-    record_widths(adapter, widths, getattr(config, "taskprune_base_fingerprint", None))
+    if widths:
+        keep: dict[str, torch.Tensor] = {}
+        for g in adapter.groups():
+            if g.name not in widths:
+                raise TaskpruneError(f"{path}/config.json lists no width for group {g.name}")
+            w = widths[g.name]
+            if w == g.size:
+                continue
+            per_head = w // g.n_heads
+            starts = torch.arange(g.n_heads).unsqueeze(1) * g.head_size
+            keep[g.name] = (torch.arange(per_head).unsqueeze(0) + starts).reshape(-1)
+        slice_model(adapter, keep)
+        record_widths(adapter, widths, getattr(config, "taskprune_base_fingerprint", None))
+    if ranks:
+        if not isinstance(ranks, dict):
+            raise TaskpruneError(f"{path}/config.json: {LOWRANK_KEY} must map layer names to ranks")
+        restore_lowrank(model, ranks)
+    recorded = "recorded " + ("widths and low-rank layers" if widths and ranks
+                              else "low-rank layers" if ranks else "widths")
     state = _state_dict_files(path)
     stored_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     model.to(stored_dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches are raised even when not strict
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err).splitlines()[0])
+        raise TaskpruneError(f"{path} does not match its {recorded} ({detail})") from None
     model.tie_weights()
     loaded = {p.data_ptr() for n, p in model.state_dict().items() if n in state}
     really_missing = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
     if really_missing or unexpected:
         raise TaskpruneError(
-            f"{path} does not match its recorded widths (missing {really_missing[:3]}, unexpected {unexpected[:3]})"
+            f"{path} does not match its {recorded} (missing {really_missing[:3]}, unexpected {unexpected[:3]})"
         )
     tie_embeddings(model)
     if dtype is not None:

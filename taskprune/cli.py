@@ -71,12 +71,21 @@ def _add_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=256, help="truncate inputs to this many tokens (default 256)")
 
 
-def _add_scoring(p: argparse.ArgumentParser) -> None:
-    from .scoring import list_scorers
+def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
+    from .scoring import SMPConfig, list_scorers
 
-    p.add_argument("--method", default="attribution", choices=list_scorers(),
-                   help="importance method: attribution (supervised, eqs. 4-6, default), attribution-unsupervised "
-                        "(eq. 10), or the baselines activation (FPP), random-attribution (RAP), random (RP)")
+    if compress:
+        from .api import list_methods
+
+        methods = list_methods()
+    else:
+        methods = list_scorers()
+    p.add_argument("--method", default="attribution", choices=methods,
+                   help="attribution (supervised, eqs. 4-6, default), attribution-unsupervised (eq. 10), the "
+                        "baselines activation (FPP), random-attribution (RAP), random (RP)"
+                        + (", svd (low-rank)" if compress else "") + ", smp (Static Model Pruning, learnt "
+                        "per-unit masks)" + (", smp-unstructured (per-weight masks: zeros, no speed-up)"
+                                              if compress else ""))
     p.add_argument("--trial-seed", type=int, default=0,
                    help="trial seed of the random methods (random, random-attribution); default 0")
     p.add_argument("--samples", type=int, default=10,
@@ -88,6 +97,20 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
                    help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass (default 8)")
+    d = SMPConfig()
+    g = p.add_argument_group("SMP (--method smp / smp-unstructured): masks learnt with the weights frozen")
+    g.add_argument("--smp-steps", type=int, default=d.steps, help="optimisation steps (default %(default)s)")
+    g.add_argument("--smp-lr", type=float, default=d.lr, help="Adam learning rate of the mask scores (default %(default)s)")
+    g.add_argument("--smp-schedule", default=d.schedule, choices=["cubic", "linear", "constant"],
+                   help="how the removed fraction grows to --rate (default %(default)s)")
+    g.add_argument("--smp-warmup", type=float, default=d.warmup,
+                   help="fraction of steps before pruning starts (default %(default)s)")
+    g.add_argument("--smp-cooldown", type=float, default=d.cooldown,
+                   help="fraction of steps at the final rate (default %(default)s)")
+    g.add_argument("--smp-distill", type=float, default=d.distill,
+                   help="weight in [0, 1] of distillation from the dense model (default %(default)s: task loss only)")
+    g.add_argument("--smp-temperature", type=float, default=d.temperature,
+                   help="distillation temperature (default %(default)s)")
 
 
 def _add_rates(p: argparse.ArgumentParser) -> None:
@@ -203,9 +226,11 @@ def _fit_sample(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
 
 
 def _score_config(args: argparse.Namespace):  # noqa: ANN202
-    from .scoring import ScoreConfig
+    from .scoring import ScoreConfig, SMPConfig
 
-    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg, seed=args.trial_seed)
+    smp = SMPConfig(steps=args.smp_steps, lr=args.smp_lr, schedule=args.smp_schedule, warmup=args.smp_warmup,
+                    cooldown=args.smp_cooldown, distill=args.smp_distill, temperature=args.smp_temperature)
+    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg, seed=args.trial_seed, smp=smp)
 
 
 def _quiet_transformers() -> None:
@@ -227,6 +252,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
     task = get_task(args.task)
     rates = rates_from_args(args)
+    if args.trials != 1:
+        return _compress_trials(args, task, rates)
     path, model, tok = _load(args)
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
@@ -247,11 +274,43 @@ def cmd_compress(args: argparse.Namespace) -> None:
                     rows.append([metric, value])
                 else:
                     row.append(value)
-    echo(f"{task.name}: {args.method} on {len(fit)} examples ({result.scoring_seconds:.1f} s), plan {_rate_text(rates)}")
+    used = "no examples" if args.method == "svd" else f"{len(fit)} examples"
+    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s), plan {_rate_text(rates)}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
-    if getattr(result.model.config, "model_type", "") == "encoder-decoder" and _attention_pruned(result.plan):
+    if result.note:
+        echo(f"note: {result.note}")
+    if (result.plan is not None and getattr(result.model.config, "model_type", "") == "encoder-decoder"
+            and _attention_pruned(result.plan)):
         echo("note: BERT attention widths have no stock config field: load this checkpoint with taskprune.load_pruned")
+
+
+def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
+
+    from .api import compress_trials
+    from .io import atomic_dir
+
+    _, model, tok = _load(args)
+    fit = _fit_sample(args, task)
+    eval_set = _eval_examples(args, task)
+    res = compress_trials(model, tok, task, fit, eval_set, rates, method=args.method, trials=args.trials,
+                          config=_score_config(args), seed=args.seed, batch_size=args.batch_size,
+                          eval_batch_size=args.eval_batch_size, max_length=args.max_length, progress=tqdm_progress)
+
+    def write(tmp: Path) -> None:
+        (tmp / "plans").mkdir()
+        for seed, plan in zip(res.seeds, res.plans):
+            plan.save(tmp / "plans" / f"trial-{seed}.json")
+        (tmp / "trials.json").write_text(json.dumps(res.to_dict(), indent=1) + "\n")
+
+    out = atomic_dir(args.out, write, args.overwrite)
+    metrics = list(res.metrics[0])
+    rows = [[f"trial seed {s}", *(m[k] for k in metrics)] for s, m in zip(res.seeds, res.metrics)]
+    mean, std = res.mean(), res.std()
+    rows.append(["mean ± std", *(f"{mean[k]:.2f} ± {std[k]:.2f}" for k in metrics)])
+    echo(f"{task.name}: {args.method}, {len(res.seeds)} trials on {len(fit)} examples, plan {_rate_text(rates)}")
+    echo(render_table(["", *metrics], rows))
+    echo(f"plans and metrics saved to {out} (make a model from one: taskprune prune --plan {out}/plans/trial-N.json)")
 
 
 def _attention_pruned(plan) -> bool:  # noqa: ANN001
@@ -497,7 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "save a physically smaller checkpoint (with plan.json and scores.safetensors).")
     _add_model(p)
     _add_task(p)
-    _add_scoring(p)
+    _add_scoring(p, compress=True)
+    p.add_argument("--trials", type=int, default=1,
+                   help="random methods only: run N trials (trial seeds --trial-seed ...) and report mean ± std; "
+                        "writes the trials' plans and metrics to --out instead of a checkpoint")
     _add_rates(p)
     _add_out(p, "output folder for the pruned checkpoint")
     p.add_argument("--eval-examples", type=int, default=None, help="evaluate on at most this many eval examples")

@@ -16,7 +16,8 @@ from torch import nn
 
 from .data import IGNORE, Batch, LabelSpace, batches, n_batches, targets_for
 from .errors import TaskpruneError
-from .models import get_adapter
+from .lowrank import LowRankLinear
+from .models import Adapter, NeuronGroup, get_adapter
 from .scoring.base import Progress, no_progress
 from .tasks import Example, Task, compute_metrics
 
@@ -33,9 +34,14 @@ class EvalResult:
 
 
 @torch.no_grad()
-def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int) -> torch.Tensor:
-    """Log-likelihood of every candidate target for every example: [B, n_classes]."""
-    encoder_outputs = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int,
+                encoder_outputs: Any = None) -> torch.Tensor:
+    """Log-likelihood of every candidate target for every example: [B, n_classes].
+
+    ``encoder_outputs`` (the encoder's output for this batch) skips the encoder pass.
+    """
+    if encoder_outputs is None:
+        encoder_outputs = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     out = []
     for c in range(len(labels)):
         dec_in, target = targets_for(labels, [c] * len(batch), start_id)
@@ -88,20 +94,36 @@ def evaluate(
     max_length: int = 256,
     generate: bool = False,
     progress: Progress = no_progress,
+    encoder_cache: dict[int, Any] | None = None,
 ) -> EvalResult:
-    """Task metrics (percent) of ``model`` on ``examples``."""
+    """Task metrics (percent) of ``model`` on ``examples``.
+
+    ``encoder_cache`` (a dict the caller keeps) stores the encoder's output per batch on the first call and
+    reuses it afterwards: sweeps that change only the decoder (decoder-only plans, masks or factorisations)
+    then run the encoder once per eval set. The caller guarantees the encoder, the examples and the batching
+    stay the same across calls; rank classification only.
+    """
     if not examples:
         raise TaskpruneError(f"no examples to evaluate task {task.name} on")
     labels, device, start_id = _prepare(model, tokenizer, task)
     preds: list[int] = []
     t0 = time.perf_counter()
     it = batches(examples, tokenizer, batch_size, max_length)
-    for batch in progress(it, f"eval {task.name}", n_batches(len(examples), batch_size)):
+    if encoder_cache is not None and generate:
+        raise TaskpruneError("an encoder cache serves rank classification only, not generation")
+    for i, batch in enumerate(progress(it, f"eval {task.name}", n_batches(len(examples), batch_size))):
         batch = batch.to(device)
         if generate:
             preds.extend(generate_predictions(model, batch, labels, tokenizer))
-        else:
-            preds.extend(rank_scores(model, batch, labels, start_id).argmax(1).tolist())
+            continue
+        cached = None
+        if encoder_cache is not None:
+            if i not in encoder_cache:
+                with torch.no_grad():
+                    encoder_cache[i] = model.get_encoder()(input_ids=batch.input_ids,
+                                                           attention_mask=batch.attention_mask)
+            cached = encoder_cache[i]
+        preds.extend(rank_scores(model, batch, labels, start_id, cached).argmax(1).tolist())
     seconds = time.perf_counter() - t0
     metrics = compute_metrics(task, preds, [e.label for e in examples])
     return EvalResult(metrics, len(examples), seconds, preds)
@@ -140,5 +162,26 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             seen.add(id(p))
             total += p.numel()
     adapter = get_adapter(model)
-    prunable = sum(adapter.prunable_parameters(g) for g in adapter.groups())
+    prunable = sum(_group_parameters(adapter, g) for g in adapter.groups())
     return {"total": total, "prunable": prunable}
+
+
+def _group_parameters(adapter: Adapter, group: NeuronGroup) -> int:
+    """Parameters a group's parts hold, counted as for pruning: weights plus the producers' (per-unit) biases.
+
+    A factorised (SVD-baseline) layer holds ``r*(d+k+1)`` weights, not what its in/out features imply, so
+    it is counted by its tensors; ordinary layers keep the width formula (which counts zero-width groups as 0).
+    """
+    parts = adapter.parts(group)
+    if not any(isinstance(p, LowRankLinear) for p in (*parts.producers, *parts.consumers)):
+        return adapter.prunable_parameters(group)
+    total = 0
+    for lin, producer in [(p, True) for p in parts.producers] + [(c, False) for c in parts.consumers]:
+        if isinstance(lin, LowRankLinear):
+            total += lin.U.numel() + lin.S.numel() + lin.Vh.numel()
+            total += lin.bias.numel() if producer and lin.bias is not None else 0
+        elif producer:
+            total += (lin.in_features + (lin.bias is not None)) * group.size
+        else:
+            total += lin.out_features * group.size
+    return total

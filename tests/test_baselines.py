@@ -10,7 +10,7 @@ from taskprune.data import LabelSpace, batches
 from taskprune.models import get_adapter
 from taskprune.plan import RateSpec, make_plan
 from taskprune.prune import apply, masked
-from taskprune.scoring import ScoreConfig, get_scorer
+from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.scoring.random_attribution import random_label_space
 from taskprune.tasks import Example, Task
 
@@ -22,7 +22,8 @@ def _run(family: str, method: str, seed: int = 0, batch_size: int = 2, examples=
     model, tok = make_model(family), make_tokenizer(family)
     labels = LabelSpace.build(tok, TASK)
     groups = get_adapter(model).groups()
-    return get_scorer(method)(model, list(batches(examples, tok, batch_size)), labels, groups, ScoreConfig(seed=seed))
+    return get_scorer(method)(ScoringJob(model, list(batches(examples, tok, batch_size)), labels, groups,
+                                         ScoreConfig(seed=seed)))
 
 
 @pytest.mark.parametrize("method", ["random", "random-attribution"])

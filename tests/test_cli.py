@@ -87,6 +87,10 @@ BAD_INPUTS = {
     "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
     "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
     "folder where a file goes": (["score", "--task", "{task}", "--out", "{root}"], "is a folder"),
+    "trials of a deterministic method": (["compress", "--task", "{task}", "--trials", "3", "--out", "{root}/w"],
+                                         "random methods"),
+    "smp without steps": (["compress", "--task", "{task}", "--method", "smp", "--smp-steps", "0", "--out",
+                           "{root}/w"], "at least 1 step"),
     "override outside scope": (["compress", "--task", "{task}", "--modules", "decoder", "--module-rate",
                                 "encoder=0.3", "--out", "{root}/w"], "outside the pruned scope"),
 }
@@ -104,6 +108,52 @@ def test_bad_input_gives_one_line(workspace: dict[str, Path], capsys: pytest.Cap
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("taskprune: error:") and needle in err
+
+
+def test_random_trials_report_mean_and_std(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = workspace["root"] / "trials"
+    code = run("compress", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+               "--method", "random", "--trials", 3, "--trial-seed", 5, "--out", out)
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "mean ± std" in text and "trial seed 7" in text
+    data = json.loads((out / "trials.json").read_text())
+    assert data["seeds"] == [5, 6, 7] and len(data["metrics"]) == 3 and set(data["mean"]) == set(data["std"])
+    plans = sorted(p.name for p in (out / "plans").iterdir())
+    assert plans == ["trial-5.json", "trial-6.json", "trial-7.json"]
+    keeps = [json.loads((out / "plans" / p).read_text())["groups"] for p in plans]
+    assert keeps[0] != keeps[1]  # a new draw per trial
+
+
+@pytest.mark.parametrize("method", ["smp", "smp-unstructured"])
+def test_compress_with_smp(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str], method: str) -> None:
+    out = workspace["root"] / f"out-{method}"
+    code = run("compress", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+               "--method", method, "--smp-steps", 6, "--rate", 0.5, "--modules", "decoder", "--out", out)
+    text = capsys.readouterr().out
+    assert code == 0, text
+    if method == "smp":
+        groups = json.loads((out / "plan.json").read_text())["groups"]
+        assert all((len(g["keep"]) == g["size"]) == n.startswith("encoder") for n, g in groups.items())
+    else:
+        assert "no speed-up" in text or "neither smaller nor faster" in text
+        assert (out / "masks.safetensors").is_file()
+
+
+def test_compress_with_svd(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from taskprune.checkpoint import load_pruned
+    from taskprune.lowrank import LowRankLinear
+
+    out = workspace["root"] / "out-svd"
+    code = run("compress", "--model", workspace["model"], "--task", workspace["task"], "--method", "svd",
+               "--rate", 0.5, "--layer-types", "ffn", "--out", out)
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "svd on no examples" in text and "load_pruned" in text and not (out / "plan.json").exists()
+    model = load_pruned(out)
+    ffn = [m for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    assert len(ffn) == 2 * 2 * 2  # wi and wo of 2 blocks in the encoder and 2 in the decoder
+    assert all(m.rank == 9 for m in ffn)  # d_ff 48, d_model 32: floor(48 * 32 * 0.5 / (48 + 32 + 1)) = 9
 
 
 def test_foreign_plan_and_existing_output(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,3 +59,35 @@ def test_parameter_counts_follow_widths(family: str) -> None:
     assert counts["total"] - count_parameters(half)["total"] == counts["prunable"] // 2
     none = apply(make_plan(model, {g.name: torch.randn(g.size) for g in adapter.groups()}, RateSpec(rate=1.0)), model)
     assert count_parameters(none)["prunable"] == 0
+
+
+def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) -> None:
+    """With a decoder-only plan masked in, cached encoder outputs give exactly the uncached predictions."""
+    from taskprune.plan import RateSpec, make_plan
+    from taskprune.prune import masked
+    from taskprune.tasks import Example, Task
+
+    task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))
+    examples = [Example(t, i % 2) for i, t in enumerate(["good movie", "a bad film", "the film was great",
+                                                          "awful", "it is very good", "not good"])]
+    model, tok = make_model(family), make_tokenizer(family)
+    cache: dict = {}
+    dense = evaluate(model, tok, task, examples, batch_size=4, encoder_cache=cache)
+    assert len(cache) == 2 and dense.predictions == evaluate(model, tok, task, examples, batch_size=4).predictions
+    g = torch.Generator().manual_seed(0)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    plan = make_plan(model, scores, RateSpec(rate=0.7, modules=("decoder",)))
+    labels, start = LabelSpace.build(tok, task), get_adapter(model).decoder_start_token_id()
+    batch = next(batches(examples[:4], tok, 4))
+    with masked(plan, model):
+        calls = []
+        handle = model.get_encoder().register_forward_hook(lambda *a: calls.append(1))
+        cached = evaluate(model, tok, task, examples, batch_size=4, encoder_cache=cache)
+        assert not calls  # the encoder did not run
+        handle.remove()
+        fresh = evaluate(model, tok, task, examples, batch_size=4)
+        torch.testing.assert_close(rank_scores(model, batch, labels, start, cache[0]),
+                                   rank_scores(model, batch, labels, start), rtol=0, atol=0)
+        masked_scores = rank_scores(model, batch, labels, start)
+    assert cached.predictions == fresh.predictions
+    assert not torch.equal(masked_scores, rank_scores(model, batch, labels, start))  # the mask did change the decoder

@@ -9,7 +9,7 @@ from conftest import make_model, make_tokenizer
 from taskprune.data import LabelSpace, batches, targets_for
 from taskprune.errors import TaskpruneError
 from taskprune.models import get_adapter
-from taskprune.scoring import ScoreConfig, get_scorer
+from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.tasks import Example, Task
 
 # multi-token labels: every label is two word-pieces, plus EOS
@@ -75,8 +75,8 @@ def test_supervised_attribution_equals_finite_differences(family: str, group_nam
     per_example = []
     for ex in EXAMPLES:
         (batch,) = batches([ex], tok, 1)
-        scores = get_scorer("attribution")(model, [batch], labels, [group],
-                                          ScoreConfig(example_agg="signed", position_agg="sum"))[group_name]
+        job = ScoringJob(model, [batch], labels, [group], ScoreConfig(example_agg="signed", position_agg="sum"))
+        scores = get_scorer("attribution")(job)[group_name]
         units = [0, group.size // 2, group.size - 1]
         eps = 1e-5
         for u in units:
@@ -92,11 +92,11 @@ def test_supervised_attribution_equals_finite_differences(family: str, group_nam
         per_example.append(scores)
     # aggregation over examples: signed sum vs sum of |A|
     all_batches = list(batches(EXAMPLES, tok, 2))
-    signed = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="signed"))
-    absolute = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="abs"))
+    signed = get_scorer("attribution")(ScoringJob(model, all_batches, labels, [group], ScoreConfig(example_agg="signed")))
+    absolute = get_scorer("attribution")(ScoringJob(model, all_batches, labels, [group], ScoreConfig(example_agg="abs")))
     torch.testing.assert_close(signed[group_name], sum(per_example), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(absolute[group_name], sum(a.abs() for a in per_example), rtol=1e-6, atol=1e-12)
-    abs_sum = get_scorer("attribution")(model, all_batches, labels, [group], ScoreConfig(example_agg="abs_sum"))
+    abs_sum = get_scorer("attribution")(ScoringJob(model, all_batches, labels, [group], ScoreConfig(example_agg="abs_sum")))
     torch.testing.assert_close(abs_sum[group_name], sum(per_example).abs(), rtol=1e-6, atol=1e-12)
 
 
@@ -107,7 +107,7 @@ def test_unsupervised_attribution_equals_perturbation_gradients(family: str) -> 
     groups = [g for g in adapter.groups() if g.name in ("encoder.0.ffn", "decoder.1.cross_attn.qk")]
     start = adapter.decoder_start_token_id()
     all_batches = list(batches(EXAMPLES, tok, 2))
-    got = get_scorer("attribution-unsupervised")(model, all_batches, labels, groups, ScoreConfig())
+    got = get_scorer("attribution-unsupervised")(ScoringJob(model, all_batches, labels, groups, ScoreConfig()))
     for group in groups:
         expected = torch.zeros(group.size, dtype=torch.float64)
         for batch in all_batches:
@@ -148,7 +148,7 @@ def test_scoring_keeps_no_weight_gradients_and_restores_flags(family: str) -> No
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     adapter = get_adapter(model)
-    get_scorer("attribution")(model, list(batches(EXAMPLES, tok, 2)), labels, adapter.groups(), ScoreConfig())
+    get_scorer("attribution")(ScoringJob(model, list(batches(EXAMPLES, tok, 2)), labels, adapter.groups(), ScoreConfig()))
     assert all(p.grad is None for p in model.parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert model.training

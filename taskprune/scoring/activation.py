@@ -7,24 +7,16 @@ are masked out, since without a gradient nothing else zeroes them. For Q/K group
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..data import IGNORE, Batch, LabelSpace, targets_for
-from ..models import NeuronGroup
-from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
+from ..data import IGNORE, Batch, targets_for
+from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
 @register_scorer("activation")
-def activation_scores(
-    model: nn.Module,
-    batches: list[Batch],
-    labels: LabelSpace,
-    groups: list[NeuronGroup],
-    config: ScoreConfig,
-    progress: Progress = no_progress,
-) -> Scores:
+def activation_scores(job: ScoringJob) -> Scores:
     """Feature-based pruning (FPP): mean-free activation magnitude, summed."""
+    model, labels = job.model, job.labels
 
     def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
         device = batch.input_ids.device
@@ -36,4 +28,4 @@ def activation_scores(
             for h, m in zip([t for t in tensors if t is not None], masks[name]):
                 scores[name] += (h.float().abs() * m.unsqueeze(-1).to(torch.float32)).reshape(-1, h.shape[-1]).sum(0)
 
-    return run_scoring(model, batches, groups, "activation", progress, per_batch, grad=False)
+    return run_scoring(job, "activation", per_batch, grad=False)

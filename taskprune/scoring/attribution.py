@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import IGNORE, Batch, LabelSpace, targets_for
-from ..models import NeuronGroup
-from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
+from ..data import IGNORE, Batch, targets_for
+from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
@@ -41,15 +40,9 @@ def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> 
 
 
 @register_scorer("attribution")
-def supervised_attribution(
-    model: nn.Module,
-    batches: list[Batch],
-    labels: LabelSpace,
-    groups: list[NeuronGroup],
-    config: ScoreConfig,
-    progress: Progress = no_progress,
-) -> Scores:
+def supervised_attribution(job: ScoringJob) -> Scores:
     """Supervised attribution toward each example's gold label (eqs. 4-6)."""
+    model, labels, config = job.model, job.labels, job.config
 
     def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
         device = batch.input_ids.device
@@ -64,20 +57,14 @@ def supervised_attribution(
         for name, a in per_example.items():
             scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
 
-    scores = run_scoring(model, batches, groups, "attribution", progress, per_batch)
+    scores = run_scoring(job, "attribution", per_batch)
     return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
 
 
 @register_scorer("attribution-unsupervised")
-def unsupervised_attribution(
-    model: nn.Module,
-    batches: list[Batch],
-    labels: LabelSpace,
-    groups: list[NeuronGroup],
-    config: ScoreConfig,
-    progress: Progress = no_progress,
-) -> Scores:
+def unsupervised_attribution(job: ScoringJob) -> Scores:
     """Label-free attribution over every candidate label with absolute values (eq. 10)."""
+    model, labels = job.model, job.labels
 
     def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
         device = batch.input_ids.device
@@ -95,4 +82,4 @@ def unsupervised_attribution(
                 scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0)
             rec.clear()
 
-    return run_scoring(model, batches, groups, "attribution (unsupervised)", progress, per_batch)
+    return run_scoring(job, "attribution (unsupervised)", per_batch)

@@ -7,9 +7,9 @@ Methods register by name (``@register_scorer("attribution")``) and are looked up
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,6 +27,40 @@ def no_progress(items: Iterable[Any], _desc: str, _total: int) -> Iterable[Any]:
 
 
 @dataclass
+class SMPConfig:
+    """How SMP learns its masks (see :mod:`.smp`): first-order optimisation of mask scores, weights frozen.
+
+    The removed fraction follows ``schedule`` from 0 to the target rate: ``warmup`` (a fraction of ``steps``)
+    at rate 0, then the ramp, then ``cooldown`` (a fraction) at the target, so the final mask is the one the
+    model was optimised with. ``distill`` in [0, 1] mixes in a KL term toward the dense model (same frozen
+    weights, masks off) at ``temperature``; 0 trains on the task loss alone.
+    """
+
+    steps: int = 100
+    lr: float = 0.01
+    schedule: Literal["cubic", "linear", "constant"] = "cubic"
+    warmup: float = 0.1
+    cooldown: float = 0.2
+    distill: float = 0.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise TaskpruneError(f"SMP needs at least 1 step, got {self.steps}")
+        if not self.lr > 0:
+            raise TaskpruneError(f"SMP mask-score learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("cubic", "linear", "constant"):
+            raise TaskpruneError(f"unknown SMP sparsity schedule {self.schedule!r}; choose cubic, linear or constant")
+        for name in ("warmup", "cooldown", "distill"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TaskpruneError(f"SMP {name} {getattr(self, name)!r} is outside [0, 1]")
+        if self.warmup + self.cooldown > 1.0:
+            raise TaskpruneError("SMP warmup + cooldown must not exceed 1 (they are fractions of the steps)")
+        if not self.temperature > 0:
+            raise TaskpruneError(f"SMP distillation temperature must be positive, got {self.temperature}")
+
+
+@dataclass
 class ScoreConfig:
     """How scores are aggregated (DESIGN §1: measured, not assumed; see docs/method.md).
 
@@ -34,32 +68,54 @@ class ScoreConfig:
     units that separate the classes), ``signed`` is eq. 6 read literally, ``abs_sum`` is |signed sum|.
     ``position_agg``: ``sum`` sums h*grad over positions before taking a sign-free aggregate,
     ``abs`` sums |h*grad| per position. ``seed`` draws the trial of the random baselines.
+    ``target_rates`` (a :class:`~taskprune.plan.RateSpec` as a dict) is for methods that learn masks for a
+    given rate (SMP); :func:`taskprune.api.compress` fills it in.
     """
 
     example_agg: Literal["abs", "signed", "abs_sum"] = "abs"
     position_agg: Literal["sum", "abs"] = "sum"
-    seed: int = 0  # trial seed of the random methods (random, random-attribution)
+    seed: int = 0  # trial seed of the random methods (random, random-attribution) and of SMP's batch order
+    smp: SMPConfig = field(default_factory=SMPConfig)
+    target_rates: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.example_agg not in ("abs", "signed", "abs_sum"):
             raise TaskpruneError(f"unknown example aggregation {self.example_agg!r}; choose abs, signed or abs_sum")
         if self.position_agg not in ("sum", "abs"):
             raise TaskpruneError(f"unknown position aggregation {self.position_agg!r}; choose sum or abs")
+        if isinstance(self.smp, dict):
+            self.smp = SMPConfig(**self.smp)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        """Inverse of :meth:`to_dict` (plans store it as their ``options``); unknown keys are refused."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise TaskpruneError(f"unknown scoring options {sorted(unknown)}")
+        return cls(**d)
 
-class Scorer(Protocol):
-    def __call__(
-        self,
-        model: nn.Module,
-        batches: list[Batch],
-        labels: LabelSpace,
-        groups: list[NeuronGroup],
-        config: ScoreConfig,
-        progress: Progress = no_progress,
-    ) -> Scores: ...
+
+@dataclass
+class ScoringJob:
+    """Everything a scorer is given: one argument, so every method has the same signature.
+
+    ``batches`` are the tokenised fit examples, ``labels`` the task's label targets, ``groups`` the neuron groups
+    to score (a method may score only those it needs, e.g. SMP only those pruned at the target rates).
+    """
+
+    model: nn.Module
+    batches: list[Batch]
+    labels: LabelSpace
+    groups: list[NeuronGroup]
+    config: ScoreConfig = field(default_factory=lambda: ScoreConfig())
+    progress: Progress = no_progress
+
+
+Scorer = Callable[[ScoringJob], Scores]
 
 
 _SCORERS: dict[str, Scorer] = {}

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import Batch
 from ..models import Adapter, NeuronGroup, get_adapter
-from .base import Progress, Scores
+from .base import Scores, ScoringJob
 
 
 class ActivationRecorder:
@@ -115,21 +115,18 @@ def recording(adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) ->
 
 
 def run_scoring(
-    model: nn.Module,
-    batches: list[Batch],
-    groups: list[NeuronGroup],
+    job: ScoringJob,
     desc: str,
-    progress: Progress,
     per_batch: Callable[[ActivationRecorder, Batch, int, Scores], None],
     grad: bool = True,
 ) -> Scores:
     """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
-    adapter = get_adapter(model)
-    device = next(model.parameters()).device
+    adapter = get_adapter(job.model)
+    device = next(job.model.parameters()).device
     start = adapter.decoder_start_token_id()
-    scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in groups}
-    with torch.set_grad_enabled(grad), recording(adapter, groups, grad) as rec:
-        for batch in progress(batches, desc, len(batches)):
+    scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
+    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec:
+        for batch in job.progress(job.batches, desc, len(job.batches)):
             per_batch(rec, batch.to(device), start, scores)
             rec.clear()
     return {k: v.cpu() for k, v in scores.items()}

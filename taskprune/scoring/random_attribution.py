@@ -8,12 +8,11 @@ every label word-piece, the EOS and the decoder start token. The draw depends on
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..data import Batch, LabelSpace
-from ..models import NeuronGroup, get_adapter
+from ..models import get_adapter
 from .attribution import supervised_attribution
-from .base import Progress, ScoreConfig, Scores, no_progress, register_scorer
+from .base import Scores, ScoringJob, no_progress, register_scorer
 
 
 def random_label_space(labels: LabelSpace, gold: list[int], vocab_size: int, avoid: set[int],
@@ -31,28 +30,23 @@ def random_label_space(labels: LabelSpace, gold: list[int], vocab_size: int, avo
 
 
 @register_scorer("random-attribution")
-def random_attribution(
-    model: nn.Module,
-    batches: list[Batch],
-    labels: LabelSpace,
-    groups: list[NeuronGroup],
-    config: ScoreConfig,
-    progress: Progress = no_progress,
-) -> Scores:
+def random_attribution(job: ScoringJob) -> Scores:
     """Attribution (eqs. 4-6) toward random non-label word-pieces; a new draw per trial seed."""
     from dataclasses import replace
 
+    model, labels, config = job.model, job.labels, job.config
     g = torch.Generator().manual_seed(config.seed)
     # per-batch calls: keep signs until the end so that abs_sum means |sum over ALL examples|
     per_batch_config = replace(config, example_agg="signed") if config.example_agg == "abs_sum" else config
     vocab = model.get_output_embeddings().weight.shape[0]
     avoid = {t for target in labels.targets for t in target} | {get_adapter(model).decoder_start_token_id()}
     total: Scores = {}
-    for batch in progress(batches, "random attribution", len(batches)):
+    for batch in job.progress(job.batches, "random attribution", len(job.batches)):
         gold = batch.gold.tolist()
         random_labels = random_label_space(labels, gold, vocab, avoid, g)
         relabelled = Batch(batch.input_ids, batch.attention_mask, torch.arange(len(gold)))
-        part = supervised_attribution(model, [relabelled], random_labels, groups, per_batch_config)
+        part = supervised_attribution(replace(job, batches=[relabelled], labels=random_labels,
+                                              config=per_batch_config, progress=no_progress))
         for k, v in part.items():
             total[k] = total[k] + v if k in total else v
     return {k: v.abs() for k, v in total.items()} if config.example_agg == "abs_sum" else total

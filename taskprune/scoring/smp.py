@@ -1,0 +1,245 @@
+"""SMP, the peer method (Static Model Pruning, ACL 2023): masks learnt with every weight frozen.
+
+A mask score is learnt per unit or per weight by first-order optimisation of the task loss (optionally
+with distillation from the dense model). The forward pass uses the hard top-k mask of the scores and the
+backward pass hands the mask's gradient to the scores unchanged (straight-through estimator); the
+removed fraction grows from 0 to the target rate on a schedule (:class:`SMPConfig`). Only the scores
+get gradients: the weights stay bit-identical.
+
+- ``smp`` (structured): one score per unit of every neuron group in scope, top-k within each head exactly
+  as the planner selects (:func:`~taskprune.plan.select_units`). The learnt scores then go through the
+  same plan -> apply/mask path as attribution, so the two compare at equal widths.
+- ``smp-unstructured`` (the SMP paper's setting): one score per weight of every prunable linear; the
+  result keeps the dense shapes with zeros (plus the masks). It saves nothing and runs no faster
+  unless a sparse kernel or format is used: :func:`learn_weight_masks`, :func:`apply_weight_masks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import IGNORE, Batch, targets_for
+from ..errors import TaskpruneError
+from ..models import NeuronGroup, get_adapter
+from .base import Progress, ScoreConfig, Scores, ScoringJob, SMPConfig, register_scorer
+from .hooks import recording
+
+Masks = dict[str, torch.Tensor]
+
+
+def removed_fraction(step: int, cfg: SMPConfig, rate: float) -> float:
+    """Fraction removed at optimisation ``step`` (0-based): 0 during warm-up, the target from the ramp's end."""
+    if cfg.schedule == "constant":
+        return rate
+    start = cfg.warmup * cfg.steps
+    end = (1.0 - cfg.cooldown) * cfg.steps
+    if step + 1 <= start:
+        return 0.0
+    x = min(1.0, (step + 1 - start) / max(end - start, 1.0))
+    return rate * (1.0 - (1.0 - x) ** 3) if cfg.schedule == "cubic" else rate * x
+
+
+def _target_rates(job: ScoringJob) -> dict[str, float]:
+    from ..plan import RateSpec
+
+    config = job.config
+    if config.target_rates is None:
+        raise TaskpruneError(
+            "SMP learns its masks for a target rate: run it through `taskprune compress` (or "
+            "taskprune.compress), which passes the rates"
+        )
+    spec = RateSpec.from_dict(config.target_rates)
+    return {g.name: spec.rate_for(g) for g in job.groups if spec.rate_for(g) > 0 and g.size > 0}
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, cfg: SMPConfig) -> torch.Tensor:
+    """Cross-entropy on the gold target, mixed with KL toward the dense model's distribution if asked."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+    if teacher is None or cfg.distill == 0.0:
+        return ce
+    t = cfg.temperature
+    valid = target != IGNORE
+    kl = F.kl_div(F.log_softmax(logits[valid] / t, -1), F.log_softmax(teacher[valid] / t, -1),
+                  log_target=True, reduction="batchmean")
+    return (1.0 - cfg.distill) * ce + cfg.distill * t * t * kl
+
+
+def _optimise(
+    job: ScoringJob,
+    scores: dict[str, torch.Tensor],
+    rates: dict[str, float],
+    hard_mask: Callable[[str, torch.Tensor, float], torch.Tensor],
+    forward: Callable[[Batch, torch.Tensor, Masks], torch.Tensor],
+    desc: str,
+) -> list[float]:
+    """The SMP loop shared by both granularities; returns the loss of every step.
+
+    ``forward(batch, decoder_input_ids, masks)`` runs the model with the given (STE) masks applied.
+    """
+    model, config = job.model, job.config
+    cfg = config.smp
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    start = adapter.decoder_start_token_id()
+    prepared = []
+    for batch in job.batches:
+        batch = batch.to(device)
+        dec_in, target = targets_for(job.labels, batch.gold.tolist(), start)
+        dec_in, target = dec_in.to(device), target.to(device)
+        teacher = None
+        if cfg.distill > 0:
+            with torch.no_grad():
+                teacher = forward(batch, dec_in, {}).float()
+        prepared.append((batch, dec_in, target, teacher))
+    return _steps(prepared, scores, rates, hard_mask, forward, config, job.progress, desc)
+
+
+@torch.enable_grad()
+def _steps(prepared: list, scores: dict[str, torch.Tensor], rates: dict[str, float],
+           hard_mask: Callable[[str, torch.Tensor, float], torch.Tensor],
+           forward: Callable[[Batch, torch.Tensor, Masks], torch.Tensor], config: ScoreConfig, progress: Progress,
+           desc: str) -> list[float]:
+    cfg = config.smp
+    optimiser = torch.optim.Adam(list(scores.values()), lr=cfg.lr)
+    order = torch.Generator().manual_seed(config.seed)
+    queue: list[int] = []
+    losses: list[float] = []
+    for step in progress(range(cfg.steps), desc, cfg.steps):
+        if not queue:
+            queue = torch.randperm(len(prepared), generator=order).tolist()
+        batch, dec_in, target, teacher = prepared[queue.pop()]
+        masks = {}
+        for name, s in scores.items():
+            hard = hard_mask(name, s.detach(), removed_fraction(step, cfg, rates[name]))
+            masks[name] = hard + s - s.detach()  # straight-through: forward uses the hard mask, grad flows to s
+        loss = _loss(forward(batch, dec_in, masks), target, teacher, cfg)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+# -- structured: one score per unit ------------------------------------------------------------------
+
+def _unit_mask(group: NeuronGroup) -> Callable[[str, torch.Tensor, float], torch.Tensor]:
+    from ..plan import select_units
+
+    def hard(_name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
+        m = torch.zeros_like(s)
+        m[select_units(s, group.n_heads, rate).to(s.device)] = 1.0
+        return m
+
+    return hard
+
+
+def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
+    """Learnt per-unit mask scores of the groups pruned at the target rates, and the loss per step."""
+    model = job.model
+    adapter = get_adapter(model)
+    rates = _target_rates(job)
+    learnt = [g for g in job.groups if g.name in rates]
+    device = next(model.parameters()).device
+    scores = {g.name: torch.zeros(g.size, device=device, requires_grad=True) for g in learnt}
+    masks_now: Masks = {}
+    per_group = {g.name: _unit_mask(g) for g in learnt}
+
+    def hard(name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
+        return per_group[name](name, s, rate)
+
+    def forward(batch: Batch, dec_in: torch.Tensor, masks: Masks) -> torch.Tensor:
+        masks_now.clear()
+        masks_now.update(masks)
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
+                     use_cache=False).logits
+
+    def site_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        return lambda t: t * masks_now[name].to(t.dtype) if name in masks_now else None
+
+    with recording(adapter, [], grad=False):  # eval mode and frozen weights, restored afterwards
+        handles = [site.hook(site_fn(g.name)) for g in learnt for site in adapter.sites(g)]
+        try:
+            losses = _optimise(job, scores, rates, hard, forward, "smp")
+        finally:
+            for h in handles:
+                h.remove()
+    return {k: v.detach().cpu() for k, v in scores.items()}, losses
+
+
+@register_scorer("smp")
+def smp_scores(job: ScoringJob) -> Scores:
+    """Structured SMP: per-unit mask scores learnt for the target rates (groups at rate 0 get none)."""
+    return learn_unit_scores(job)[0]
+
+
+# -- unstructured: one score per weight --------------------------------------------------------------
+
+def prunable_weights(model: nn.Module, rates: dict[str, float]) -> dict[str, tuple[nn.Linear, float]]:
+    """``{parameter name: (linear, rate)}`` for every producer/consumer weight of the groups in ``rates``."""
+    adapter = get_adapter(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    out: dict[str, tuple[nn.Linear, float]] = {}
+    for g in adapter.groups():
+        if g.name not in rates:
+            continue
+        parts = adapter.parts(g)
+        for lin in (*parts.producers, *parts.consumers):
+            out[f"{names[id(lin)]}.weight"] = (lin, rates[g.name])
+    return out
+
+
+def _weight_mask(_name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
+    n = s.numel()
+    n_keep = n - math.floor(n * rate + 1e-9)
+    m = torch.zeros(n, device=s.device)
+    if n_keep:
+        m[torch.topk(s.reshape(-1), n_keep, sorted=False).indices] = 1.0
+    return m.reshape(s.shape)
+
+
+def learn_weight_masks(job: ScoringJob) -> tuple[Masks, list[float]]:
+    """Unstructured SMP: a boolean keep-mask per prunable weight matrix (top-k per matrix), and the losses."""
+    from torch.func import functional_call
+
+    model = job.model
+    rates = _target_rates(job)
+    weights = prunable_weights(model, rates)
+    device = next(model.parameters()).device
+    scores = {n: torch.zeros(lin.weight.shape, device=device, requires_grad=True) for n, (lin, _) in weights.items()}
+    rate_of = {n: r for n, (_, r) in weights.items()}
+
+    def forward(batch: Batch, dec_in: torch.Tensor, masks: Masks) -> torch.Tensor:
+        params = {n: weights[n][0].weight * m.to(weights[n][0].weight.dtype) for n, m in masks.items()}
+        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
+                      use_cache=False)
+        return functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
+
+    with recording(get_adapter(model), [], grad=False):
+        losses = _optimise(job, scores, rate_of, _weight_mask, forward, "smp (unstructured)")
+    masks = {n: _weight_mask(n, s.detach(), rate_of[n]).bool().cpu() for n, s in scores.items()}
+    return masks, losses
+
+
+def apply_weight_masks(model: nn.Module, masks: Masks, *, inplace: bool = False) -> nn.Module:
+    """Zero the masked-out weights (same shapes: smaller only once sparsely stored, no faster as is)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    params = dict(model.named_parameters())
+    kept = total = 0
+    for name, m in masks.items():
+        if name not in params or params[name].shape != m.shape:
+            raise TaskpruneError(f"weight mask {name} does not fit this model; the masks were made for another model")
+        with torch.no_grad():
+            params[name].mul_(m.to(params[name].device, params[name].dtype))
+        kept += int(m.sum())
+        total += m.numel()
+    model.config.taskprune_weight_sparsity = {"masked_weights": total, "zeroed": total - kept,
+                                              "fraction_zeroed": (total - kept) / max(total, 1)}
+    return model
