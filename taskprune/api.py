@@ -29,7 +29,7 @@ from .models import get_adapter
 from .plan import PruningPlan, RateSpec, make_plan
 from .prune import apply
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
-from .scoring.base import Progress, no_progress
+from .scoring.base import Progress, needs_examples, no_progress
 from .tasks import Example, Task
 
 DEFAULT_MODEL_NAME = "minilm-glue6"
@@ -51,9 +51,10 @@ def default_data_dir() -> Path | None:
 
 
 def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
-                batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress) -> ScoringJob:
+                batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress,
+                method: str | None = None) -> ScoringJob:
     """Tokenise ``examples`` and gather what every scoring method is given (all non-empty groups)."""
-    if not examples:
+    if not examples and (method is None or needs_examples(method)):
         raise TaskpruneError(f"no examples to score task {task.name} with")
     groups = [g for g in get_adapter(model).groups() if g.size > 0]
     return ScoringJob(model, list(batches(examples, tokenizer, batch_size, max_length)),
@@ -74,7 +75,7 @@ def score(
 ) -> Scores:
     """Importance of every unit of every group of ``model`` for ``task``, from ``examples``."""
     scorer = get_scorer(method)
-    return scorer(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress))
+    return scorer(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress, method))
 
 
 @dataclass

@@ -531,6 +531,18 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     echo(f"final model: {Path(cfg.out_dir) / 'final'}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .experiments import run_sweep
+
+    _quiet_transformers()
+    out = Path(args.out) if args.out else Path(args.config).with_suffix(".results.jsonl")
+    summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress)
+    echo(f"{summary.ran} runs done now ({summary.failed} failed), {summary.already_done} of {summary.total} were "
+         f"already in {out}; {summary.seconds:.0f} s")
+    if summary.failed:
+        echo("failed runs have an 'error' in their row and are retried by the next `taskprune sweep`")
+
+
 def cmd_init_seq2seq(args: argparse.Namespace) -> None:
     from .seq2seq_init import init_seq2seq, minilm_dir
 
@@ -623,6 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also keep the pruned checkpoint here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a grid of experiments (resumable, one JSONL row per run)",
+                       description="Expand CONFIG.yaml into runs (tasks x methods x scopes x rates x examples x "
+                                   "seeds) and run those its results file does not hold yet (docs/sweeps.md).")
+    p.add_argument("config", help="sweep configuration (YAML)")
+    p.add_argument("--out", default=None, help="results file (default: CONFIG with .results.jsonl)")
+    p.add_argument("--model", default=None, help="override the config's model")
+    p.add_argument("--data-dir", default=None, help="override the config's data_dir")
+    p.set_defaults(func=cmd_sweep)
 
     from .finetune import DEFAULT_TASKS, DTYPES as TRAIN_DTYPES, FinetuneConfig
 

@@ -119,11 +119,16 @@ Scorer = Callable[[ScoringJob], Scores]
 
 
 _SCORERS: dict[str, Scorer] = {}
+_EXAMPLE_FREE: set[str] = set()
 
 
-def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+def register_scorer(name: str, needs_examples: bool = True) -> Callable[[Scorer], Scorer]:
+    """Register a method; ``needs_examples=False`` for those that never read the examples (random scores)."""
+
     def wrap(fn: Scorer) -> Scorer:
         _SCORERS[name] = fn
+        if not needs_examples:
+            _EXAMPLE_FREE.add(name)
         return fn
 
     return wrap
@@ -133,6 +138,10 @@ def get_scorer(name: str) -> Scorer:
     if name not in _SCORERS:
         raise TaskpruneError(f"unknown method {name!r}; choose from {', '.join(sorted(_SCORERS))}")
     return _SCORERS[name]
+
+
+def needs_examples(name: str) -> bool:
+    return name not in _EXAMPLE_FREE
 
 
 def list_scorers() -> list[str]:

@@ -1,0 +1,185 @@
+"""Running a sweep: every run of a config that its results file does not hold yet, one row each.
+
+Cheap where it is safe to be: runs are ordered so that those sharing a scoring (same task, method, examples,
+seeds) are adjacent and the scores are computed once; unit-selecting methods are evaluated through masks on
+the one loaded model (equal to slicing, tests/test_prune.py); and when a run leaves the encoder untouched,
+the encoder's outputs for the eval set are computed once and reused. A run that fails with a
+:class:`TaskpruneError` (e.g. too few examples) gets a row with its error instead of stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import TRANSFORMS, compress, score
+from ..checkpoint import load_model, load_tokenizer
+from ..errors import TaskpruneError
+from ..evaluate import count_parameters, evaluate
+from ..models import get_adapter
+from ..plan import RateSpec, make_plan
+from ..prune import masked
+from ..scoring import ScoreConfig, Scores
+from ..tasks import Example, get_task, load_examples, sample_k_shot
+from .config import ALL, Run, SweepConfig, load_config
+from .results import append_row, load_rows
+
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
+RATE_TARGETED = ("smp",)  # scorers whose scores depend on the target rates
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    already_done: int
+    ran: int
+    failed: int
+    seconds: float
+
+
+def _no_progress(items: Iterable[Any], _desc: str, _total: int) -> Iterable[Any]:
+    return items
+
+
+def dense_run(eval_task: str) -> Run:
+    """The unpruned model on one eval task: the reference line of every plot."""
+    return Run("dense", eval_task, eval_task, "dense", 0, 0, 0, RateSpec().to_dict(), "dense")
+
+
+class _Context:
+    """The loaded model, data and caches one sweep shares across its runs."""
+
+    def __init__(self, cfg: SweepConfig, model: nn.Module, tokenizer: Any, data_dir: str | None) -> None:
+        self.cfg, self.model, self.tok, self.data_dir = cfg, model, tokenizer, data_dir
+        self.adapter = get_adapter(model)
+        self.groups = self.adapter.groups()
+        self.base_prunable = count_parameters(model)["prunable"]
+        self._examples: dict[tuple[str, str], list[Example]] = {}
+        self.encoder_cache: dict[str, dict[int, Any]] = {}
+        self._scores: tuple[tuple, Scores, float] | None = None
+
+    def examples(self, task: str, split: str) -> list[Example]:
+        if (task, split) not in self._examples:
+            ex = load_examples(get_task(task), split, self.data_dir)
+            if split == "eval" and self.cfg.eval_examples:
+                ex = ex[: self.cfg.eval_examples]
+            self._examples[task, split] = ex
+        return self._examples[task, split]
+
+    def fit(self, run: Run) -> list[Example]:
+        if run.samples == 0:
+            return []
+        fit_all = self.examples(run.task, "fit")
+        return list(fit_all) if run.samples == ALL else sample_k_shot(fit_all, int(run.samples), seed=run.sample_seed)
+
+    def evaluate(self, model: nn.Module, eval_task: str, encoder_unchanged: bool) -> tuple[dict[str, float], float]:
+        cache = self.encoder_cache.setdefault(eval_task, {}) if encoder_unchanged else None
+        res = evaluate(model, self.tok, get_task(eval_task), self.examples(eval_task, "eval"),
+                       batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length, encoder_cache=cache)
+        return res.metrics, res.seconds
+
+    def scores(self, run: Run, config: ScoreConfig, fit: list[Example]) -> tuple[Scores, float]:
+        key = run.score_key()
+        if self._scores is None or self._scores[0] != key:
+            t0 = time.perf_counter()
+            s = score(self.model, self.tok, get_task(run.task), fit, method=run.method, config=config,
+                      batch_size=self.cfg.batch_size, max_length=self.cfg.max_length)
+            self._scores = (key, s, time.perf_counter() - t0)
+        return self._scores[1], self._scores[2]
+
+    def touches_encoder(self, spec: RateSpec) -> bool:
+        return any(spec.rate_for(g) > 0 for g in self.groups if g.module == "encoder")
+
+
+def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
+    """One run: compress (scores shared where possible), evaluate, count what is left."""
+    if run.method == "dense":
+        metrics, eval_s = ctx.evaluate(ctx.model, run.eval_task, encoder_unchanged=True)
+        return {"metrics": metrics, "eval_seconds": eval_s, "kept_prunable": 1.0,
+                "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
+    spec = run.rate_spec()
+    task = get_task(run.task)
+    config = replace(ScoreConfig.from_dict({"seed": run.trial_seed, **run.options}), target_rates=run.rates)
+    fit = ctx.fit(run)
+    enc_same = not ctx.touches_encoder(spec)
+    if run.method in TRANSFORMS:
+        result = compress(ctx.model, ctx.tok, task, fit, spec, method=run.method, config=config,
+                          batch_size=ctx.cfg.batch_size, max_length=ctx.cfg.max_length)
+        metrics, eval_s = ctx.evaluate(result.model, run.eval_task, enc_same)
+        kept = count_parameters(result.model)["prunable"]
+        if run.method == "smp-unstructured":
+            kept -= result.model.config.taskprune_weight_sparsity["zeroed"]
+        return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": result.scoring_seconds,
+                "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit)}
+    if run.method in RATE_TARGETED:
+        t0 = time.perf_counter()
+        scores = score(ctx.model, ctx.tok, task, fit, method=run.method, config=config,
+                       batch_size=ctx.cfg.batch_size, max_length=ctx.cfg.max_length)
+        seconds = time.perf_counter() - t0
+    else:
+        scores, seconds = ctx.scores(run, config, fit)
+    plan = make_plan(ctx.model, scores, spec, task=run.task, method=run.method, samples=len(fit))
+    with masked(plan, ctx.model, check=False):
+        metrics, eval_s = ctx.evaluate(ctx.model, run.eval_task, enc_same)
+    kept = sum(ctx.adapter.prunable_parameters(g, len(plan.groups[g.name]["keep"])) for g in ctx.groups)
+    return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": seconds,
+            "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit)}
+
+
+def _n_layers(model: nn.Module) -> int:
+    return 1 + max(g.depth for g in get_adapter(model).groups())
+
+
+def run_sweep(
+    config_path: str | Path,
+    results_path: str | Path,
+    *,
+    model: str | None = None,
+    data_dir: str | None = None,
+    progress: Progress = _no_progress,
+    max_runs: int | None = None,
+) -> SweepSummary:
+    """Run every run of ``config_path`` not yet in ``results_path``; ``max_runs`` stops early (for tests)."""
+    import yaml
+
+    t_start = time.perf_counter()
+    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) if Path(config_path).is_file() else {}
+    model_path = model or (raw or {}).get("model")
+    if not model_path:
+        from ..api import default_model_dir
+
+        model_path = default_model_dir()
+        if model_path is None:
+            raise TaskpruneError("no model: give model: in the sweep config or --model")
+    m = load_model(model_path, dtype=torch.float32)
+    cfg = load_config(config_path, n_layers=_n_layers(m))
+    data_dir = data_dir or cfg.data_dir
+    tok = load_tokenizer(model_path)
+    ctx = _Context(cfg, m, tok, data_dir)
+    results_path = Path(results_path)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    # rows with an error are not "done": a re-run retries them (the report reads the last row of each id)
+    done = {r.get("id") for r in load_rows(results_path, repair=True) if "error" not in r}
+    runs = [dense_run(t) for t in dict.fromkeys(r.eval_task for r in cfg.runs)] + cfg.runs
+    todo = [r for r in runs if r.id not in done]
+    todo.sort(key=lambda r: (r.method != "dense", r.score_key()))  # stable: shared scorings adjacent
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    failed = 0
+    for run in progress(todo, "sweep", len(todo)):
+        t0 = time.perf_counter()
+        try:
+            row = _execute(ctx, run)
+        except TaskpruneError as err:
+            row = {"error": str(err)}
+            failed += 1
+        row = {**run.to_dict(), **row, "seconds": round(time.perf_counter() - t0, 3), "model": str(model_path)}
+        append_row(results_path, row)
+    return SweepSummary(len(runs), len(runs) - len([r for r in runs if r.id not in done]), len(todo), failed,
+                        time.perf_counter() - t_start)

@@ -1,0 +1,181 @@
+"""Sweeps: expansion of configs, bad configs, shared scoring, resuming after an interruption or a kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_model, make_tokenizer
+
+from taskprune.errors import TaskpruneError
+from taskprune.experiments import expand, load_config, load_rows, run_sweep
+from taskprune.experiments import runner as runner_mod
+
+ROWS = [("good movie", 1), ("great film", 1), ("a very good film", 1), ("awful movie", 0), ("bad film", 0),
+        ("a very bad movie", 0), ("the film was great", 1), ("it was awful", 0)]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sweep")
+    make_model("t5-relu").save_pretrained(root / "model")
+    make_tokenizer("t5-relu").save_pretrained(root / "model")
+    data = "\n".join(json.dumps({"text": t, "label": y}) for t, y in ROWS) + "\n"
+    (root / "train.jsonl").write_text(data)
+    (root / "dev.jsonl").write_text(data)
+    for name in ("toy", "toy2"):
+        (root / f"{name}.yaml").write_text(
+            f"name: {name}\ntemplate: 'sst2 sentence: {{text}}'\nlabel_words: [negative, positive]\n"
+            "label_values: ['0', '1']\nfiles: {fit: train.jsonl, eval: dev.jsonl}\n")
+    return {"root": root, "model": root / "model", "task": root / "toy.yaml", "task2": root / "toy2.yaml"}
+
+
+def _config(space: dict[str, Path], name: str, experiments: list[dict]) -> Path:
+    import yaml
+
+    path = space["root"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"model": str(space["model"]), "batch_size": 4, "experiments": experiments}))
+    return path
+
+
+def test_expansion_counts_every_axis(space: dict[str, Path]) -> None:
+    task = str(space["task"])
+    runs = expand({"name": "m", "tasks": [task], "methods": ["attribution", "random", "svd"],
+                   "modules": ["encoder", "decoder"], "rates": [0.2, 0.5], "samples": [2, 4],
+                   "sample_seeds": [0, 1], "trial_seeds": [0, 1, 2]})
+    # attribution: 2 samples x 2 sample seeds x 4 rate points; random: 3 trials x 4; svd: 4
+    assert len(runs) == 2 * 2 * 4 + 3 * 4 + 4
+    assert len({r.id for r in runs}) == len(runs)
+    grid = expand({"name": "g", "tasks": [task], "grid": {"encoder": [0.0, 0.5], "decoder": [0.1, 0.2, 0.3]}})
+    assert len(grid) == 6 and grid[0].setting == "enc=0.0,dec=0.1"
+    types = expand({"name": "t", "tasks": [task], "layer_types": ["self_attn", "ffn"], "rates": [0.5]})
+    assert [r.setting for r in types] == ["decoder:self_attn", "decoder:ffn"]
+    depths = expand({"name": "d", "tasks": [task], "modules": ["all"], "depths": "thirds", "rates": [1.0]}, n_layers=6)
+    assert [r.rates["depth_rates"] for r in depths] == [[[0, 1, 1.0]], [[2, 3, 1.0]], [[4, 5, 1.0]]]
+    unseen = expand({"name": "u", "tasks": [task], "eval_tasks": [str(space["task2"])], "rates": [0.5]})
+    assert unseen[0].task == task and unseen[0].eval_task == str(space["task2"])
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"name": "x", "tasks": ["sst2"], "rates": [1.5]}, "outside [0, 1]"),
+    ({"name": "x", "tasks": ["nope"], "rates": [0.5]}, "nope"),
+    ({"name": "x", "tasks": ["sst2"], "methods": ["magic"], "rates": [0.5]}, "unknown method"),
+    ({"name": "x", "tasks": ["sst2"], "ratez": [0.5]}, "unknown keys"),
+    ({"name": "x", "tasks": ["sst2"], "samples": [0], "rates": [0.5]}, "samples"),
+    ({"name": "x", "tasks": ["sst2"], "grid": {"encoder": [0.1]}}, "grid needs both"),
+])
+def test_bad_experiments_are_refused(bad: dict, needle: str) -> None:
+    with pytest.raises(TaskpruneError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        expand(bad)
+
+
+def test_bad_config_files(space: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("experiments: []\n")
+    with pytest.raises(TaskpruneError, match="non-empty list"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("experiments:\n  - {name: a, tasks: [sst2], rates: [0.5]}\n"
+                                     "  - {name: a, tasks: [rte], rates: [0.5]}\n")
+    with pytest.raises(TaskpruneError, match="unique"):
+        load_config(tmp_path / "b.yaml")
+    with pytest.raises(TaskpruneError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_scores_are_shared_across_rates_and_rows_are_complete(space: dict[str, Path], monkeypatch) -> None:  # noqa: ANN001
+    calls = []
+    real = runner_mod.score
+
+    def counting(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls.append(kw.get("method"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner_mod, "score", counting)
+    cfg = _config(space, "shared", [{"name": "s", "tasks": [str(space["task"])], "methods": ["attribution", "random"],
+                                     "modules": ["encoder", "decoder"], "rates": [0.0, 0.5, 1.0], "samples": [4],
+                                     "trial_seeds": [0, 1]}])
+    out = space["root"] / "shared.jsonl"
+    summary = run_sweep(cfg, out)
+    rows = load_rows(out)
+    assert summary.ran == len(rows) == 1 + 6 + 12 and summary.failed == 0
+    assert calls == ["attribution", "random", "random"]  # once per (method, examples, seeds), not per rate
+    dense = next(r for r in rows if r["method"] == "dense")
+    at_zero = [r for r in rows if r["method"] == "attribution" and r["rates"]["rate"] == 0.0]
+    assert all(r["metrics"] == dense["metrics"] and r["kept_prunable"] == 1.0 for r in at_zero)
+    full = {r["setting"]: r["kept_prunable"] for r in rows if r["rates"]["rate"] == 1.0 and r["method"] == "attribution"}
+    assert full["encoder"] + full["decoder"] == pytest.approx(1.0) and 0.0 < full["decoder"] < full["encoder"] < 1.0
+
+
+def test_resume_after_an_interruption_repeats_nothing(space: dict[str, Path], monkeypatch) -> None:  # noqa: ANN001
+    cfg = _config(space, "resume", [{"name": "r", "tasks": [str(space["task"])], "methods": ["attribution", "svd"],
+                                     "rates": [0.3, 0.6], "samples": [4]}])
+    out = space["root"] / "resume.jsonl"
+    executed: list[str] = []
+    real = runner_mod._execute
+
+    def flaky(ctx, run):  # noqa: ANN001, ANN202
+        if len(executed) == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the fourth run
+        executed.append(run.id)
+        return real(ctx, run)
+
+    monkeypatch.setattr(runner_mod, "_execute", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out)
+    first = [r["id"] for r in load_rows(out)]
+    assert first == executed and len(first) == 3
+    monkeypatch.setattr(runner_mod, "_execute", lambda ctx, run: (executed.append(run.id), real(ctx, run))[1])
+    summary = run_sweep(cfg, out)
+    ids = [r["id"] for r in load_rows(out)]
+    assert summary.already_done == 3 and summary.ran == 2 and len(ids) == len(set(ids)) == 5
+    assert len(executed) == 5 and len(set(executed)) == 5  # nothing ran twice
+    assert run_sweep(cfg, out).ran == 0
+
+
+def test_a_partial_last_line_is_dropped_and_rerun(space: dict[str, Path]) -> None:
+    cfg = _config(space, "partial", [{"name": "p", "tasks": [str(space["task"])], "rates": [0.5], "samples": [4]}])
+    out = space["root"] / "partial.jsonl"
+    run_sweep(cfg, out)
+    rows = load_rows(out)
+    text = out.read_text()
+    out.write_text(text.rsplit("\n", 2)[0] + "\n" + '{"id": "' + rows[-1]["id"][:5])  # killed mid-write
+    assert len(load_rows(out)) == len(rows) - 1
+    summary = run_sweep(cfg, out)
+    assert summary.ran == 1 and [r["id"] for r in load_rows(out)] == [r["id"] for r in rows]
+
+
+def test_kill_9_loses_at_most_the_run_in_flight(space: dict[str, Path]) -> None:
+    cfg = _config(space, "kill", [{"name": "k", "tasks": [str(space["task"])], "methods": ["random"],
+                                   "modules": ["encoder", "decoder", "all"], "rates": [0.1, 0.3, 0.5, 0.7, 0.9],
+                                   "trial_seeds": [0, 1, 2, 3]}])
+    out = space["root"] / "kill.jsonl"
+    cmd = [sys.executable, "-m", "taskprune.cli", "sweep", str(cfg), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(load_rows(out)) < 5:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = load_rows(out, repair=True)
+    total = 1 + 3 * 5 * 4
+    assert 5 <= len(before) < total, "the sweep finished before it could be killed; make it longer"
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    after = load_rows(out)
+    ids = [r["id"] for r in after]
+    assert len(ids) == len(set(ids)) == total and ids[: len(before)] == [r["id"] for r in before]
+
+
+def test_cli_sweep_prints_a_summary(space: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from taskprune.cli import main
+
+    cfg = _config(space, "cli", [{"name": "c", "tasks": [str(space["task"])], "rates": [0.5], "samples": [4]}])
+    assert main(["sweep", str(cfg)]) == 0
+    assert "2 runs done now" in capsys.readouterr().out
+    assert (space["root"] / "cli.results.jsonl").is_file()
+    assert main(["sweep", str(space["root"] / "nope.yaml")]) == 2
