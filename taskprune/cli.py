@@ -543,6 +543,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         echo("failed runs have an 'error' in their row and are retried by the next `taskprune sweep`")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .experiments.report import write_report
+
+    out = write_report(args.results, args.out, overwrite=args.overwrite, title=args.title)
+    echo(f"report written to {out}/README.md ({len(list(out.glob('*.png')))} figures)")
+
+
 def cmd_init_seq2seq(args: argparse.Namespace) -> None:
     from .seq2seq_init import init_seq2seq, minilm_dir
 
@@ -644,6 +651,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="override the config's model")
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="Markdown + PNG figures from a sweep's results",
+                       description="Draw every experiment of a sweep results file (accuracy vs rate, rate grids, "
+                                   "unseen domains, layer types, depths) and the std table of the random methods.")
+    p.add_argument("results", help="results .jsonl written by `taskprune sweep`")
+    _add_out(p, "output folder (README.md + one PNG per experiment)")
+    p.add_argument("--title", default=None, help="title of the report")
+    p.set_defaults(func=cmd_report)
 
     from .finetune import DEFAULT_TASKS, DTYPES as TRAIN_DTYPES, FinetuneConfig
 

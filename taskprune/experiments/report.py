@@ -1,0 +1,239 @@
+"""From a sweep's rows to a Markdown report with PNG figures (the paper's Figures 2-5 and Table 1).
+
+Every experiment is drawn according to what its runs vary, read from the rows themselves:
+
+- module scopes (``setting`` = encoder / decoder / all): accuracy vs rate, a panel per task and module, a line
+  per method (and per example count where several were run), ± one std band over seeds (Fig. 2, 4a, 4b);
+- an encoder x decoder rate grid (``enc=..,dec=..``): a heatmap per task (Fig. 3);
+- unseen domain (scored on one task, evaluated on another): a panel per evaluated task, a line per scored task (Fig. 4c);
+- layer types or depths (``module:ffn``, ``module:low``): a panel per task and module, a line per part (Fig. 5);
+- Table 1: the std over trial seeds of the random methods, per task and module, averaged over rates.
+
+The last row of each run id wins (a failed run retried later replaces its error row).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import TaskpruneError
+from ..io import atomic_dir
+from ..models import LAYER_TYPES
+from .results import load_rows
+
+METRIC = "accuracy"
+
+
+def _kind(row: dict[str, Any]) -> str:
+    setting = row.get("setting", "")
+    if row.get("method") == "dense":
+        return "dense"
+    if setting.startswith("enc="):
+        return "grid"
+    if row.get("eval_task") != row.get("task"):
+        return "unseen"
+    if ":" in setting:
+        return "layer_type" if setting.split(":", 1)[1] in LAYER_TYPES else "depth"
+    return "module"
+
+
+def _task_label(task: str) -> str:
+    return Path(task).stem.upper() if Path(task).suffix else task.upper()
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def latest_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results file, the last one of each run id, errors left out."""
+    rows = load_rows(path)
+    if not rows:
+        raise TaskpruneError(f"{path} holds no sweep results")
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        by_id[r["id"]] = r
+    return [r for r in by_id.values() if "error" not in r and METRIC in r.get("metrics", {})]
+
+
+def _line_label(row: dict[str, Any], vary_samples: bool) -> str:
+    label = row["method"]
+    if vary_samples and row["samples"] not in (0, None):
+        label += f" ({row['samples']} ex)"
+    return label
+
+
+def _curves(rows: list[dict[str, Any]], line_of, x_of) -> dict[str, list[tuple[float, float, float, int]]]:  # noqa: ANN001
+    """{line: [(x, mean, std, n)]} over the seeds at each x."""
+    points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        points[line_of(r)][x_of(r)].append(r["metrics"][METRIC])
+    return {line: [(x, *_mean_std(v), len(v)) for x, v in sorted(xs.items())] for line, xs in points.items()}
+
+
+def _rate(row: dict[str, Any]) -> float:
+    rates = row["rates"]
+    if rates.get("depth_rates"):
+        return float(rates["depth_rates"][-1][2])
+    return float(rates["rate"])
+
+
+def _line_plot(ax, curves, dense: float | None, title: str, xlabel: str) -> None:  # noqa: ANN001
+    if dense is not None:
+        ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
+    for line, pts in sorted(curves.items()):
+        xs = [p[0] for p in pts]
+        means = [p[1] for p in pts]
+        drawn = ax.plot(xs, means, marker="o", markersize=3, label=line)[0]
+        if any(p[2] for p in pts):
+            ax.fill_between(xs, [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts], color=drawn.get_color(),
+                            alpha=0.15)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{METRIC} (%)")
+    ax.grid(alpha=0.3)
+
+
+def _figure(panels: list[tuple[str, Any]], path: Path, xlabel: str, dense: dict[str, float], ncols: int = 3) -> None:
+    """``panels`` = [(title, (eval task, curves))]; one PNG with a shared legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    cols = min(ncols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, (title, (task, curves)) in zip(axes.flat, panels):
+        _line_plot(ax, curves, dense.get(task), title, xlabel)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+            labels[lab] = lab
+    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=min(6, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _heatmap(rows: list[dict[str, Any]], path: Path, dense: dict[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["eval_task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        cells: dict[tuple[float, float], list[float]] = defaultdict(list)
+        for r in rows:
+            if r["eval_task"] == task:
+                mr = r["rates"]["module_rates"]
+                cells[(mr["encoder"], mr["decoder"])].append(r["metrics"][METRIC])
+        enc = sorted({k[0] for k in cells})
+        dec = sorted({k[1] for k in cells})
+        grid = [[statistics.fmean(cells[(e, d)]) if (e, d) in cells else float("nan") for d in dec] for e in enc]
+        im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(dec)), [f"{d:g}" for d in dec])
+        ax.set_yticks(range(len(enc)), [f"{e:g}" for e in enc])
+        ax.set_xlabel("decoder rate")
+        ax.set_ylabel("encoder rate")
+        ref = f" (dense {dense[task]:.1f})" if task in dense else ""
+        ax.set_title(f"{_task_label(task)}: {METRIC}{ref}", fontsize=10)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(curves_by_panel: dict[str, dict[str, list]], rates_header: list[float]) -> list[str]:
+    lines = ["| panel | line | " + " | ".join(f"{x:g}" for x in rates_header) + " |",
+             "|---|---|" + "---:|" * len(rates_header)]
+    for panel, curves in curves_by_panel.items():
+        for line, pts in sorted(curves.items()):
+            by_x = {p[0]: p for p in pts}
+            cells = [(f"{by_x[x][1]:.2f}" + (f" ± {by_x[x][2]:.2f}" if by_x[x][3] > 1 else "")) if x in by_x else "–"
+                     for x in rates_header]
+            lines.append(f"| {panel} | {line} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = False, title: str | None = None) -> Path:
+    """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``."""
+    rows = latest_rows(results)
+    dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if _kind(r) == "dense"}
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["experiment"] != "dense"))
+
+    def write(tmp: Path) -> None:
+        md = [f"# {title or 'Sweep report'}", "", f"From `{results}` ({len(rows)} runs). Metric: {METRIC} (%) on each "
+              "task's eval split; dashed line = the dense model; bands = ± one sample std over seeds.", ""]
+        if dense:
+            md += ["Dense model: " + ", ".join(f"{_task_label(t)} {v:.2f}" for t, v in sorted(dense.items())), ""]
+        for exp in experiments:
+            erows = [r for r in rows if r["experiment"] == exp]
+            kinds = {_kind(r) for r in erows}
+            md += [f"## {exp}", ""]
+            png = f"{exp}.png"
+            if kinds == {"grid"}:
+                _heatmap(erows, tmp / png, dense)
+                md += [f"![{exp}]({png})", ""]
+                continue
+            vary_samples = len({r["samples"] for r in erows if r["samples"] not in (0, None)}) > 1
+            panels: dict[str, tuple[str, dict]] = {}
+            for key in sorted({(r["task"], r["eval_task"], r["setting"].split(":")[0]) for r in erows}):
+                task, eval_task, module = key
+                sel = [r for r in erows if (r["task"], r["eval_task"], r["setting"].split(":")[0]) == key]
+                if kinds <= {"layer_type", "depth"}:
+                    line_of = lambda r: r["setting"].split(":", 1)[1] + (f" ({r['method']})" if len({x['method'] for x in erows}) > 1 else "")  # noqa: E731
+                elif kinds == {"unseen"}:
+                    line_of = lambda r: f"scored on {_task_label(r['task'])}" + (f", {r['method']}" if len({x['method'] for x in erows}) > 1 else "")  # noqa: E731
+                else:
+                    line_of = lambda r: _line_label(r, vary_samples)  # noqa: E731
+                name = f"{_task_label(task)} → {_task_label(eval_task)}" if task != eval_task else _task_label(task)
+                panels[f"{name}, {module}"] = (eval_task, _curves(sel, line_of, _rate))
+            if kinds == {"unseen"}:  # one panel per evaluated task: lines are the scored tasks
+                merged: dict[str, tuple[str, dict]] = {}
+                for title_, (eval_task, curves) in panels.items():
+                    module = title_.rsplit(", ", 1)[1]
+                    key_ = f"evaluated on {_task_label(eval_task)}, {module}"
+                    merged.setdefault(key_, (eval_task, {}))[1].update(curves)
+                panels = merged
+            _figure(list(panels.items()), tmp / png, "pruning rate", dense)
+            md += [f"![{exp}]({png})", ""]
+            rates = sorted({_rate(r) for r in erows})
+            md += _table({t: c for t, (_, c) in panels.items()}, rates) + [""]
+        md += _std_table(rows)
+        (tmp / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    return atomic_dir(out_dir, write, overwrite)
+
+
+def _std_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Table 1: std over trial seeds of the random methods, per task and module, averaged over rates."""
+    groups: dict[tuple[str, str, str], dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if _kind(r) == "module" and r["method"] in ("random", "random-attribution"):
+            groups[(r["task"], r["setting"], r["method"])][(r["experiment"], _rate(r), r["samples"],
+                                                             r["sample_seed"])].append(r["metrics"][METRIC])
+    if not groups:
+        return []
+    lines = ["## Std of the random methods over trial seeds (Table 1)", "",
+             "Mean over rates of the sample std across trial seeds (rate 0 and 1 excluded: nothing random there).", "",
+             "| task | module | method | mean std | trials |", "|---|---|---|---:|---:|"]
+    for (task, module, method), cells in sorted(groups.items()):
+        stds = [statistics.stdev(v) for (_, rate, _, _), v in cells.items() if len(v) > 1 and 0 < rate < 1]
+        if stds:
+            n = max(len(v) for v in cells.values())
+            lines.append(f"| {_task_label(task)} | {module} | {method} | {statistics.fmean(stds):.2f} | {n} |")
+    return lines + [""]

@@ -1,0 +1,82 @@
+"""Sweep reports: every kind of experiment gets its figure and table; the last row of a run id wins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from taskprune.cli import main
+from taskprune.errors import TaskpruneError
+from taskprune.experiments.report import latest_rows, write_report
+
+
+def _row(i: int, experiment: str, method: str, setting: str, rate: float, acc: float, task: str = "sst2",
+         eval_task: str | None = None, seed: int = 0, samples: int = 10, **rates) -> dict:  # noqa: ANN003
+    spec = {"rate": rate, "modules": ["decoder"], "layer_types": ["self_attn", "cross_attn", "ffn"],
+            "module_rates": {}, "layer_type_rates": {}, "depth_rates": [], **rates}
+    return {"id": f"r{i}", "experiment": experiment, "task": task, "eval_task": eval_task or task, "method": method,
+            "samples": samples, "sample_seed": 0, "trial_seed": seed, "rates": spec, "setting": setting,
+            "metrics": {"accuracy": acc}}
+
+
+def _rows() -> list[dict]:
+    rows, i = [], 0
+    rows.append(_row(i, "dense", "dense", "dense", 0.0, 90.0))
+    for rate in (0.3, 0.6):
+        for method, acc in (("attribution", 88.0), ("random", 70.0)):
+            for seed in range(3 if method == "random" else 1):
+                i += 1
+                rows.append(_row(i, "module_specific", method, "decoder", rate, acc - 10 * rate + seed, seed=seed))
+        for lt in ("self_attn", "ffn"):
+            i += 1
+            rows.append(_row(i, "layer_type", "attribution", f"decoder:{lt}", rate, 80.0, layer_types=[lt]))
+        for d, (lo, hi) in {"low": (0, 1), "high": (4, 5)}.items():
+            i += 1
+            rows.append(_row(i, "depth", "attribution", f"all:{d}", 0.0, 75.0, depth_rates=[[lo, hi, rate]]))
+        for src in ("sst2", "rte"):
+            i += 1
+            rows.append(_row(i, "unseen", "attribution", "decoder", rate, 60.0, task=src, eval_task="qnli"))
+    for e in (0.0, 0.5):
+        for d in (0.0, 0.5):
+            i += 1
+            rows.append(_row(i, "integrated", "attribution", f"enc={e},dec={d}", 0.0, 85.0 - 10 * e,
+                             module_rates={"encoder": e, "decoder": d}))
+    return rows
+
+
+def test_report_draws_every_kind(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    rows = _rows()
+    failed = dict(rows[1], metrics={}, error="boom")
+    results.write_text("".join(json.dumps(r) + "\n" for r in [failed, *rows]))
+    out = write_report(results, tmp_path / "rep")
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["depth.png", "integrated.png", "layer_type.png", "module_specific.png", "unseen.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in out.glob("*.png"))
+    md = (out / "README.md").read_text()
+    assert "Dense model: SST2 90.00" in md
+    assert "| SST2, decoder | random | 68.00 ± 1.00 | 65.00 ± 1.00 |" in md  # seeds add 0, 1, 2: mean ± std
+    assert "| SST2, decoder | attribution | 85.00 | 82.00 |" in md
+    assert "| SST2 | decoder | random | 1.00 | 3 |" in md  # Table 1
+    assert "evaluated on QNLI, decoder" in md
+
+
+def test_last_row_of_an_id_wins_and_errors_are_left_out(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    a = _row(1, "m", "attribution", "decoder", 0.5, 50.0)
+    results.write_text(json.dumps(dict(a, error="x", metrics={})) + "\n" + json.dumps(a) + "\n"
+                       + json.dumps(dict(a, id="r2", error="y", metrics={})) + "\n")
+    assert [r["id"] for r in latest_rows(results)] == ["r1"]
+
+
+def test_report_cli_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 0
+    assert "5 figures" in capsys.readouterr().out
+    assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 2  # exists: not overwritten
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(TaskpruneError, match="no sweep results"):
+        write_report(tmp_path / "empty.jsonl", tmp_path / "rep2")
