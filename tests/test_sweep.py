@@ -179,3 +179,10 @@ def test_cli_sweep_prints_a_summary(space: dict[str, Path], capsys: pytest.Captu
     assert "2 runs done now" in capsys.readouterr().out
     assert (space["root"] / "cli.results.jsonl").is_file()
     assert main(["sweep", str(space["root"] / "nope.yaml")]) == 2
+
+
+def test_bad_options_fail_before_the_sweep() -> None:
+    with pytest.raises(TaskpruneError, match="unknown scoring options"):
+        expand({"name": "o", "tasks": ["sst2"], "rates": [0.5], "options": {"agg": "abs"}})
+    with pytest.raises(TaskpruneError, match="trial_seeds"):
+        expand({"name": "o", "tasks": ["sst2"], "rates": [0.5], "options": {"seed": 3}})

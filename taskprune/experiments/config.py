@@ -180,8 +180,12 @@ def expand(exp: dict[str, Any], n_layers: int | None = None) -> list[Run]:
     sample_seeds = _list(exp, "sample_seeds", [0])
     trial_seeds = _list(exp, "trial_seeds", [0])
     options = exp.get("options", {})
-    if not isinstance(options, dict):
-        raise TaskpruneError(f"experiment {exp['name']!r}: options must be a mapping of scoring options")
+    if not isinstance(options, dict) or {"seed", "target_rates"} & set(options):
+        raise TaskpruneError(f"experiment {exp['name']!r}: options must map scoring options (not seed or "
+                             "target_rates: use trial_seeds and the rate keys)")
+    from ..scoring import ScoreConfig
+
+    ScoreConfig.from_dict(options)  # unknown or bad options fail now, not mid-sweep
     points = _rate_points(exp, n_layers)
     runs = []
     for task in tasks:
