@@ -45,6 +45,9 @@ METHODS: dict[str, tuple[str, str | None, int]] = {
 }
 
 
+NOTES_MARK = "<!-- hand-written reading below: kept when the tables above are regenerated -->"
+
+
 def _key(row: dict[str, Any]) -> tuple:
     return (row["task"], row["label"], row.get("rate"), row.get("trial"))
 
@@ -208,6 +211,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace
         "![accuracy vs rate](accuracy_vs_rate.png)",
         "",
     ]
+    old = out / "README.md"
+    if old.is_file() and NOTES_MARK in old.read_text():  # the hand-written reading survives regeneration
+        lines += [NOTES_MARK + old.read_text().split(NOTES_MARK, 1)[1].rstrip("\n"), ""]
     atomic_write_text(out / "README.md", "\n".join(lines), overwrite=True)
     _plot(out / "accuracy_vs_rate.png", rows, tasks, labels, rates)
 
