@@ -56,6 +56,9 @@ def test_expansion_counts_every_axis(space: dict[str, Path]) -> None:
     assert len(grid) == 6 and grid[0].setting == "enc=0.0,dec=0.1"
     types = expand({"name": "t", "tasks": [task], "layer_types": ["self_attn", "ffn"], "rates": [0.5]})
     assert [r.setting for r in types] == ["decoder:self_attn", "decoder:ffn"]
+    both = expand({"name": "t2", "tasks": [task], "modules": ["encoder", "decoder"], "layer_types": ["cross_attn"],
+                   "rates": [0.5]})
+    assert [r.setting for r in both] == ["decoder:cross_attn"]  # an encoder has no cross-attention
     depths = expand({"name": "d", "tasks": [task], "modules": ["all"], "depths": "thirds", "rates": [1.0]}, n_layers=6)
     assert [r.rates["depth_rates"] for r in depths] == [[[0, 1, 1.0]], [[2, 3, 1.0]], [[4, 5, 1.0]]]
     unseen = expand({"name": "u", "tasks": [task], "eval_tasks": [str(space["task2"])], "rates": [0.5]})

@@ -133,6 +133,8 @@ def _rate_points(exp: dict[str, Any], n_layers: int | None) -> list[tuple[str, R
             if lt not in LAYER_TYPES:
                 raise TaskpruneError(f"experiment {name!r}: unknown layer type {lt!r}; choose {', '.join(LAYER_TYPES)}")
             for m, scope in scopes.items():
+                if lt == "cross_attn" and m == "encoder":
+                    continue  # an encoder has no cross-attention: these runs would all be the dense model
                 points += [(f"{m}:{lt}", RateSpec(rate=r, modules=scope, layer_types=(lt,))) for r in rates]
         return points
     if "depths" in exp:
