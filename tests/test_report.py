@@ -80,3 +80,17 @@ def test_report_cli_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(TaskpruneError, match="no sweep results"):
         write_report(tmp_path / "empty.jsonl", tmp_path / "rep2")
+
+
+def test_grid_cells_do_not_mix_methods(tmp_path: Path) -> None:
+    rows = [_row(i, "grid", m, f"enc={e},dec=0.0", 0.0, acc, module_rates={"encoder": e, "decoder": 0.0})
+            for i, (m, e, acc) in enumerate([("attribution", 0.0, 80.0), ("attribution", 0.5, 70.0),
+                                             ("random", 0.0, 60.0), ("random", 0.5, 50.0)])]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = write_report(tmp_path / "r.jsonl", tmp_path / "rep")
+    assert (out / "grid.png").is_file()
+    from taskprune.experiments.report import grid_cells
+
+    cells = grid_cells(rows)
+    assert cells == {("sst2", "sst2", "attribution", "10"): {(0.0, 0.0): 80.0, (0.5, 0.0): 70.0},
+                     ("sst2", "sst2", "random", "10"): {(0.0, 0.0): 60.0, (0.5, 0.0): 50.0}}

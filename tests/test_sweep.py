@@ -189,3 +189,27 @@ def test_bad_options_fail_before_the_sweep() -> None:
         expand({"name": "o", "tasks": ["sst2"], "rates": [0.5], "options": {"agg": "abs"}})
     with pytest.raises(TaskpruneError, match="trial_seeds"):
         expand({"name": "o", "tasks": ["sst2"], "rates": [0.5], "options": {"seed": 3}})
+
+
+def test_mixed_example_counts_and_foreign_model(space: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _config(space, "mixed", [{"name": "x", "tasks": [str(space["task"])], "samples": [4, "all"],
+                                    "rates": [0.5]}])
+    out = space["root"] / "mixed.jsonl"
+    assert run_sweep(cfg, out).ran == 3  # dense + 4 examples + all (sorting 4 against "all" must not fail)
+    other = tmp_path / "other"
+    make_model("t5-relu").save_pretrained(other)
+    make_tokenizer("t5-relu").save_pretrained(other)
+    with pytest.raises(TaskpruneError, match="another model"):
+        run_sweep(cfg, out, model=str(other))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("experiments:\n  - {name: dense, tasks: [sst2], rates: [0.5]}\n", "reserved"),
+    ("batch_size: many\nexperiments:\n  - {name: a, tasks: [sst2], rates: [0.5]}\n", "positive integer"),
+    ("experiments:\n  - {name: a, tasks: [sst2], rates: [0.5], trial_seeds: [x]}\n", "integers"),
+    ("experiments: [\n", "not valid YAML"),
+])
+def test_more_bad_configs(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(TaskpruneError, match=needle):
+        load_config(tmp_path / "c.yaml")

@@ -96,8 +96,8 @@ def _list(exp: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
 def _depth_ranges(exp: dict[str, Any], n_layers: int | None) -> dict[str, tuple[int, int]]:
     depths = exp["depths"]
     if depths == "thirds":
-        if not n_layers:
-            raise TaskpruneError("depths: thirds needs the model's number of layers")
+        if not n_layers or n_layers < 3:
+            raise TaskpruneError(f"depths: thirds needs a model of at least 3 blocks (got {n_layers})")
         third = n_layers / 3
         return {"low": (0, round(third) - 1), "mid": (round(third), round(2 * third) - 1),
                 "high": (round(2 * third), n_layers - 1)}
@@ -181,6 +181,9 @@ def expand(exp: dict[str, Any], n_layers: int | None = None) -> list[Run]:
             raise TaskpruneError(f"experiment {exp['name']!r}: samples must be positive integers or 'all', got {s!r}")
     sample_seeds = _list(exp, "sample_seeds", [0])
     trial_seeds = _list(exp, "trial_seeds", [0])
+    for seed in (*sample_seeds, *trial_seeds):
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TaskpruneError(f"experiment {exp['name']!r}: seeds must be integers, got {seed!r}")
     options = exp.get("options", {})
     if not isinstance(options, dict) or {"seed", "target_rates"} & set(options):
         raise TaskpruneError(f"experiment {exp['name']!r}: options must map scoring options (not seed or "
@@ -221,6 +224,12 @@ def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
     names = [e.get("name") if isinstance(e, dict) else None for e in data["experiments"]]
     if len(set(names)) != len(names):
         raise TaskpruneError(f"{path}: experiment names must be unique")
+    if "dense" in names:
+        raise TaskpruneError(f"{path}: 'dense' is reserved for the unpruned reference rows; rename that experiment")
+    for key in ("batch_size", "eval_batch_size", "max_length", "eval_examples"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise TaskpruneError(f"{path}: {key} must be a positive integer, got {value!r}")
     runs: list[Run] = []
     for exp in data["experiments"]:
         runs += expand(exp, n_layers)

@@ -124,30 +124,40 @@ def _figure(panels: list[tuple[str, Any]], path: Path, xlabel: str, dense: dict[
     plt.close(fig)
 
 
+def grid_cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[tuple[float, float], float]]:
+    """Mean accuracy per (encoder rate, decoder rate), one panel per (scored task, eval task, method, examples):
+    only seeds are averaged within a cell."""
+    acc: dict[tuple, dict[tuple[float, float], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        mr = r["rates"]["module_rates"]
+        acc[(r["task"], r["eval_task"], r["method"], str(r["samples"]))][(mr["encoder"], mr["decoder"])].append(
+            r["metrics"][METRIC])
+    return {k: {c: statistics.fmean(v) for c, v in cells.items()} for k, cells in sorted(acc.items())}
+
+
 def _heatmap(rows: list[dict[str, Any]], path: Path, dense: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["eval_task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        cells: dict[tuple[float, float], list[float]] = defaultdict(list)
-        for r in rows:
-            if r["eval_task"] == task:
-                mr = r["rates"]["module_rates"]
-                cells[(mr["encoder"], mr["decoder"])].append(r["metrics"][METRIC])
+    panels = grid_cells(rows)
+    several_methods = len({p[2] for p in panels}) > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, cells) in zip(axes[0], panels.items()):
+        src, task, method, samples = panel
         enc = sorted({k[0] for k in cells})
         dec = sorted({k[1] for k in cells})
-        grid = [[statistics.fmean(cells[(e, d)]) if (e, d) in cells else float("nan") for d in dec] for e in enc]
+        grid = [[cells.get((e, d), float("nan")) for d in dec] for e in enc]
         im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(dec)), [f"{d:g}" for d in dec])
         ax.set_yticks(range(len(enc)), [f"{e:g}" for e in enc])
         ax.set_xlabel("decoder rate")
         ax.set_ylabel("encoder rate")
         ref = f" (dense {dense[task]:.1f})" if task in dense else ""
-        ax.set_title(f"{_task_label(task)}: {METRIC}{ref}", fontsize=10)
+        name = _task_label(task) if src == task else f"{_task_label(src)} → {_task_label(task)}"
+        extra = f", {method}" if several_methods else ""
+        ax.set_title(f"{name}{extra} ({samples} ex): {METRIC}{ref}", fontsize=10)
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white")
@@ -194,10 +204,11 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
             for key in sorted({(r["task"], r["eval_task"], r["setting"].split(":")[0]) for r in erows}):
                 task, eval_task, module = key
                 sel = [r for r in erows if (r["task"], r["eval_task"], r["setting"].split(":")[0]) == key]
+                several = len({x["method"] for x in erows}) > 1
                 if kinds <= {"layer_type", "depth"}:
-                    line_of = lambda r: r["setting"].split(":", 1)[1] + (f" ({r['method']})" if len({x['method'] for x in erows}) > 1 else "")  # noqa: E731
+                    line_of = lambda r: r["setting"].split(":", 1)[1] + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")  # noqa: E731
                 elif kinds == {"unseen"}:
-                    line_of = lambda r: f"scored on {_task_label(r['task'])}" + (f", {r['method']}" if len({x['method'] for x in erows}) > 1 else "")  # noqa: E731
+                    line_of = lambda r: f"scored on {_task_label(r['task'])}" + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")  # noqa: E731
                 else:
                     line_of = lambda r: _line_label(r, vary_samples)  # noqa: E731
                 name = f"{_task_label(task)} → {_task_label(eval_task)}" if task != eval_task else _task_label(task)

@@ -9,6 +9,7 @@ the encoder's outputs for the eval set are computed once and reused. A run that 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -149,8 +150,11 @@ def run_sweep(
     import yaml
 
     t_start = time.perf_counter()
-    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) if Path(config_path).is_file() else {}
-    model_path = model or (raw or {}).get("model")
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) if Path(config_path).is_file() else {}
+    except yaml.YAMLError as err:
+        raise TaskpruneError(f"{config_path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    model_path = model or (raw.get("model") if isinstance(raw, dict) else None)
     if not model_path:
         from ..api import default_model_dir
 
@@ -164,11 +168,17 @@ def run_sweep(
     ctx = _Context(cfg, m, tok, data_dir)
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
+    previous = load_rows(results_path, repair=True)
+    made_with = {r.get("model") for r in previous} - {str(model_path)}
+    if made_with:
+        raise TaskpruneError(f"{results_path} holds runs of another model ({sorted(map(str, made_with))[0]}); "
+                             "give this model its own --out")
     # rows with an error are not "done": a re-run retries them (the report reads the last row of each id)
-    done = {r.get("id") for r in load_rows(results_path, repair=True) if "error" not in r}
+    done = {r.get("id") for r in previous if "error" not in r}
     runs = [dense_run(t) for t in dict.fromkeys(r.eval_task for r in cfg.runs)] + cfg.runs
     todo = [r for r in runs if r.id not in done]
-    todo.sort(key=lambda r: (r.method != "dense", r.score_key()))  # stable: shared scorings adjacent
+    # stable sort on a string key (samples may be 10 or "all"): runs sharing a scoring become adjacent
+    todo.sort(key=lambda r: (r.method != "dense", json.dumps(r.score_key(), default=str)))
     if max_runs is not None:
         todo = todo[:max_runs]
     failed = 0
