@@ -26,11 +26,9 @@ from typing import Any
 import torch
 
 import taskprune as tp
-from taskprune.api import scoring_job
+from taskprune.api import TRANSFORMS
 from taskprune.io import atomic_write_text
-from taskprune.lowrank import factorize
 from taskprune.models import get_adapter
-from taskprune.scoring.smp import apply_weight_masks, learn_weight_masks
 
 # label -> (method, samples: "k" for --samples, "all" for every fit example, None for none, trials)
 METHODS: dict[str, tuple[str, str | None, int]] = {
@@ -125,19 +123,16 @@ def _one(model: torch.nn.Module, tok: Any, task: tp.Task, fit: list, method: str
          evaluate: Callable[[torch.nn.Module], dict[str, float]], args: argparse.Namespace) -> dict[str, Any]:
     """One method at one rate: compress (timed), evaluate, count the prunable parameters left."""
     t0 = time.perf_counter()
-    if method == "svd":
-        changed = factorize(model, rates)
+    if method in TRANSFORMS:  # svd, smp-unstructured: the library's compress step, timed as a whole
+        result = tp.compress(model, tok, task, fit, rates, method=method, config=config, batch_size=args.batch_size)
         seconds = time.perf_counter() - t0
-        return {"metrics": evaluate(changed), "compress_seconds": seconds,
-                "prunable": tp.count_parameters(changed)["prunable"]}
-    if method == "smp-unstructured":
-        cfg = replace(config, target_rates=rates.to_dict())
-        masks, _ = learn_weight_masks(scoring_job(model, tok, task, fit, cfg, args.batch_size))
-        changed = apply_weight_masks(model, masks)
-        seconds = time.perf_counter() - t0
-        zeroed = changed.config.taskprune_weight_sparsity["zeroed"]
-        return {"metrics": evaluate(changed), "compress_seconds": seconds,
-                "prunable": tp.count_parameters(model)["prunable"] - zeroed, "note": "zeros in dense shapes"}
+        changed = result.model
+        prunable = tp.count_parameters(changed)["prunable"]
+        row = {"metrics": evaluate(changed), "compress_seconds": seconds}
+        if method == "smp-unstructured":
+            prunable -= changed.config.taskprune_weight_sparsity["zeroed"]
+            row["note"] = "zeros in dense shapes"
+        return {**row, "prunable": prunable}
     if scores is None:  # smp: the scores are learnt for this rate
         scores = tp.score(model, tok, task, fit, method=method, config=replace(config, target_rates=rates.to_dict()),
                           batch_size=args.batch_size)

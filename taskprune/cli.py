@@ -286,7 +286,6 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
-
     from .api import compress_trials
     from .io import atomic_dir
 

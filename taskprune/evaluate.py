@@ -34,6 +34,11 @@ class EvalResult:
 
 
 @torch.no_grad()
+def _encode(model: nn.Module, batch: Batch) -> Any:
+    return model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+
+
+@torch.no_grad()
 def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int,
                 encoder_outputs: Any = None) -> torch.Tensor:
     """Log-likelihood of every candidate target for every example: [B, n_classes].
@@ -41,7 +46,7 @@ def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: in
     ``encoder_outputs`` (the encoder's output for this batch) skips the encoder pass.
     """
     if encoder_outputs is None:
-        encoder_outputs = model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        encoder_outputs = _encode(model, batch)
     out = []
     for c in range(len(labels)):
         dec_in, target = targets_for(labels, [c] * len(batch), start_id)
@@ -119,9 +124,7 @@ def evaluate(
         cached = None
         if encoder_cache is not None:
             if i not in encoder_cache:
-                with torch.no_grad():
-                    encoder_cache[i] = model.get_encoder()(input_ids=batch.input_ids,
-                                                           attention_mask=batch.attention_mask)
+                encoder_cache[i] = _encode(model, batch)
             cached = encoder_cache[i]
         preds.extend(rank_scores(model, batch, labels, start_id, cached).argmax(1).tolist())
     seconds = time.perf_counter() - t0
@@ -169,19 +172,13 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def _group_parameters(adapter: Adapter, group: NeuronGroup) -> int:
     """Parameters a group's parts hold, counted as for pruning: weights plus the producers' (per-unit) biases.
 
-    A factorised (SVD-baseline) layer holds ``r*(d+k+1)`` weights, not what its in/out features imply, so
-    it is counted by its tensors; ordinary layers keep the width formula (which counts zero-width groups as 0).
+    A factorised (SVD-baseline) layer holds ``r*(d+k+1)`` weights, not what its in/out features imply, so such
+    a group is counted by its tensors (factorised groups are never sliced: no zero-width placeholders); other
+    groups keep the width formula (which counts zero-width groups as 0).
     """
     parts = adapter.parts(group)
-    if not any(isinstance(p, LowRankLinear) for p in (*parts.producers, *parts.consumers)):
+    layers = (*parts.producers, *parts.consumers)
+    if not any(isinstance(p, LowRankLinear) for p in layers):
         return adapter.prunable_parameters(group)
-    total = 0
-    for lin, producer in [(p, True) for p in parts.producers] + [(c, False) for c in parts.consumers]:
-        if isinstance(lin, LowRankLinear):
-            total += lin.U.numel() + lin.S.numel() + lin.Vh.numel()
-            total += lin.bias.numel() if producer and lin.bias is not None else 0
-        elif producer:
-            total += (lin.in_features + (lin.bias is not None)) * group.size
-        else:
-            total += lin.out_features * group.size
-    return total
+    weights = sum(p.numel() for lin in layers for name, p in lin.named_parameters() if name != "bias")
+    return weights + sum(lin.bias.numel() for lin in parts.producers if lin.bias is not None)

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..api import RANDOM_METHODS
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES, MODULES
 from ..plan import RateSpec, check_rate
 
-RANDOM_METHODS = ("random", "random-attribution")
 NO_EXAMPLES = ("random", "svd")  # methods that never look at examples
 ALL = "all"  # every fit example
 

@@ -27,7 +27,7 @@ from torch import nn
 from ..data import IGNORE, Batch, targets_for
 from ..errors import TaskpruneError
 from ..models import NeuronGroup, get_adapter
-from .base import Progress, ScoreConfig, Scores, ScoringJob, SMPConfig, register_scorer
+from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
 
 Masks = dict[str, torch.Tensor]
@@ -98,32 +98,24 @@ def _optimise(
             with torch.no_grad():
                 teacher = forward(batch, dec_in, {}).float()
         prepared.append((batch, dec_in, target, teacher))
-    return _steps(prepared, scores, rates, hard_mask, forward, config, job.progress, desc)
-
-
-@torch.enable_grad()
-def _steps(prepared: list, scores: dict[str, torch.Tensor], rates: dict[str, float],
-           hard_mask: Callable[[str, torch.Tensor, float], torch.Tensor],
-           forward: Callable[[Batch, torch.Tensor, Masks], torch.Tensor], config: ScoreConfig, progress: Progress,
-           desc: str) -> list[float]:
-    cfg = config.smp
     optimiser = torch.optim.Adam(list(scores.values()), lr=cfg.lr)
     order = torch.Generator().manual_seed(config.seed)
     queue: list[int] = []
     losses: list[float] = []
-    for step in progress(range(cfg.steps), desc, cfg.steps):
-        if not queue:
-            queue = torch.randperm(len(prepared), generator=order).tolist()
-        batch, dec_in, target, teacher = prepared[queue.pop()]
-        masks = {}
-        for name, s in scores.items():
-            hard = hard_mask(name, s.detach(), removed_fraction(step, cfg, rates[name]))
-            masks[name] = hard + s - s.detach()  # straight-through: forward uses the hard mask, grad flows to s
-        loss = _loss(forward(batch, dec_in, masks), target, teacher, cfg)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
+    with torch.enable_grad():  # callers may run under no_grad; only the scores get gradients
+        for step in job.progress(range(cfg.steps), desc, cfg.steps):
+            if not queue:
+                queue = torch.randperm(len(prepared), generator=order).tolist()
+            batch, dec_in, target, teacher = prepared[queue.pop()]
+            masks = {}
+            for name, s in scores.items():
+                hard = hard_mask(name, s.detach(), removed_fraction(step, cfg, rates[name]))
+                masks[name] = hard + s - s.detach()  # straight-through: forward uses the hard mask, grad flows to s
+            loss = _loss(forward(batch, dec_in, masks), target, teacher, cfg)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
     return losses
 
 
