@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import IGNORE, Batch, LabelSpace, batches, n_batches, targets_for
+from .data import IGNORE, Batch, LabelSpace, batches, length_order, n_batches, targets_for
 from .errors import TaskpruneError
 from .lowrank import LowRankLinear
 from .models import Adapter, NeuronGroup, get_adapter
@@ -113,7 +113,8 @@ def evaluate(
     labels, device, start_id = _prepare(model, tokenizer, task)
     preds: list[int] = []
     t0 = time.perf_counter()
-    it = batches(examples, tokenizer, batch_size, max_length)
+    order = length_order(examples, tokenizer, max_length)
+    it = batches([examples[i] for i in order], tokenizer, batch_size, max_length)
     if encoder_cache is not None and generate:
         raise TaskpruneError("an encoder cache serves rank classification only, not generation")
     for i, batch in enumerate(progress(it, f"eval {task.name}", n_batches(len(examples), batch_size))):
@@ -128,6 +129,7 @@ def evaluate(
             cached = encoder_cache[i]
         preds.extend(rank_scores(model, batch, labels, start_id, cached).argmax(1).tolist())
     seconds = time.perf_counter() - t0
+    preds = [p for _, p in sorted(zip(order, preds))]  # back to the caller's order
     metrics = compute_metrics(task, preds, [e.label for e in examples])
     return EvalResult(metrics, len(examples), seconds, preds)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import make_model, make_tokenizer
 
-from taskprune.data import IGNORE, LabelSpace, batches, targets_for
+from taskprune.data import IGNORE, LabelSpace, batches, length_order, targets_for
 from taskprune.evaluate import count_parameters, evaluate, rank_scores
 from taskprune.models import get_adapter
 from taskprune.plan import RateSpec, make_plan
@@ -78,7 +78,8 @@ def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) 
     scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
     plan = make_plan(model, scores, RateSpec(rate=0.7, modules=("decoder",)))
     labels, start = LabelSpace.build(tok, task), get_adapter(model).decoder_start_token_id()
-    batch = next(batches(examples[:4], tok, 4))
+    ordered = [examples[i] for i in length_order(examples, tok)]  # evaluate batches length-sorted examples
+    batch = next(batches(ordered[:4], tok, 4))
     with masked(plan, model):
         calls = []
         handle = model.get_encoder().register_forward_hook(lambda *a: calls.append(1))
@@ -91,3 +92,24 @@ def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) 
         masked_scores = rank_scores(model, batch, labels, start)
     assert cached.predictions == fresh.predictions
     assert not torch.equal(masked_scores, rank_scores(model, batch, labels, start))  # the mask did change the decoder
+
+
+def test_length_sorting_keeps_the_callers_order_and_the_scores() -> None:
+    """evaluate and scoring batch length-sorted examples; predictions and scores do not depend on input order."""
+    from taskprune.api import score
+    from taskprune.tasks import Example, Task
+
+    task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))
+    texts = ["a very long and rambling sentence about a good film that goes on", "bad", "good movie",
+             "it is not good at all, sadly, says the review", "fine", "a bad film with a bad plot"]
+    examples = [Example(t, i % 2) for i, t in enumerate(texts)]
+    assert [len(texts[i]) for i in length_order(examples, make_tokenizer("t5-relu"))][0] == 3  # "bad" first
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    ranked = lambda exs: [rank_scores(model, b, LabelSpace.build(tok, task),  # noqa: E731
+                                      get_adapter(model).decoder_start_token_id()).argmax(1).item()
+                          for b in batches(exs, tok, 1)]
+    assert evaluate(model, tok, task, examples, batch_size=4).predictions == ranked(examples)
+    forward = score(model, tok, task, examples, batch_size=2)
+    backward = score(model, tok, task, examples[::-1], batch_size=2)
+    for name in forward:
+        torch.testing.assert_close(forward[name], backward[name], rtol=1e-4, atol=1e-6)

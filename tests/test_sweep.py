@@ -213,3 +213,28 @@ def test_more_bad_configs(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(TaskpruneError, match=needle):
         load_config(tmp_path / "c.yaml")
+
+
+def test_eval_cap_per_task_is_one_fixed_subset(space: dict[str, Path]) -> None:
+    import yaml
+
+    task = str(space["task"])
+    path = space["root"] / "capped.yaml"
+    path.write_text(yaml.safe_dump({"model": str(space["model"]), "batch_size": 4, "eval_examples": {task: 3},
+                                    "experiments": [{"name": "c", "tasks": [task], "methods": ["random"],
+                                                     "modules": ["decoder"], "rates": [0.0, 0.5]}]}))
+    out = space["root"] / "capped.jsonl"
+    run_sweep(path, out)
+    rows = load_rows(out)
+    assert len(rows) == 3 and {r["eval_examples"] for r in rows} == {3}
+    at_zero = next(r for r in rows if r["method"] == "random" and r["rates"]["rate"] == 0.0)
+    dense = next(r for r in rows if r["method"] == "dense")
+    assert at_zero["metrics"] == dense["metrics"]  # same 3 examples for every run
+
+
+@pytest.mark.parametrize("caps, needle", [("{sst2: 0}", "eval_examples.sst2 must be a positive integer"),
+                                          ("{nosuchtask: 5}", "nosuchtask")])
+def test_bad_eval_caps(tmp_path: Path, caps: str, needle: str) -> None:
+    (tmp_path / "c.yaml").write_text(f"eval_examples: {caps}\nexperiments:\n  - {{name: a, tasks: [sst2], rates: [0.5]}}\n")
+    with pytest.raises(TaskpruneError, match=needle):
+        load_config(tmp_path / "c.yaml")

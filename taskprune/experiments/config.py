@@ -82,7 +82,13 @@ class SweepConfig:
     batch_size: int = 8
     eval_batch_size: int = 32
     max_length: int = 256
-    eval_examples: int | None = None
+    eval_examples: int | dict[str, int] | None = None
+
+    def eval_cap(self, task: str) -> int | None:
+        """How many eval examples of ``task`` to use (None: all): one cap for every task, or one per task."""
+        if isinstance(self.eval_examples, dict):
+            return self.eval_examples.get(task)
+        return self.eval_examples
 
 
 def _list(exp: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
@@ -226,8 +232,11 @@ def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
         raise TaskpruneError(f"{path}: experiment names must be unique")
     if "dense" in names:
         raise TaskpruneError(f"{path}: 'dense' is reserved for the unpruned reference rows; rename that experiment")
-    for key in ("batch_size", "eval_batch_size", "max_length", "eval_examples"):
-        value = data.get(key)
+    caps = data.get("eval_examples")
+    if isinstance(caps, dict):  # per task: canonical names, so an unknown task fails now and QNLI == qnli
+        caps = {_task_ref(k): v for k, v in caps.items()}
+    checked = {f"eval_examples.{k}": v for k, v in caps.items()} if isinstance(caps, dict) else {"eval_examples": caps}
+    for key, value in {**{k: data.get(k) for k in ("batch_size", "eval_batch_size", "max_length")}, **checked}.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise TaskpruneError(f"{path}: {key} must be a positive integer, got {value!r}")
     runs: list[Run] = []
@@ -239,5 +248,5 @@ def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
     return SweepConfig(
         model=data.get("model"), data_dir=data.get("data_dir"), runs=list(seen.values()),
         batch_size=int(data.get("batch_size", 8)), eval_batch_size=int(data.get("eval_batch_size", 32)),
-        max_length=int(data.get("max_length", 256)), eval_examples=data.get("eval_examples"),
+        max_length=int(data.get("max_length", 256)), eval_examples=caps,
     )

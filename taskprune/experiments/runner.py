@@ -10,6 +10,7 @@ the encoder's outputs for the eval set are computed once and reused. A run that 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -68,8 +69,9 @@ class _Context:
     def examples(self, task: str, split: str) -> list[Example]:
         if (task, split) not in self._examples:
             ex = load_examples(get_task(task), split, self.data_dir)
-            if split == "eval" and self.cfg.eval_examples:
-                ex = ex[: self.cfg.eval_examples]
+            cap = self.cfg.eval_cap(task) if split == "eval" else None
+            if cap and len(ex) > cap:  # a fixed random subset, in file order: the same for every run
+                ex = [ex[i] for i in sorted(random.Random(0).sample(range(len(ex)), cap))]
             self._examples[task, split] = ex
         return self._examples[task, split]
 
@@ -117,7 +119,8 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
         if run.method == "smp-unstructured":
             kept -= result.model.config.taskprune_weight_sparsity["zeroed"]
         return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": result.scoring_seconds,
-                "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit)}
+                "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit),
+                "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
     if run.method in RATE_TARGETED:
         t0 = time.perf_counter()
         scores = score(ctx.model, ctx.tok, task, fit, method=run.method, config=config,
@@ -130,7 +133,8 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
         metrics, eval_s = ctx.evaluate(ctx.model, run.eval_task, enc_same)
     kept = sum(ctx.adapter.prunable_parameters(g, len(plan.groups[g.name]["keep"])) for g in ctx.groups)
     return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": seconds,
-            "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit)}
+            "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit),
+            "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
 
 
 def _n_layers(model: nn.Module) -> int:
