@@ -193,9 +193,9 @@ def _model_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
-    from .checkpoint import load_model, load_tokenizer
-
     import torch
+
+    from .checkpoint import load_model, load_tokenizer
 
     path = _model_path(args)
     name = DTYPES[args.dtype]
@@ -549,6 +549,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     echo(f"report written to {out}/README.md ({len(list(out.glob('*.png')))} figures)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as err:
+        raise TaskpruneError(f"serving needs the serve extra ({err.name} is missing): pip install 'taskprune[serve]'") from None
+    from .serve import ServeLimits, TaskService
+
+    _quiet_transformers()
+    for name in ("max_inputs", "max_input_chars", "max_batch", "cache_mb"):
+        if getattr(args, name) <= 0:
+            raise TaskpruneError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    path, model, tok = _load(args)
+    limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20))
+    service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path))
+    echo(f"serving {path} ({service.fingerprint}) with plans for {', '.join(sorted(service.plans)) or 'no task'}; "
+         f"http://{args.host}:{args.port}/docs")
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
+
+
 def cmd_init_seq2seq(args: argparse.Namespace) -> None:
     from .seq2seq_init import init_seq2seq, minilm_dir
 
@@ -659,7 +681,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None, help="title of the report")
     p.set_defaults(func=cmd_report)
 
-    from .finetune import DEFAULT_TASKS, DTYPES as TRAIN_DTYPES, FinetuneConfig
+    p = sub.add_parser("serve", help="HTTP server: one base model, each task's pruned sub-network cut on demand",
+                       description="Serve predictions for every task with a plan in --plans (Algorithm 2 of the "
+                                   "paper): the task's pruned model is cut from the base on first use and kept in "
+                                   "an LRU cache bounded in bytes. OpenAPI docs at /docs.")
+    _add_model(p)
+    p.add_argument("--plans", required=True, help="folder of plan JSON files (taskprune plan/compress output); "
+                                                  "plans added or removed through the API are written there")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--cache-mb", type=float, default=1024, help="bound of the cut-model cache in MiB")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (more: 413)")
+    p.add_argument("--max-input-chars", type=int, default=4000, help="characters per input (more: 413)")
+    p.add_argument("--max-batch", type=int, default=32, help="inputs per model call when batching requests")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+    from .finetune import DEFAULT_TASKS, FinetuneConfig
+    from .finetune import DTYPES as TRAIN_DTYPES
 
     d = FinetuneConfig(model="", out_dir="")
     p = sub.add_parser("finetune", help="multi-task fine-tuning of a seq2seq model (T5 or bert2bert)",

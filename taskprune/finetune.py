@@ -240,8 +240,7 @@ def _mean_accuracy(metrics: dict[str, dict[str, float]]) -> float:
 
 
 def _load_base(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
-    from .checkpoint import load_model, load_tokenizer
-    from .checkpoint import tie_embeddings
+    from .checkpoint import load_model, load_tokenizer, tie_embeddings
 
     model = load_model(cfg.model)
     tie_embeddings(model)  # bert2bert folders store the tied embedding twice (see seq2seq_init)

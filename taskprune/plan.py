@@ -165,12 +165,17 @@ class PruningPlan:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise TaskpruneError(f"{path} is not a JSON plan file ({err})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "the plan") -> PruningPlan:
+        """A plan from its JSON form, checked field by field (``where`` names the source in errors)."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise TaskpruneError(f"{path} is not a taskprune plan (expected format {PLAN_FORMAT!r})")
+            raise TaskpruneError(f"{where} is not a taskprune plan (expected format {PLAN_FORMAT!r})")
         try:
             plan = cls(**data)
         except TypeError as err:
-            raise TaskpruneError(f"{path} is a malformed plan ({err})") from None
+            raise TaskpruneError(f"{where} is a malformed plan ({err})") from None
         for name, g in plan.groups.items() if isinstance(plan.groups, dict) else [("groups", None)]:
             ok = (
                 isinstance(g, dict)
@@ -179,7 +184,7 @@ class PruningPlan:
                 and all(isinstance(i, int) and not isinstance(i, bool) for i in g["keep"])
             )
             if not ok:
-                raise TaskpruneError(f"{path}: group {name} needs integer 'size', 'n_heads' and a list of integer 'keep'")
+                raise TaskpruneError(f"{where}: group {name} needs integer 'size', 'n_heads' and a list of integer 'keep'")
         return plan
 
 

@@ -99,14 +99,22 @@ def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> 
             )
 
 
-def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: bool = True) -> nn.Module:
-    """Return a physically smaller model keeping exactly the plan's units; its config records the widths."""
+def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: bool = True,
+          share: bool = False) -> nn.Module:
+    """Return a physically smaller model keeping exactly the plan's units; its config records the widths.
+
+    ``share=True`` copies only the sliced tensors: every tensor the plan leaves whole (embeddings, norms,
+    unpruned layers) is the base model's own object. That is what serving many tasks from one base wants (a
+    cut costs the kept slices, not the whole model, in time and memory) but the result must be treated as
+    read-only: training it would change the base.
+    """
     if check:
         plan.check_model(model)
     adapter = get_adapter(model)
     validate_plan(plan, adapter)
     if not inplace:
-        model = copy.deepcopy(model)
+        memo = {id(t): t for t in (*model.parameters(), *model.buffers())} if share else {}
+        model = copy.deepcopy(model, memo)
         adapter = get_adapter(model)
     widths = slice_model(adapter, {n: plan.keep(n) for n, g in plan.groups.items() if len(g["keep"]) < g["size"]})
     record_widths(adapter, widths, plan.base_fingerprint)

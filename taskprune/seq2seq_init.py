@@ -17,9 +17,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-
-from .errors import TaskpruneError
 from .checkpoint import save_pruned, tie_embeddings
+from .errors import TaskpruneError
 
 
 def minilm_dir() -> Path | None:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, logits, make_model, make_tokenizer, minilm_dir, needs_minilm, needs_shared_data, sample_inputs
+from conftest import (
+    SHARED_DATA,
+    logits,
+    make_model,
+    make_tokenizer,
+    minilm_dir,
+    needs_minilm,
+    needs_shared_data,
+    sample_inputs,
+)
 from transformers import AutoModelForSeq2SeqLM
 
 from taskprune.checkpoint import load_pruned

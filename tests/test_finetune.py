@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import WORDS, tiny_bert2bert, tiny_t5, tiny_tokenizer
 from transformers import BertConfig, BertModel, EncoderDecoderModel
 
+from taskprune.checkpoint import is_tied, tie_embeddings
+from taskprune.evaluate import count_parameters
 from taskprune.finetune import (
     FinetuneConfig,
     batch_for_step,
@@ -18,10 +21,7 @@ from taskprune.finetune import (
     mixture_weights,
     task_schedule,
 )
-from taskprune.checkpoint import is_tied, tie_embeddings
-from taskprune.evaluate import count_parameters
 from taskprune.seq2seq_init import build_bert2bert, init_seq2seq
-from tiny import WORDS, tiny_bert2bert, tiny_t5, tiny_tokenizer
 
 POS = ["good movie", "great film", "a very good film", "this movie was great", "good and great"]
 NEG = ["bad movie", "awful film", "a very bad film", "this movie was awful", "bad and awful"]

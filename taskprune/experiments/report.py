@@ -7,7 +7,8 @@ Every experiment is drawn according to what its runs vary, read from the rows th
 - an encoder x decoder rate grid (``enc=..,dec=..``): a heatmap per task (Fig. 3);
 - unseen domain (scored on one task, evaluated on another): a panel per evaluated task, a line per scored task (Fig. 4c);
 - layer types or depths (``module:ffn``, ``module:low``): a panel per task and module, a line per part (Fig. 5);
-- Table 1: the std over trial seeds of the random methods, per task and module, averaged over rates.
+- Table 1: the std over trial seeds of the random methods, per task and module, averaged over rates;
+- "The paper's claims, checked": one verdict per claim the rows can test (:mod:`.claims`).
 
 The last row of each run id wins (a failed run retried later replaces its error row).
 """
@@ -19,25 +20,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaskpruneError
 from ..io import atomic_dir
-from ..models import LAYER_TYPES
-from .results import load_rows
-
-METRIC = "accuracy"
-
-
-def _kind(row: dict[str, Any]) -> str:
-    setting = row.get("setting", "")
-    if row.get("method") == "dense":
-        return "dense"
-    if setting.startswith("enc="):
-        return "grid"
-    if row.get("eval_task") != row.get("task"):
-        return "unseen"
-    if ":" in setting:
-        return "layer_type" if setting.split(":", 1)[1] in LAYER_TYPES else "depth"
-    return "module"
+from .claims import claims_section
+from .results import METRIC, latest_rows, row_kind, row_rate
 
 
 def _task_label(task: str) -> str:
@@ -48,17 +33,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def latest_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a results file, the last one of each run id, errors left out."""
-    rows = load_rows(path)
-    if not rows:
-        raise TaskpruneError(f"{path} holds no sweep results")
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        by_id[r["id"]] = r
-    return [r for r in by_id.values() if "error" not in r and METRIC in r.get("metrics", {})]
-
-
 def _line_label(row: dict[str, Any], vary_samples: bool) -> str:
     label = row["method"]
     if vary_samples and row["samples"] not in (0, None):
@@ -66,7 +40,7 @@ def _line_label(row: dict[str, Any], vary_samples: bool) -> str:
     return label
 
 
-def _curves(rows: list[dict[str, Any]], line_of, x_of) -> dict[str, list[tuple[float, float, float, int]]]:  # noqa: ANN001
+def _curves(rows: list[dict[str, Any]], line_of, x_of) -> dict[str, list[tuple[float, float, float, int]]]:
     """{line: [(x, mean, std, n)]} over the seeds at each x."""
     points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -74,14 +48,7 @@ def _curves(rows: list[dict[str, Any]], line_of, x_of) -> dict[str, list[tuple[f
     return {line: [(x, *_mean_std(v), len(v)) for x, v in sorted(xs.items())] for line, xs in points.items()}
 
 
-def _rate(row: dict[str, Any]) -> float:
-    rates = row["rates"]
-    if rates.get("depth_rates"):
-        return float(rates["depth_rates"][-1][2])
-    return float(rates["rate"])
-
-
-def _line_plot(ax, curves, dense: float | None, title: str, xlabel: str) -> None:  # noqa: ANN001
+def _line_plot(ax, curves, dense: float | None, title: str, xlabel: str) -> None:
     if dense is not None:
         ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
     for line, pts in sorted(curves.items()):
@@ -182,7 +149,7 @@ def _table(curves_by_panel: dict[str, dict[str, list]], rates_header: list[float
 def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = False, title: str | None = None) -> Path:
     """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``."""
     rows = latest_rows(results)
-    dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if _kind(r) == "dense"}
+    dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if row_kind(r) == "dense"}
     experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["experiment"] != "dense"))
 
     def write(tmp: Path) -> None:
@@ -192,13 +159,14 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
             md += ["Dense model: " + ", ".join(f"{_task_label(t)} {v:.2f}" for t, v in sorted(dense.items())), ""]
         for exp in experiments:
             erows = [r for r in rows if r["experiment"] == exp]
-            kinds = {_kind(r) for r in erows}
+            kinds = {row_kind(r) for r in erows}
             md += [f"## {exp}", ""]
             png = f"{exp}.png"
             if kinds == {"grid"}:
                 _heatmap(erows, tmp / png, dense)
                 md += [f"![{exp}]({png})", ""]
                 continue
+            unseen = "unseen" in kinds and kinds <= {"unseen", "module"}
             vary_samples = len({r["samples"] for r in erows if r["samples"] not in (0, None)}) > 1
             panels: dict[str, tuple[str, dict]] = {}
             for key in sorted({(r["task"], r["eval_task"], r["setting"].split(":")[0]) for r in erows}):
@@ -206,14 +174,14 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
                 sel = [r for r in erows if (r["task"], r["eval_task"], r["setting"].split(":")[0]) == key]
                 several = len({x["method"] for x in erows}) > 1
                 if kinds <= {"layer_type", "depth"}:
-                    line_of = lambda r: r["setting"].split(":", 1)[1] + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")  # noqa: E731
-                elif kinds == {"unseen"}:
-                    line_of = lambda r: f"scored on {_task_label(r['task'])}" + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")  # noqa: E731
+                    line_of = lambda r: r["setting"].split(":", 1)[1] + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")
+                elif unseen:
+                    line_of = lambda r: f"scored on {_task_label(r['task'])}" + (f", {_line_label(r, vary_samples)}" if several or vary_samples else "")
                 else:
-                    line_of = lambda r: _line_label(r, vary_samples)  # noqa: E731
+                    line_of = lambda r: _line_label(r, vary_samples)
                 name = f"{_task_label(task)} → {_task_label(eval_task)}" if task != eval_task else _task_label(task)
-                panels[f"{name}, {module}"] = (eval_task, _curves(sel, line_of, _rate))
-            if kinds == {"unseen"}:  # one panel per evaluated task: lines are the scored tasks
+                panels[f"{name}, {module}"] = (eval_task, _curves(sel, line_of, row_rate))
+            if unseen:  # one panel per evaluated task: lines are the scored tasks (its own = the reference)
                 merged: dict[str, tuple[str, dict]] = {}
                 for title_, (eval_task, curves) in panels.items():
                     module = title_.rsplit(", ", 1)[1]
@@ -222,9 +190,10 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
                 panels = merged
             _figure(list(panels.items()), tmp / png, "pruning rate", dense)
             md += [f"![{exp}]({png})", ""]
-            rates = sorted({_rate(r) for r in erows})
+            rates = sorted({row_rate(r) for r in erows})
             md += _table({t: c for t, (_, c) in panels.items()}, rates) + [""]
         md += _std_table(rows)
+        md += claims_section(rows)
         (tmp / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
     return atomic_dir(out_dir, write, overwrite)
@@ -234,8 +203,8 @@ def _std_table(rows: list[dict[str, Any]]) -> list[str]:
     """Table 1: std over trial seeds of the random methods, per task and module, averaged over rates."""
     groups: dict[tuple[str, str, str], dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if _kind(r) == "module" and r["method"] in ("random", "random-attribution"):
-            groups[(r["task"], r["setting"], r["method"])][(r["experiment"], _rate(r), r["samples"],
+        if row_kind(r) == "module" and r["method"] in ("random", "random-attribution"):
+            groups[(r["task"], r["setting"], r["method"])][(r["experiment"], row_rate(r), r["samples"],
                                                              r["sample_seed"])].append(r["metrics"][METRIC])
     if not groups:
         return []

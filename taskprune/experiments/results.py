@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskpruneError
+from ..models import LAYER_TYPES
+
+METRIC = "accuracy"  # what the report and the claims read from each row
 
 
 def load_rows(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -49,3 +52,37 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def latest_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results file, the last one of each run id, errors left out."""
+    rows = load_rows(path)
+    if not rows:
+        raise TaskpruneError(f"{path} holds no sweep results")
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        by_id[r["id"]] = r
+    return [r for r in by_id.values() if "error" not in r and METRIC in r.get("metrics", {})]
+
+
+def row_kind(row: dict[str, Any]) -> str:
+    """What a row varies: dense, grid (enc x dec rates), unseen (scored on another task), layer_type, depth or
+    module (a module scope at one rate)."""
+    setting = row.get("setting", "")
+    if row.get("method") == "dense":
+        return "dense"
+    if setting.startswith("enc="):
+        return "grid"
+    if row.get("eval_task") != row.get("task"):
+        return "unseen"
+    if ":" in setting:
+        return "layer_type" if setting.split(":", 1)[1] in LAYER_TYPES else "depth"
+    return "module"
+
+
+def row_rate(row: dict[str, Any]) -> float:
+    """The rate a row varies (for depth runs, the rate of its blocks)."""
+    rates = row["rates"]
+    if rates.get("depth_rates"):
+        return float(rates["depth_rates"][-1][2])
+    return float(rates["rate"])

@@ -21,8 +21,8 @@ def is_zero_width(linear: nn.Linear) -> bool:
 
 def slice_rows(linear: nn.Linear, keep: torch.Tensor, zero: bool = False) -> None:
     """Keep output units ``keep`` (weight rows and bias entries); ``zero`` makes them a placeholder."""
-    weight = linear.weight.data.index_select(0, keep.to(linear.weight.device)).clone()
-    bias = None if linear.bias is None else linear.bias.data.index_select(0, keep.to(linear.weight.device)).clone()
+    weight = linear.weight.data.index_select(0, keep.to(linear.weight.device))  # a new tensor already
+    bias = None if linear.bias is None else linear.bias.data.index_select(0, keep.to(linear.weight.device))
     if zero:
         weight.zero_()
         if bias is not None:
@@ -36,7 +36,7 @@ def slice_rows(linear: nn.Linear, keep: torch.Tensor, zero: bool = False) -> Non
 
 def slice_cols(linear: nn.Linear, keep: torch.Tensor, zero: bool = False) -> None:
     """Keep input units ``keep`` (weight columns); the bias is the output's and stays whole."""
-    weight = linear.weight.data.index_select(1, keep.to(linear.weight.device)).clone()
+    weight = linear.weight.data.index_select(1, keep.to(linear.weight.device))
     if zero:
         weight.zero_()
     linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)

@@ -1,0 +1,143 @@
+"""The HTTP layer: FastAPI routes over a :class:`TaskService`; every error is ``{"error": "<one message>"}``.
+
+Routes: ``POST /v1/predict``, ``GET /v1/tasks``, ``POST /v1/plans/{task}`` (``?replace=true`` to replace),
+``DELETE /v1/plans/{task}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .batcher import Batcher
+from .service import ServeError, TaskService
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(description="task name, e.g. sst2")
+    inputs: list[str | dict[str, Any]] = Field(min_length=1, description="strings for one-column tasks, or "
+                                               "objects naming the task's columns, e.g. {premise, hypothesis}")
+    dense: bool = Field(False, description="serve with the dense base model instead of the task's cut model")
+
+
+class LabelScores(BaseModel):
+    label: str
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    task: str
+    model: str = Field(description="'pruned' (the task's cut model) or 'dense'")
+    predictions: list[LabelScores]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    first = err.errors()[0]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON"
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
+    """A FastAPI app serving ``service``; one inference thread, requests for one task batched."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskprune-infer")
+    lim = service.limits
+    batcher = Batcher(service.predict_texts, executor, lim.max_batch, lim.max_wait_ms / 1000)
+    metrics = service.metrics
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # noqa: ANN202
+        yield
+        await batcher.close()
+        executor.shutdown(wait=True)
+
+    app = FastAPI(title="taskprune serve", version=__version__, lifespan=lifespan,
+                  description="Task-specific sub-networks cut on demand from one multi-task base model.")
+    app.state.service = service
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_req: Request, err: ServeError) -> JSONResponse:
+        metrics.errors.labels(str(err.status)).inc()
+        return _error(err.status, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, err: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("422").inc()
+        return _error(422, _validation_message(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, err: StarletteHTTPException) -> JSONResponse:
+        metrics.errors.labels(str(err.status_code)).inc()
+        return _error(err.status_code, str(err.detail))
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):  # noqa: ANN001, ANN202
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_body_bytes:
+            metrics.errors.labels("413").inc()
+            return _error(413, f"request body of {size} bytes; the limit is {max_body_bytes}")
+        return await call_next(request)
+
+    @app.post("/v1/predict", response_model=PredictResponse,
+              responses={404: {"description": "unknown task or no plan"}, 413: {"description": "too large"},
+                         422: {"description": "malformed request"}})
+    async def predict(req: PredictRequest) -> PredictResponse:
+        t0 = time.perf_counter()
+        status = 200
+        try:
+            texts = service.render(req.task, req.inputs)
+            service.check_servable(req.task, req.dense)  # 404 before queueing
+            preds = await batcher.submit(req.task, texts, req.dense)
+            return PredictResponse(task=req.task, model="dense" if req.dense else "pruned",
+                                   predictions=[LabelScores(label=p.label, scores=p.scores) for p in preds])
+        except ServeError as err:
+            status = err.status
+            raise
+        finally:
+            task = req.task if service.known(req.task) else "_unknown"  # bounded label values
+            metrics.requests.labels(task, str(status)).inc()
+            if status == 200:
+                metrics.latency.labels(req.task).observe(time.perf_counter() - t0)
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        return {"model": service.model_name, "fingerprint": service.fingerprint, "tasks": service.describe(),
+                "cache": {"bytes": service.cache.total_bytes, "max_bytes": service.cache.max_bytes,
+                          "tasks": service.cache.keys()}}
+
+    @app.post("/v1/plans/{task}", status_code=201)
+    async def add_plan(task: str, plan: dict[str, Any] = Body(...), replace: bool = False) -> dict[str, Any]:
+        p = service.register(task, plan, replace=replace)
+        return {"task": task, "method": p.method, "rates": p.rates, "replaced": replace}
+
+    @app.delete("/v1/plans/{task}")
+    async def remove_plan(task: str) -> dict[str, Any]:
+        service.unregister(task)
+        return {"task": task, "removed": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_name, "fingerprint": service.fingerprint,
+                "plans": len(service.plans)}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,264 @@
+"""The serving core, without HTTP: one base model, the tasks' plans, and a byte-bounded cache of cut models.
+
+A task's model is cut from the base on first use (``apply(..., share=True)``: only the sliced tensors are new,
+everything the plan leaves whole stays the base's own tensor) and kept while it fits the cache. Every public
+method that runs the model is synchronous and meant for a worker thread; the HTTP layer never calls it on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_model, load_tokenizer
+from ..data import LabelSpace, batches
+from ..errors import TaskpruneError
+from ..evaluate import rank_scores
+from ..fingerprint import fingerprint
+from ..io import atomic_write_text
+from ..models import get_adapter
+from ..plan import PruningPlan
+from ..prune import apply, validate_plan
+from ..tasks import Example, Task, get_task
+from .cache import ByteLRU
+from .metrics import ServeMetrics
+
+
+class ServeError(Exception):
+    """An error with the HTTP status it maps to and one clear message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class ServeLimits:
+    max_inputs: int = 64  # inputs per request (413 above)
+    max_input_chars: int = 4000  # characters per rendered input (413 above)
+    max_batch: int = 32  # inputs per model call; concurrent requests for one task are merged up to this
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests once the first has arrived
+    cache_bytes: int = 1 << 30  # bound of the cut-model cache
+    max_length: int = 256  # tokens per input (longer inputs are truncated, as in evaluation)
+
+
+@dataclass
+class Prediction:
+    label: str
+    scores: dict[str, float]  # probability of each label word (softmax over the candidates' log-likelihoods)
+
+
+def owned_bytes(model: nn.Module, base: nn.Module) -> int:
+    """Bytes of the tensors ``model`` holds that are not the base model's own (what caching it costs)."""
+    shared = {t.data_ptr() for t in (*base.parameters(), *base.buffers())}
+    seen: set[int] = set()
+    total = 0
+    for t in (*model.parameters(), *model.buffers()):
+        ptr = t.data_ptr()
+        if ptr not in shared and ptr not in seen:
+            seen.add(ptr)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _plan_task(plan: PruningPlan, name: str) -> str:
+    """The task a plan serves: its recorded task, else the name it was registered under."""
+    return plan.task or name
+
+
+class TaskService:
+    """Plans by task name, the base model, and the cut models' cache; thread-safe for one inference thread."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, plans_dir: str | Path | None = None,
+                 limits: ServeLimits | None = None, model_name: str = "model",
+                 metrics: ServeMetrics | None = None) -> None:
+        self.base = model.eval()
+        self.tok = tokenizer
+        self.limits = limits or ServeLimits()
+        self.model_name = model_name
+        self.metrics = metrics or ServeMetrics()
+        self.fingerprint = fingerprint(model)
+        self.adapter = get_adapter(model)
+        self.plans: dict[str, PruningPlan] = {}
+        self.plans_dir = Path(plans_dir) if plans_dir is not None else None
+        self._lock = threading.RLock()
+        self.cache: ByteLRU[nn.Module] = ByteLRU(self.limits.cache_bytes, on_evict=self._evicted)
+        self.cut_seconds: dict[str, float] = {}
+        if self.plans_dir is not None:
+            self._load_dir(self.plans_dir)
+
+    @classmethod
+    def from_path(cls, model_path: str | Path, plans_dir: str | Path | None = None,
+                  limits: ServeLimits | None = None, dtype: torch.dtype = torch.float32) -> TaskService:
+        return cls(load_model(model_path, dtype=dtype), load_tokenizer(model_path), plans_dir=plans_dir,
+                   limits=limits, model_name=str(model_path))
+
+    # -- plans ------------------------------------------------------------------------------------------
+    def _load_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise TaskpruneError(f"plans folder {folder} not found")
+        for path in sorted(folder.glob("*.json")):
+            plan = PruningPlan.load(path)
+            try:
+                self._check_plan(plan, _plan_task(plan, path.stem))
+            except ServeError as err:
+                raise TaskpruneError(f"{path}: {err.message}") from None
+            self.plans[_plan_task(plan, path.stem)] = plan
+
+    def _check_plan(self, plan: PruningPlan, task: str) -> None:
+        self.task(task)  # an unknown task is refused
+        if plan.base_fingerprint != self.fingerprint:
+            raise ServeError(422, f"this plan was made for another base model (plan fingerprint "
+                                  f"{plan.base_fingerprint}, served model {self.fingerprint})")
+        try:
+            validate_plan(plan, self.adapter)
+        except TaskpruneError as err:
+            raise ServeError(422, f"the plan does not fit the served model: {err}") from None
+
+    def task(self, name: str) -> Task:
+        try:
+            return get_task(name)
+        except TaskpruneError:
+            raise ServeError(404, f"unknown task {name!r}") from None
+
+    def known(self, name: str) -> bool:
+        try:
+            self.task(name)
+        except ServeError:
+            return False
+        return True
+
+    def register(self, task: str, plan_data: dict[str, Any], replace: bool = False) -> PruningPlan:
+        """Add a plan (saved to the plans folder when there is one); refuses another model's plan."""
+        if plan_data.get("task") not in (None, task):
+            raise ServeError(422, f"this plan is for task {plan_data['task']!r}, not {task!r}")
+        plan = _parse_plan(plan_data)
+        self._check_plan(plan, task)
+        with self._lock:
+            if task in self.plans and not replace:
+                raise ServeError(409, f"task {task!r} already has a plan; add ?replace=true to replace it")
+            if self.plans_dir is not None:
+                atomic_write_text(self.plans_dir / f"{task}.json", json.dumps(plan.to_dict(), indent=1) + "\n",
+                                  overwrite=True)
+            self.plans[task] = plan
+            self.cache.pop(task)
+        self._update_cache_gauge()
+        return plan
+
+    def unregister(self, task: str) -> None:
+        with self._lock:
+            if task not in self.plans:
+                raise ServeError(404, f"task {task!r} has no plan")
+            del self.plans[task]
+            self.cache.pop(task)
+            if self.plans_dir is not None:
+                (self.plans_dir / f"{task}.json").unlink(missing_ok=True)
+        self._update_cache_gauge()
+
+    def describe(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out = []
+            for name, plan in sorted(self.plans.items()):
+                out.append({"task": name, "method": plan.method, "rates": plan.rates, "samples": plan.samples,
+                            "labels": list(self.task(name).label_words), "cached": name in self.cache,
+                            "cached_bytes": self.cache.size_of(name), "created": plan.created})
+            return out
+
+    # -- models -----------------------------------------------------------------------------------------
+    def _evicted(self, _key: str, _size: int) -> None:
+        self.metrics.cache_evictions.inc()
+
+    def _update_cache_gauge(self) -> None:
+        self.metrics.cache_bytes.set(self.cache.total_bytes)
+
+    def check_servable(self, task: str, dense: bool = False) -> None:
+        """404 for an unknown task, or for a task without a plan unless the dense base is asked for."""
+        self.task(task)
+        if not dense and task not in self.plans:
+            raise ServeError(404, f"task {task!r} has no plan; register one (POST /v1/plans/{task}) or "
+                                  'ask for the dense base model with "dense": true')
+
+    def model_for(self, task: str, dense: bool = False) -> nn.Module:
+        """The model serving ``task``: the base when ``dense``, else the task's cut model (cut if not cached)."""
+        self.check_servable(task, dense)
+        if dense:
+            return self.base
+        with self._lock:
+            plan = self.plans.get(task)
+            if plan is None:  # removed since the check
+                raise ServeError(404, f"task {task!r} has no plan")
+            cached = self.cache.get(task)
+            if cached is not None:
+                self.metrics.cache_hits.inc()
+                return cached
+            self.metrics.cache_misses.inc()
+            t0 = time.perf_counter()
+            model = apply(plan, self.base, check=False, share=True).eval()
+            seconds = time.perf_counter() - t0
+            self.cut_seconds[task] = seconds
+            self.metrics.cut_seconds.observe(seconds)
+            self.cache.put(task, model, owned_bytes(model, self.base))
+        self._update_cache_gauge()
+        return model
+
+    # -- inference --------------------------------------------------------------------------------------
+    def render(self, task: str, inputs: list[str | dict[str, Any]]) -> list[str]:
+        """Model inputs from raw ones: a string fills a one-column template, an object names the columns."""
+        t = self.task(task)
+        if len(inputs) > self.limits.max_inputs:
+            raise ServeError(413, f"{len(inputs)} inputs in one request; the limit is {self.limits.max_inputs}")
+        texts = []
+        for i, raw in enumerate(inputs):
+            if isinstance(raw, str):
+                if len(t.columns) != 1:
+                    raise ServeError(422, f"inputs[{i}]: task {task!r} reads columns {list(t.columns)}; send an "
+                                          "object with each of them")
+                raw = {t.columns[0]: raw}
+            try:
+                text = t.render(raw)
+            except TaskpruneError as err:
+                raise ServeError(422, f"inputs[{i}]: {err}") from None
+            if len(text) > self.limits.max_input_chars:
+                raise ServeError(413, f"inputs[{i}] is {len(text)} characters; the limit is "
+                                      f"{self.limits.max_input_chars}")
+            texts.append(text)
+        return texts
+
+    @torch.no_grad()
+    def predict_texts(self, task: str, texts: list[str], dense: bool = False) -> list[Prediction]:
+        """Rank classification of rendered inputs, in chunks of ``max_batch``; runs the model (call off-loop)."""
+        model = self.model_for(task, dense)
+        t = self.task(task)
+        labels = LabelSpace.build(self.tok, t)
+        start = get_adapter(model).decoder_start_token_id()
+        device = next(model.parameters()).device
+        out: list[Prediction] = []
+        examples = [Example(text, 0) for text in texts]
+        for batch in batches(examples, self.tok, self.limits.max_batch, self.limits.max_length):
+            self.metrics.batch_inputs.observe(len(batch.input_ids))
+            logp = rank_scores(model, batch.to(device), labels, start)
+            probs = logp.softmax(-1)
+            for row in probs.tolist():
+                best = max(range(len(row)), key=row.__getitem__)
+                out.append(Prediction(t.label_words[best], dict(zip(t.label_words, row))))
+        return out
+
+    def predict(self, task: str, inputs: list[str | dict[str, Any]], dense: bool = False) -> list[Prediction]:
+        """Render, check and predict in one call (for direct use; the server splits render and predict)."""
+        return self.predict_texts(task, self.render(task, inputs), dense)
+
+
+def _parse_plan(data: dict[str, Any]) -> PruningPlan:
+    """A plan from a request body, with the same checks as a plan file."""
+    try:
+        return PruningPlan.from_dict(data, "the request body")
+    except TaskpruneError as err:
+        raise ServeError(422, str(err)) from None

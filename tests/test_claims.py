@@ -1,0 +1,97 @@
+"""The paper's claims, checked: each rule gives 'holds' on rows made to satisfy it and 'does not hold' on rows
+made to break it, and missing rows say 'not measured'."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from taskprune.experiments.claims import check_claims, claims_section
+
+_ids = itertools.count()
+
+
+def row(method: str, setting: str, rate: float, acc: float, *, task: str = "sst2", eval_task: str | None = None,
+        experiment: str = "e", samples: int | str = 10, seed: int = 0, **rates) -> dict:  # noqa: ANN003
+    spec = {"rate": rate, "modules": ["decoder"], "layer_types": ["self_attn", "cross_attn", "ffn"],
+            "module_rates": {}, "layer_type_rates": {}, "depth_rates": [], **rates}
+    return {"id": f"r{next(_ids)}", "experiment": experiment, "task": task, "eval_task": eval_task or task,
+            "method": method, "samples": samples, "sample_seed": seed, "trial_seed": seed, "rates": spec,
+            "setting": setting, "metrics": {"accuracy": acc}}
+
+
+def verdicts(rows: list[dict]) -> dict[str, str]:
+    return {c.text.split(" (")[0].split(":")[0]: c.verdict for c in check_claims(rows)}
+
+
+def methods_rows(ap: float, fpp: float, rp: float, svd: float, rap: float) -> list[dict]:
+    rows = []
+    for module, rate in itertools.product(("encoder", "decoder"), (0.3, 0.5, 0.7)):
+        drop = 20 * rate if module == "encoder" else 5 * rate
+        for method, acc, samples in (("attribution", ap, 10), ("activation", fpp, 10), ("random", rp, 0),
+                                     ("svd", svd, 0), ("random-attribution", rap, 10)):
+            rows.append(row(method, module, rate, acc - drop, samples=samples))
+        rows.append(row("attribution", module, 1.0, 50.0))  # rate 1 is left out of comparisons
+    return rows
+
+
+def test_method_claims_follow_the_numbers() -> None:
+    good = verdicts(methods_rows(ap=90, fpp=70, rp=71, svd=72, rap=89))
+    assert good["AP beats the baselines"] == "holds"
+    assert good["FPP ≈ RP"] == good["SVD ≈ RP"] == "holds"
+    assert good["RAP is sometimes as good as AP"] == "holds"
+    assert good["The decoder is more robust to pruning than the encoder"] == "holds"
+    bad = verdicts(methods_rows(ap=70, fpp=90, rp=60, svd=80, rap=40))
+    assert bad["AP beats the baselines"] == "does not hold"
+    assert bad["FPP ≈ RP"] == bad["SVD ≈ RP"] == "does not hold"
+    assert bad["RAP is sometimes as good as AP"] == "does not hold"
+
+
+def test_missing_rows_are_not_measured_and_no_section_without_any() -> None:
+    assert set(verdicts([row("dense", "dense", 0.0, 90.0)]).values()) == {"not measured"}
+    assert claims_section([row("dense", "dense", 0.0, 90.0)]) == []
+    section = "\n".join(claims_section(methods_rows(90, 70, 71, 72, 89)))
+    assert "## The paper's claims, checked" in section and "| FPP ≈ RP | **holds** |" in section
+
+
+@pytest.mark.parametrize("interaction, expected", [(0.0, "holds"), (-10.0, "does not hold")])
+def test_integrated_against_the_worse_module_alone(interaction: float, expected: str) -> None:
+    rows = []
+    for e, d in itertools.product((0.0, 0.3, 0.6), (0.0, 0.3, 0.6)):
+        acc = 90 - max(30 * e, 10 * d) + (interaction if e and d else 0.0)
+        rows.append(row("attribution", f"enc={e},dec={d}", 0.0, acc, module_rates={"encoder": e, "decoder": d}))
+    assert verdicts(rows)["Module-integrated ≈ module-specific"] == expected
+
+
+def test_examples_unsupervised_and_unseen() -> None:
+    rows = [row("dense", "dense", 0.0, 90.0)]
+    for rate in (0.3, 0.5):
+        rows += [row("attribution", "encoder", rate, 80 + s, samples=10, seed=s) for s in range(3)]
+        rows.append(row("attribution", "encoder", rate, 81, samples="all"))
+        rows += [row("attribution-unsupervised", "encoder", rate, 70, samples=10, seed=s) for s in range(3)]
+        rows.append(row("attribution", "decoder", rate, 75, task="rte", eval_task="qnli"))
+        rows.append(row("attribution", "decoder", rate, 65, task="sst2", eval_task="qnli"))
+    v = verdicts(rows)
+    assert v["10 examples ≈ all examples on SST2"] == "holds"  # mean of the draws 81 vs 81
+    assert v["Unsupervised attribution ≈ supervised"] == "does not hold"  # 70 vs 81
+    assert v["A related unseen domain is preserved better than an unrelated one"] == "holds"
+
+
+def test_layer_types_depth_and_whole_blocks() -> None:
+    rows = [row("dense", "dense", 0.0, 90.0)]
+    for rate in (0.5, 1.0):
+        for module, parts in (("encoder", {"self_attn": 60, "ffn": 80}),
+                              ("decoder", {"self_attn": 85, "cross_attn": 50, "ffn": 88})):
+            rows += [row("attribution", f"{module}:{p}", rate, a, layer_types=[p]) for p, a in parts.items()]
+            rows += [row("attribution", f"{module}:{d}", 0.0, a, depth_rates=[[lo, hi, rate]])
+                     for d, lo, hi, a in (("low", 0, 1, 60), ("mid", 2, 3, 85), ("high", 4, 5, 88))]
+    for module, block in itertools.product(("encoder", "decoder"), range(3)):
+        rows.append(row("attribution", f"{module}:b{block}", 0.0, 89.0 if block == 2 else 60.0,
+                        depth_rates=[[block, block, 1.0]]))
+    v = verdicts(rows)
+    assert v["Encoder"] == v["Decoder"] == "holds"
+    assert v["Low layers matter most"] == "holds"
+    assert v["A layer pruned at rate 1.0 can go"] == "holds"
+    worse = [dict(r, metrics={"accuracy": 60.0}) if r["setting"].endswith(":b2") else r for r in rows]
+    assert verdicts(worse)["A layer pruned at rate 1.0 can go"] == "does not hold"

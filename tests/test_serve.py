@@ -1,0 +1,186 @@
+"""The server (Algorithm 2): predictions equal the saved pruned model's, the cache respects its byte bound,
+foreign plans are refused, every bad input gets its status and one message, concurrent tasks stay apart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+import httpx  # noqa: E402
+from conftest import make_model, make_tokenizer  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from taskprune.checkpoint import load_pruned, save_pruned  # noqa: E402
+from taskprune.data import LabelSpace, batches  # noqa: E402
+from taskprune.evaluate import rank_scores  # noqa: E402
+from taskprune.models import get_adapter  # noqa: E402
+from taskprune.plan import PruningPlan, RateSpec, make_plan  # noqa: E402
+from taskprune.prune import apply  # noqa: E402
+from taskprune.serve import ByteLRU, ServeLimits, TaskService  # noqa: E402
+from taskprune.serve.app import create_app  # noqa: E402
+from taskprune.serve.service import owned_bytes  # noqa: E402
+from taskprune.tasks import Example, get_task  # noqa: E402
+
+SST = ["good movie", "a very bad film", "the film was great", "awful", "it is good", "this was bad"]
+RTE = [{"sentence1": "the film was good", "sentence2": "it was good"},
+       {"sentence1": "a bad movie", "sentence2": "the movie was great"}]
+
+
+def _plan(model: torch.nn.Module, task: str, seed: int, rate: float = 0.5) -> PruningPlan:
+    g = torch.Generator().manual_seed(seed)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    return make_plan(model, scores, RateSpec(rate=rate), task=task, method="random")
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> dict:
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for task, seed in (("sst2", 1), ("rte", 2)):
+        _plan(model, task, seed).save(plans / f"{task}.json")
+    service = TaskService(model, tok, plans_dir=plans, limits=ServeLimits(max_inputs=8, max_input_chars=200))
+    return {"model": model, "tok": tok, "plans": plans, "service": service, "tmp": tmp_path}
+
+
+def _direct(model: torch.nn.Module, tok, task: str, texts: list[str]) -> list[list[float]]:  # noqa: ANN001
+    t = get_task(task)
+    out = []
+    for b in batches([Example(x, 0) for x in texts], tok, 1):
+        out += rank_scores(model, b, LabelSpace.build(tok, t), get_adapter(model).decoder_start_token_id()
+                           ).softmax(-1).tolist()
+    return out
+
+
+def test_predictions_equal_the_saved_pruned_model(setup: dict) -> None:
+    s, tok = setup["service"], setup["tok"]
+    plan = PruningPlan.load(setup["plans"] / "sst2.json")
+    saved = save_pruned(apply(plan, setup["model"]), setup["tmp"] / "pruned", tok)
+    reference = load_pruned(saved)
+    with TestClient(create_app(s)) as client:
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": SST})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    expected = _direct(reference, tok, "sst2", [get_task("sst2").render({"sentence": x}) for x in SST])
+    words = get_task("sst2").label_words
+    assert body["model"] == "pruned" and len(body["predictions"]) == len(SST)
+    for pred, probs in zip(body["predictions"], expected):
+        assert pred["scores"] == pytest.approx(dict(zip(words, probs)), abs=1e-5)
+        assert pred["label"] == words[max(range(len(probs)), key=probs.__getitem__)]
+
+
+def test_cut_shares_whole_tensors_and_equals_a_full_copy(setup: dict) -> None:
+    model = setup["model"]
+    plan = PruningPlan.load(setup["plans"] / "rte.json")
+    shared, full = apply(plan, model, share=True), apply(plan, model)
+    assert shared.shared.weight is model.shared.weight  # the embedding is not copied
+    assert 0 < owned_bytes(shared, model) < owned_bytes(full, model)
+    ids = torch.tensor([[5, 6, 7, 1]])
+    dec = torch.tensor([[0, 5]])
+    torch.testing.assert_close(shared(input_ids=ids, decoder_input_ids=dec).logits,
+                               full(input_ids=ids, decoder_input_ids=dec).logits, rtol=0, atol=0)
+
+
+def test_lru_respects_the_byte_bound(setup: dict) -> None:
+    s = setup["service"]
+    size = owned_bytes(s.model_for("sst2"), s.base)
+    s.cache.max_bytes = int(size * 1.5)  # room for one task model, not two
+    s.cache.pop("sst2")
+    s.model_for("sst2")
+    s.model_for("rte")
+    assert s.cache.keys() == ["rte"] and s.cache.total_bytes <= s.cache.max_bytes
+    s.model_for("sst2")
+    assert s.cache.keys() == ["sst2"]
+    lru = ByteLRU(100)
+    lru.put("a", 1, 40), lru.put("b", 2, 40), lru.get("a"), lru.put("c", 3, 40)
+    assert lru.keys() == ["a", "c"] and lru.total_bytes == 80
+    assert not lru.put("huge", 4, 101) and "huge" not in lru
+
+
+def test_foreign_plans_are_refused(setup: dict) -> None:
+    other = make_model("t5-relu")
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    foreign = _plan(other, "sst2", 3).to_dict()
+    with TestClient(create_app(setup["service"])) as client:
+        r = client.post("/v1/plans/sst2?replace=true", json=foreign)
+        assert r.status_code == 422 and "another base model" in r.json()["error"]
+        r = client.post("/v1/plans/sst2", json=_plan(setup["model"], "sst2", 4).to_dict())
+        assert r.status_code == 409 and "replace=true" in r.json()["error"]
+    (setup["plans"] / "foreign.json").write_text(json.dumps({**foreign, "task": "rte"}))
+    with pytest.raises(Exception, match="another base model"):
+        TaskService(setup["model"], setup["tok"], plans_dir=setup["plans"])
+
+
+def test_plans_can_be_added_and_removed(setup: dict) -> None:
+    with TestClient(create_app(setup["service"])) as client:
+        assert client.delete("/v1/plans/rte").json() == {"task": "rte", "removed": True}
+        assert not (setup["plans"] / "rte.json").exists()
+        r = client.post("/v1/predict", json={"task": "rte", "inputs": RTE})
+        assert r.status_code == 404 and "has no plan" in r.json()["error"]
+        r = client.post("/v1/predict", json={"task": "rte", "inputs": RTE, "dense": True})
+        assert r.status_code == 200 and r.json()["model"] == "dense"
+        r = client.post("/v1/plans/rte", json=_plan(setup["model"], "rte", 5).to_dict())
+        assert r.status_code == 201 and (setup["plans"] / "rte.json").is_file()
+        assert [t["task"] for t in client.get("/v1/tasks").json()["tasks"]] == ["rte", "sst2"]
+        assert client.post("/v1/predict", json={"task": "rte", "inputs": RTE}).status_code == 200
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["plans"] == 2
+        metrics = client.get("/metrics").text
+        assert 'taskprune_requests_total{status="404",task="rte"} 1.0' in metrics
+        assert 'taskprune_requests_total{status="200",task="rte"} 2.0' in metrics
+        assert 'taskprune_errors_total{status="404"} 1.0' in metrics
+        assert "taskprune_cache_misses_total 1.0" in metrics and "taskprune_cut_seconds_count 1.0" in metrics
+        assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"task": "nosuch", "inputs": ["x"]}, 404, "unknown task 'nosuch'"),
+    ({"inputs": ["x"]}, 422, "task: Field required"),
+    ({"task": "sst2", "inputs": []}, 422, "inputs"),
+    ({"task": "sst2", "inputs": ["good"] * 9}, 413, "9 inputs in one request; the limit is 8"),
+    ({"task": "sst2", "inputs": ["good " * 100]}, 413, "the limit is 200"),
+    ({"task": "rte", "inputs": ["just a string"]}, 422, "send an object"),
+    ({"task": "rte", "inputs": [{"sentence1": "a"}]}, 422, "sentence2"),
+    ({"task": "sst2", "inputs": ["good"], "typo": 1}, 422, "typo"),
+])
+def test_bad_input_gets_its_status_and_one_message(setup: dict, body: dict, status: int, needle: str) -> None:
+    with TestClient(create_app(setup["service"])) as client:
+        r = client.post("/v1/predict", json=body)
+    assert r.status_code == status and set(r.json()) == {"error"} and needle in r.json()["error"], r.text
+
+
+def test_malformed_json_and_oversized_bodies(setup: dict) -> None:
+    with TestClient(create_app(setup["service"], max_body_bytes=1000)) as client:
+        r = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json() == {"error": "the request body is not valid JSON"}
+        r = client.post("/v1/predict", content=b"x" * 2000, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "limit is 1000" in r.json()["error"]
+        assert client.get("/nope").json() == {"error": "Not Found"}
+
+
+def test_concurrent_requests_for_two_tasks_get_their_own_predictions(setup: dict) -> None:
+    s = setup["service"]
+    expected = {"sst2": s.predict("sst2", SST), "rte": s.predict("rte", RTE)}
+    app = create_app(s)
+
+    async def go() -> list[tuple[str, dict]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            reqs = [("sst2", SST[i : i + 2]) for i in range(0, 6, 2)] + [("rte", RTE)] * 3
+            rs = await asyncio.gather(*(client.post("/v1/predict", json={"task": t, "inputs": x}) for t, x in reqs))
+            return [(t, x, r.json()) for (t, x), r in zip(reqs, rs)]
+
+    for task, inputs, body in asyncio.run(go()):
+        want = expected[task][: len(inputs)] if task == "rte" else [expected[task][SST.index(x)] for x in inputs]
+        assert [p["label"] for p in body["predictions"]] == [w.label for w in want]
+        for p, w in zip(body["predictions"], want):
+            assert p["scores"] == pytest.approx(w.scores, abs=1e-5)
+    hist = s.metrics.batch_inputs.collect()[0].samples
+    calls = next(x.value for x in hist if x.name.endswith("_count"))
+    assert calls < 6  # the 6 concurrent requests were merged into fewer model calls
