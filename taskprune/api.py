@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint import save_pruned
-from .data import LabelSpace, batches, length_order
+from .data import LabelSpace, LazyBatches, length_order
 from .errors import TaskpruneError
 from .models import get_adapter
 from .plan import PruningPlan, RateSpec, make_plan
@@ -58,7 +58,7 @@ def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Exa
         raise TaskpruneError(f"no examples to score task {task.name} with")
     groups = [g for g in get_adapter(model).groups() if g.size > 0]
     ordered = [examples[i] for i in length_order(examples, tokenizer, max_length)]  # less padding, same sums
-    return ScoringJob(model, list(batches(ordered, tokenizer, batch_size, max_length)),
+    return ScoringJob(model, LazyBatches(ordered, tokenizer, batch_size, max_length),
                       LabelSpace.build(tokenizer, task), groups, config or ScoreConfig(), progress)
 
 

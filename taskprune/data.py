@@ -100,6 +100,30 @@ def batches(
         yield Batch(enc["input_ids"], enc["attention_mask"], torch.tensor([e.label for e in chunk]))
 
 
+class LazyBatches(Sequence[Batch]):
+    """Batches of ``examples``, tokenised when iterated: memory holds one batch at a time, not the whole set, so
+    scoring 1,000 examples retains no more tensors than scoring 10 at the same batch size."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer, batch_size: int, max_length: int = 256) -> None:  # noqa: ANN001
+        if batch_size <= 0:
+            raise TaskpruneError(f"batch size must be positive, got {batch_size}")
+        self.examples, self.tokenizer = list(examples), tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def __len__(self) -> int:
+        return n_batches(len(self.examples), self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return batches(self.examples, self.tokenizer, self.batch_size, self.max_length)
+
+    def __getitem__(self, i: int) -> Batch:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        start = (i % len(self)) * self.batch_size
+        return next(batches(self.examples[start : start + self.batch_size], self.tokenizer, self.batch_size,
+                            self.max_length))
+
+
 def length_order(examples: Sequence[Example], tokenizer, max_length: int = 256) -> list[int]:  # noqa: ANN001
     """Indices of ``examples``, shortest tokenised input first (stable).
 

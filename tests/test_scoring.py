@@ -160,3 +160,35 @@ def test_score_config_rejects_unknown_aggregations() -> None:
         ScoreConfig(example_agg="mean")  # type: ignore[arg-type]
     with pytest.raises(TaskpruneError, match="unknown method"):
         get_scorer("magic")
+
+
+def test_scoring_memory_scales_with_the_batch_not_the_examples() -> None:
+    """Live tensors at the peak of a scoring pass: 1,000 examples retain no more than 10 at the same batch size."""
+    import gc
+
+    from taskprune.api import score
+    from taskprune.tasks import Example, Task
+
+    task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    words = ["good", "bad", "movie", "film", "great", "awful", "the", "very"]
+
+    def peak_live_tensors(n: int) -> int:
+        examples = [Example(" ".join(words[(i + j) % 8] for j in range(3 + i % 4)), i % 2) for i in range(n)]
+        peak, calls = 0, 0
+
+        def count(*_: object) -> None:  # every 10th batch: a leak grows, so sampling finds it (gc scans are slow)
+            nonlocal peak, calls
+            if calls % 10 == 0:
+                peak = max(peak, sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
+            calls += 1
+
+        handle = model.get_encoder().register_forward_hook(count)
+        try:
+            score(model, tok, task, examples, batch_size=5)
+        finally:
+            handle.remove()
+        return peak
+
+    few, many = peak_live_tensors(10), peak_live_tensors(1000)
+    assert many <= few + 5, f"scoring 1,000 examples kept {many} tensors alive, 10 examples {few}"

@@ -6,7 +6,7 @@ Methods register by name (``@register_scorer("attribution")``) and are looked up
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,12 +103,13 @@ class ScoreConfig:
 class ScoringJob:
     """Everything a scorer is given: one argument, so every method has the same signature.
 
-    ``batches`` are the tokenised fit examples, ``labels`` the task's label targets, ``groups`` the neuron groups
+    ``batches`` are the tokenised fit examples (any re-iterable sequence; :class:`~taskprune.data.LazyBatches`
+    tokenises one batch at a time), ``labels`` the task's label targets, ``groups`` the neuron groups
     to score (a method may score only those it needs, e.g. SMP only those pruned at the target rates).
     """
 
     model: nn.Module
-    batches: list[Batch]
+    batches: Sequence[Batch]
     labels: LabelSpace
     groups: list[NeuronGroup]
     config: ScoreConfig = field(default_factory=lambda: ScoreConfig())
