@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.taskprune-installed
 TASKPRUNE_DATA ?= $(abspath ../shared/data)
 export TASKPRUNE_DATA
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# scoring cost, pruned vs dense latency against the FLOP ideal, compress wall time (benchmarks/RESULTS.md)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

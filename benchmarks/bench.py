@@ -1,0 +1,213 @@
+"""`make bench`: scoring cost, real speed-up and memory of the default model, as ratios measured in ONE run.
+
+    python benchmarks/bench.py [--model models/minilm-glue6] [--task sst2] [--repeats 5]
+
+a. attribution scoring throughput ÷ a bare forward+backward on the same batches (backward to the input
+   embeddings of encoder and decoder, no weight gradients: the cheapest pass that reaches every unit), and
+   peak memory while scoring ÷ peak memory of inference at the same batch (each measured in a fresh process,
+   peak RSS reset after loading: the total, and the part above the loaded model);
+b. pruned ÷ dense latency at p in {0.3, 0.5, 0.7} for encoder, decoder and both, batch 1 and 16, next to the
+   FLOP-ideal speed-up (FLOPs of both models counted by torch.utils.flop_counter on the same inputs);
+c. wall time of a 10-example `compress` of the model, model loading excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from taskprune.api import compress, score, scoring_job  # noqa: E402
+from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
+from taskprune.data import LabelSpace, batches, length_order, targets_for  # noqa: E402
+from taskprune.evaluate import rank_scores  # noqa: E402
+from taskprune.models import get_adapter  # noqa: E402
+from taskprune.plan import RateSpec, make_plan  # noqa: E402
+from taskprune.prune import apply  # noqa: E402
+from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
+
+FALLBACK = ["a gripping, beautifully acted film", "dull and lifeless", "the plot makes no sense at all",
+            "one of the best films of the year", "i wanted to leave after ten minutes", "warm, funny and wise"]
+
+
+def _examples(task: str, data_dir: str | None, split: str, n: int, seed: int = 0) -> list[Example]:
+    if data_dir:
+        return sample_k_shot(load_examples(get_task(task), split, data_dir), n, seed=seed)
+    return [Example(FALLBACK[i % len(FALLBACK)] + " " * (i // len(FALLBACK)), i % 2) for i in range(n)]
+
+
+def _median(fn, repeats: int) -> float:  # noqa: ANN001
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bare_forward_backward(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> None:
+    """Forward with gold targets, backward of the summed label probabilities to both input embeddings."""
+    adapter = get_adapter(model)
+    start = adapter.decoder_start_token_id()
+    emb = model.get_input_embeddings()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for b in batch_list:
+        dec_in, target = targets_for(labels, b.gold.tolist(), start)
+        x = emb(b.input_ids).detach().requires_grad_()
+        y = emb(dec_in).detach().requires_grad_()
+        logits = model(inputs_embeds=x, attention_mask=b.attention_mask, decoder_inputs_embeds=y,
+                       use_cache=False).logits
+        probs = logits.float().softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        (probs * (target >= 0)).sum().backward()
+
+
+# -- a. memory, in a fresh process --------------------------------------------------------------------------
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child process: load, reset the peak, run one workload, print {'base_kb', 'peak_kb'} as JSON."""
+    model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
+    task = get_task(args.task)
+    examples = _examples(args.task, args.data_dir, "fit", args.examples)
+    job = scoring_job(model, tok, task, examples, batch_size=args.batch_size)
+    first = next(iter(job.batches))
+    rank_scores(model, first, job.labels, get_adapter(model).decoder_start_token_id())  # allocator warm
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    base = _rss_kb("VmRSS")
+    if args.memory_probe == "score":
+        score(model, tok, task, examples, batch_size=args.batch_size)
+    else:
+        with torch.no_grad():
+            for b in job.batches:
+                rank_scores(model, b, job.labels, get_adapter(model).decoder_start_token_id())
+    print(json.dumps({"base_kb": base, "peak_kb": _rss_kb("VmHWM")}))
+
+
+def _probe(args: argparse.Namespace, kind: str) -> dict:
+    cmd = [sys.executable, __file__, "--memory-probe", kind, "--model", args.model, "--task", args.task,
+           "--examples", str(args.examples), "--batch-size", str(args.batch_size)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ,
+                                                                            "TRANSFORMERS_VERBOSITY": "error"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def part_a(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:  # noqa: ANN001
+    examples = _examples(args.task, args.data_dir, "fit", args.examples)
+    job = scoring_job(model, tok, task, examples, batch_size=args.batch_size)
+    batch_list = list(job.batches)
+    t_score = _median(lambda: score(model, tok, task, examples, batch_size=args.batch_size), args.repeats)
+    with torch.enable_grad():
+        t_bare = _median(lambda: bare_forward_backward(model, batch_list, job.labels), args.repeats)
+    mem_s, mem_i = _probe(args, "score"), _probe(args, "infer")
+    total = mem_s["peak_kb"] / mem_i["peak_kb"]
+    above = (mem_s["peak_kb"] - mem_s["base_kb"]) / max(1, mem_i["peak_kb"] - mem_i["base_kb"])
+    print(f"\n## a. Scoring cost ({args.examples} {args.task} examples, batch {args.batch_size})\n")
+    print("| measure | value | goal |")
+    print("|---|---:|---|")
+    print(f"| attribution scoring, s (median of {args.repeats}) | {t_score:.3f} | |")
+    print(f"| bare forward+backward, same batches, s | {t_bare:.3f} | |")
+    print(f"| **throughput ratio** (bare time ÷ scoring time) | **{t_bare / t_score:.2f}** | >= 0.9 |")
+    print(f"| peak RSS scoring / inference, MB | {mem_s['peak_kb'] / 1024:.0f} / {mem_i['peak_kb'] / 1024:.0f} | |")
+    print(f"| **peak memory ratio**, total | **{total:.2f}** | <= 1.5 |")
+    print(f"| peak memory ratio, above the loaded model ({(mem_s['peak_kb'] - mem_s['base_kb']) / 1024:.0f} MB / "
+          f"{(mem_i['peak_kb'] - mem_i['base_kb']) / 1024:.0f} MB) | {above:.2f} | |")
+
+
+# -- b. latency vs FLOP ideal -------------------------------------------------------------------------------
+def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace, start: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        for b in batch_list:
+            rank_scores(model, b, labels, start)
+    return counter.get_total_flops()
+
+
+def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:  # noqa: ANN001
+    fit = _examples(args.task, args.data_dir, "fit", 10)
+    scores = score(model, tok, task, fit)
+    evals = _examples(args.task, args.data_dir, "eval", 16, seed=1)
+    evals = [evals[i] for i in length_order(evals, tok)]
+    labels = LabelSpace.build(tok, task)
+    start = get_adapter(model).decoder_start_token_id()
+    inputs = {1: list(batches(evals, tok, 1)), 16: list(batches(evals, tok, 16))}
+    print("\n## b. Pruned ÷ dense latency vs the FLOP ideal\n")
+    print("Per batch size: the same 16 eval examples (16 calls at batch 1, one call at batch 16); latency = median "
+          f"of {args.repeats} passes, dense and pruned interleaved. ideal = FLOPs(dense) ÷ FLOPs(pruned); "
+          "efficiency = measured speed-up ÷ ideal (goal >= 0.9 at batch 16).\n")
+    print("| pruned | p | batch | dense ms | pruned ms | speed-up | ideal | efficiency |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for modules in (("encoder",), ("decoder",), ("encoder", "decoder")):
+        for p in (0.3, 0.5, 0.7):
+            pruned = apply(make_plan(model, scores, RateSpec(rate=p, modules=modules)), model, check=False).eval()
+            for bs, blist in inputs.items():
+                def run(m: torch.nn.Module, bl: list = blist) -> None:
+                    with torch.no_grad():
+                        for b in bl:
+                            rank_scores(m, b, labels, start)
+                run(model), run(pruned)
+                d, q = [], []
+                for _ in range(args.repeats):
+                    d.append(_median(lambda: run(model), 1))
+                    q.append(_median(lambda: run(pruned), 1))
+                dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
+                ideal = _flops(model, blist, labels, start) / _flops(pruned, blist, labels, start)
+                speed = dense_ms / pruned_ms
+                name = "both" if len(modules) == 2 else modules[0]
+                print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
+                      f"{speed / ideal:.2f} |")
+            del pruned
+
+
+# -- c. compress wall time ----------------------------------------------------------------------------------
+def part_c(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:  # noqa: ANN001
+    fit = _examples(args.task, args.data_dir, "fit", 10)
+    t = _median(lambda: compress(model, tok, task, fit, RateSpec(rate=0.5, modules=("decoder",))), args.repeats)
+    print("\n## c. compress, 10 examples, decoder p = 0.5, model loading excluded\n")
+    print(f"| wall time, s (median of {args.repeats}) | goal |\n|---:|---|\n| **{t:.2f}** | < 5 |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "minilm-glue6"))
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--data-dir", default=os.environ.get("TASKPRUNE_DATA") or str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--examples", type=int, default=256, help="examples for the scoring comparison")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", choices=["a", "b", "c"], nargs="+", default=["a", "b", "c"])
+    ap.add_argument("--memory-probe", choices=["score", "infer"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.data_dir = args.data_dir if args.data_dir and Path(args.data_dir).is_dir() else None
+    if args.memory_probe:
+        memory_probe(args)
+        return
+    model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
+    task = get_task(args.task)
+    print(f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"inputs from {'the ' + args.task + ' data' if args.data_dir else 'fixed sentences (no data dir)'}")
+    for part in args.only:
+        {"a": part_a, "b": part_b, "c": part_c}[part](args, model, tok, task)
+
+
+if __name__ == "__main__":
+    main()
