@@ -50,13 +50,19 @@ def default_data_dir() -> Path | None:
     return Path(env) if env else None
 
 
+#: scorers whose score of a group does not depend on which other groups are scored (no shared random stream):
+#: ``compress`` scores only the groups its rates prune, so a decoder-only plan never back-propagates into the encoder
+GROUP_LOCAL = ("attribution", "attribution-unsupervised", "activation", "random-attribution")
+
+
 def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
                 batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress,
-                method: str | None = None) -> ScoringJob:
-    """Tokenise ``examples`` and gather what every scoring method is given (all non-empty groups)."""
+                method: str | None = None, only: RateSpec | None = None) -> ScoringJob:
+    """Tokenise ``examples`` and gather what every scoring method is given: every non-empty group, or with
+    ``only`` just those it prunes (rate > 0)."""
     if not examples and (method is None or needs_examples(method)):
         raise TaskpruneError(f"no examples to score task {task.name} with")
-    groups = [g for g in get_adapter(model).groups() if g.size > 0]
+    groups = [g for g in get_adapter(model).groups() if g.size > 0 and (only is None or only.rate_for(g) > 0)]
     ordered = [examples[i] for i in length_order(examples, tokenizer, max_length)]  # less padding, same sums
     return ScoringJob(model, LazyBatches(ordered, tokenizer, batch_size, max_length),
                       LabelSpace.build(tokenizer, task), groups, config or ScoreConfig(), progress)
@@ -73,10 +79,13 @@ def score(
     batch_size: int = 8,
     max_length: int = 256,
     progress: Progress = no_progress,
+    only: RateSpec | None = None,
 ) -> Scores:
-    """Importance of every unit of every group of ``model`` for ``task``, from ``examples``."""
+    """Importance of every unit of every group of ``model`` for ``task``, from ``examples`` (with ``only``: of the
+    groups those rates prune)."""
     scorer = get_scorer(method)
-    return scorer(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress, method))
+    job = scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress, method, only)
+    return scorer(job) if job.groups else {}  # rates that prune nothing need no scores
 
 
 @dataclass
@@ -161,7 +170,7 @@ def compress(
         raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
     t0 = time.perf_counter()
     scores = score(model, tokenizer, task, examples, method=method, config=config, batch_size=batch_size,
-                   max_length=max_length, progress=progress)
+                   max_length=max_length, progress=progress, only=rates if method in GROUP_LOCAL else None)
     seconds = time.perf_counter() - t0
     plan = make_plan(model, scores, rates, task=task.name, method=method, samples=len(examples), seed=seed,
                      options=config.to_dict())

@@ -192,3 +192,29 @@ def test_scoring_memory_scales_with_the_batch_not_the_examples() -> None:
 
     few, many = peak_live_tensors(10), peak_live_tensors(1000)
     assert many <= few + 5, f"scoring 1,000 examples kept {many} tensors alive, 10 examples {few}"
+
+
+@pytest.mark.parametrize("method", ["attribution", "activation"])
+def test_compress_scores_only_the_pruned_groups_and_skips_the_encoder_backward(method: str) -> None:
+    """A decoder-only plan: scores of the decoder groups equal full scoring's, and no gradient reaches the encoder."""
+    from taskprune.api import compress, score
+    from taskprune.plan import RateSpec
+    from taskprune.tasks import Example, Task
+
+    task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))
+    examples = [Example(t, i % 2) for i, t in enumerate(["good movie", "a bad film", "great", "awful film"])]
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    full = score(model, tok, task, examples, method=method)
+    grads = []
+
+    def watch(_m: torch.nn.Module, _i: object, out: tuple) -> None:  # a gradient reaching the encoder's output
+        if out[0].requires_grad:
+            out[0].register_hook(lambda g: grads.append(1))
+
+    handle = model.get_encoder().register_forward_hook(watch)
+    result = compress(model, tok, task, examples, RateSpec(rate=0.5, modules=("decoder",)), method=method)
+    handle.remove()
+    assert not grads and result.scores and all(name.startswith("decoder") for name in result.scores)
+    for name, s in result.scores.items():
+        torch.testing.assert_close(s, full[name], rtol=1e-5, atol=1e-7)
+    assert compress(model, tok, task, examples, RateSpec(rate=0.0), method=method).scores == {}
