@@ -6,8 +6,9 @@
 1. Ratios, in process (no HTTP), for each task:
    - time to cut the task model from the base ÷ time to copy its kept weights (every tensor of the cut model
      cloned once); goal <= 2. The cut shares the tensors the plan leaves whole, so it only copies the slices.
-   - latency of a batch-1 request on a cached task through the service (render, cache lookup, batching
-     thread hand-off excluded: ``TaskService.predict``) ÷ calling the pruned model directly; goal <= 1.05.
+   - latency of a batch-1 request on a cached task through the service (``TaskService.predict_texts``: cache
+     lookup, tokenising, scoring, label probabilities) ÷ calling the pruned model directly (tokenising and
+     ``rank_scores``); goal <= 1.05. The batcher's thread hand-off is part of the HTTP figure.
 2. Load: starts the server as a subprocess on 127.0.0.1 (a free port), N clients send one-input requests for
    T seconds, round-robin over the tasks; prints throughput, p50/p99 latency, errors; HTTP overhead = median
    single-client HTTP latency − median in-process latency. Bounded: --seconds (at most 600) and --max-requests.
@@ -84,9 +85,9 @@ def ratios(service: TaskService, tasks: list[str], inputs: dict[str, list[dict]]
         t = get_task(task)
         labels = LabelSpace.build(service.tok, t)
         start = get_adapter(model).decoder_start_token_id()
-        batch = next(batches([Example(text[0], 0)], service.tok, 1))
         with torch.no_grad():
-            direct = lambda: rank_scores(model, batch, labels, start).softmax(-1).tolist()  # noqa: E731
+            direct = lambda: [rank_scores(model, b, labels, start).softmax(-1).tolist()  # noqa: E731
+                              for b in batches([Example(text[0], 0)], service.tok, 1)]
             via = lambda: service.predict_texts(task, text)  # noqa: E731
             for _ in range(3):
                 direct(), via()

@@ -694,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (more: 413)")
     p.add_argument("--max-input-chars", type=int, default=4000, help="characters per input (more: 413)")
     p.add_argument("--max-batch", type=int, default=32, help="inputs per model call when batching requests")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="extra wait for more requests to batch (default 0: a batch takes the requests that queued "
+                        "while the previous one ran, so a lone request waits for nothing)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

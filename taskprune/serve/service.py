@@ -45,7 +45,7 @@ class ServeLimits:
     max_inputs: int = 64  # inputs per request (413 above)
     max_input_chars: int = 4000  # characters per rendered input (413 above)
     max_batch: int = 32  # inputs per model call; concurrent requests for one task are merged up to this
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests once the first has arrived
+    max_wait_ms: float = 0.0  # extra wait for more requests; 0: a batch takes what queued while the last one ran
     cache_bytes: int = 1 << 30  # bound of the cut-model cache
     max_length: int = 256  # tokens per input (longer inputs are truncated, as in evaluation)
 
@@ -92,6 +92,7 @@ class TaskService:
         self._lock = threading.RLock()
         self.cache: ByteLRU[nn.Module] = ByteLRU(self.limits.cache_bytes, on_evict=self._evicted)
         self.cut_seconds: dict[str, float] = {}
+        self._labels: dict[str, LabelSpace] = {}
         if self.plans_dir is not None:
             self._load_dir(self.plans_dir)
 
@@ -237,7 +238,7 @@ class TaskService:
         """Rank classification of rendered inputs, in chunks of ``max_batch``; runs the model (call off-loop)."""
         model = self.model_for(task, dense)
         t = self.task(task)
-        labels = LabelSpace.build(self.tok, t)
+        labels = self._labels.get(t.name) or self._labels.setdefault(t.name, LabelSpace.build(self.tok, t))
         start = get_adapter(model).decoder_start_token_id()
         device = next(model.parameters()).device
         out: list[Prediction] = []

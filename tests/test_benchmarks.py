@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end on a tiny model (numbers meaningless; the scripts must not rot)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_model, make_tokenizer
+from taskprune.models import get_adapter
+from taskprune.plan import RateSpec, make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    model = make_model("bert2bert")
+    model.save_pretrained(root / "model")
+    make_tokenizer("bert2bert").save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(0)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    (root / "plans").mkdir()
+    for task in ("sst2", "rte"):
+        make_plan(model, scores, RateSpec(rate=0.5), task=task, method="random").save(root / "plans" / f"{task}.json")
+    return root
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_bench_prints_every_ratio(tiny: Path) -> None:
+    out = _run("benchmarks/bench.py", "--model", str(tiny / "model"), "--data-dir", str(tiny / "none"),
+               "--examples", "8", "--batch-size", "4", "--repeats", "1")
+    for needle in ("throughput ratio", "peak memory ratio", "| encoder | 0.3 | 16 |", "| both | 0.7 | 1 |",
+                   "## c. compress"):
+        assert needle in out
+
+
+def test_load_serve_runs_and_reports(tiny: Path) -> None:
+    out = _run("benchmarks/load_serve.py", "--model", str(tiny / "model"), "--plans", str(tiny / "plans"),
+               "--tasks", "sst2", "rte", "--data-dir", str(tiny / "none"), "--clients", "2", "--seconds", "2",
+               "--repeats", "1")
+    assert "cut ÷ copy" in out and "HTTP overhead" in out and "inputs per call" in out
+    row = next(line for line in out.split("## Load")[1].splitlines() if line.startswith("| ") and line[2].isdigit())
+    requests, errors = row.split("|")[1:3]
+    assert int(requests) > 0 and errors.strip() == "0"
