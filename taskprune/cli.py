@@ -545,7 +545,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .experiments.report import write_report
 
-    out = write_report(args.results, args.out, overwrite=args.overwrite, title=args.title)
+    out = write_report(args.results, args.out, overwrite=args.overwrite, title=args.title, notes=args.notes)
     echo(f"report written to {out}/README.md ({len(list(out.glob('*.png')))} figures)")
 
 
@@ -679,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="results .jsonl written by `taskprune sweep`")
     _add_out(p, "output folder (README.md + one PNG per experiment)")
     p.add_argument("--title", default=None, help="title of the report")
+    p.add_argument("--notes", default=None, help="Markdown file appended to the README (your reading of the numbers)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="HTTP server: one base model, each task's pruned sub-network cut on demand",

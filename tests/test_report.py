@@ -94,3 +94,20 @@ def test_grid_cells_do_not_mix_methods(tmp_path: Path) -> None:
     cells = grid_cells(rows)
     assert cells == {("sst2", "sst2", "attribution", "10"): {(0.0, 0.0): 80.0, (0.5, 0.0): 70.0},
                      ("sst2", "sst2", "random", "10"): {(0.0, 0.0): 60.0, (0.5, 0.0): 50.0}}
+
+
+def test_reporting_into_the_results_folder_keeps_the_results_and_appends_notes(tmp_path: Path) -> None:
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    results = folder / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    (folder / "config.yaml").write_text("experiments: []\n")
+    notes = folder / "NOTES.md"
+    notes.write_text("## Reading\n\nhand-written\n")
+    write_report(results, folder, overwrite=True, notes=notes)
+    write_report(results, folder, overwrite=True, notes=notes)  # twice: nothing accumulates or disappears
+    assert results.read_text().count("\n") == len(_rows()) and (folder / "config.yaml").is_file()
+    md = (folder / "README.md").read_text()
+    assert md.count("## Reading") == 1 and md.rstrip().endswith("hand-written") and "h of run time" in md
+    with pytest.raises(TaskpruneError, match="notes file"):
+        write_report(results, folder, overwrite=True, notes=tmp_path / "missing.md")

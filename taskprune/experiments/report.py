@@ -15,11 +15,13 @@ The last row of each run id wins (a failed run retried later replaces its error 
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import TaskpruneError
 from ..io import atomic_dir
 from .claims import claims_section
 from .results import METRIC, latest_rows, row_kind, row_rate
@@ -146,15 +148,29 @@ def _table(curves_by_panel: dict[str, dict[str, list]], rates_header: list[float
     return lines
 
 
-def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = False, title: str | None = None) -> Path:
-    """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``."""
+def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = False, title: str | None = None,
+                 notes: str | Path | None = None) -> Path:
+    """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``.
+
+    Files of an existing ``out_dir`` that the report does not write (the results file itself, configs, notes)
+    are carried over, so reporting into the folder that holds the results loses nothing. ``notes`` (a Markdown
+    file) is appended to the README: the hand-written reading of the numbers.
+    """
     rows = latest_rows(results)
+    note_text = _read_notes(notes)
     dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if row_kind(r) == "dense"}
     experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["experiment"] != "dense"))
+    run_hours = sum(float(r.get("seconds", 0.0)) for r in rows) / 3600
 
     def write(tmp: Path) -> None:
-        md = [f"# {title or 'Sweep report'}", "", f"From `{results}` ({len(rows)} runs). Metric: {METRIC} (%) on each "
-              "task's eval split; dashed line = the dense model; bands = ± one sample std over seeds.", ""]
+        old = Path(out_dir)
+        if old.is_dir():
+            for f in old.iterdir():
+                if f.is_file() and f.name != "README.md" and f.suffix != ".png":
+                    shutil.copy2(f, tmp / f.name)
+        md = [f"# {title or 'Sweep report'}", "", f"From `{results}` ({len(rows)} runs, {run_hours:.2f} h of run time "
+              f"summed over rows). Metric: {METRIC} (%) on each task's eval split; dashed line = the dense model; "
+              "bands = ± one sample std over seeds.", ""]
         if dense:
             md += ["Dense model: " + ", ".join(f"{_task_label(t)} {v:.2f}" for t, v in sorted(dense.items())), ""]
         for exp in experiments:
@@ -194,9 +210,20 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
             md += _table({t: c for t, (_, c) in panels.items()}, rates) + [""]
         md += _std_table(rows)
         md += claims_section(rows)
+        if note_text:
+            md += [note_text.rstrip(), ""]
         (tmp / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
     return atomic_dir(out_dir, write, overwrite)
+
+
+def _read_notes(notes: str | Path | None) -> str:
+    if notes is None:
+        return ""
+    path = Path(notes)
+    if not path.is_file():
+        raise TaskpruneError(f"notes file {path} not found")
+    return path.read_text(encoding="utf-8")
 
 
 def _std_table(rows: list[dict[str, Any]]) -> list[str]:
