@@ -37,7 +37,9 @@ class Claim:
     evidence: str
 
     def line(self) -> str:
-        return f"| {self.text} | **{self.verdict}** | {self.evidence} |"
+        cells = (c.replace("|", "\\|") for c in (self.text, self.evidence))  # |x| must not split the table
+        text, evidence = cells
+        return f"| {text} | **{self.verdict}** | {evidence} |"
 
 
 def _acc(rows: Iterable[Row]) -> float:
