@@ -19,13 +19,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import median_seconds  # noqa: E402
 
 from taskprune.api import compress, score, scoring_job  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
@@ -47,13 +48,7 @@ def _examples(task: str, data_dir: str | None, split: str, n: int, seed: int = 0
 
 
 def _median(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, warmup=1)
 
 
 def bare_forward_backward(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> None:
@@ -167,15 +162,14 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
                 run(model), run(pruned)
                 d, q = [], []
                 for _ in range(args.repeats):
-                    d.append(_median(lambda: run(model), 1))
-                    q.append(_median(lambda: run(pruned), 1))
+                    d.append(median_seconds(lambda: run(model), 1))
+                    q.append(median_seconds(lambda: run(pruned), 1))
                 dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
                 ideal = _flops(model, blist, labels, start) / _flops(pruned, blist, labels, start)
                 speed = dense_ms / pruned_ms
                 name = "both" if len(modules) == 2 else modules[0]
                 print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
                       f"{speed / ideal:.2f} |")
-            del pruned
 
 
 # -- c. compress wall time ----------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import median_seconds  # noqa: E402
 
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
 from taskprune.data import LabelSpace, batches  # noqa: E402
@@ -62,25 +64,16 @@ def _inputs(task: str, data_dir: str | None, n: int = 32) -> list[dict[str, str]
     return [{c: FALLBACK.get(c, "text") for c in t.columns}]
 
 
-def _median_time(fn, repeats: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def ratios(service: TaskService, tasks: list[str], inputs: dict[str, list[dict]], repeats: int) -> list[dict]:
     out = []
     for task in tasks:
         plan = service.plans[task]
         base = service.base
-        cut_s = _median_time(lambda: apply(plan, base, check=False, share=True), repeats)
-        full_s = _median_time(lambda: apply(plan, base, check=False), repeats)
+        cut_s = median_seconds(lambda: apply(plan, base, check=False, share=True), repeats)
+        full_s = median_seconds(lambda: apply(plan, base, check=False), repeats)
         model = service.model_for(task)
         tensors = list({t.data_ptr(): t for t in model.state_dict().values()}.values())
-        copy_s = _median_time(lambda: [t.clone() for t in tensors], repeats)
+        copy_s = median_seconds(lambda: [t.clone() for t in tensors], repeats)
         text = service.render(task, inputs[task][:1])
         t = get_task(task)
         labels = LabelSpace.build(service.tok, t)
@@ -93,8 +86,8 @@ def ratios(service: TaskService, tasks: list[str], inputs: dict[str, list[dict]]
                 direct(), via()
             d, v = [], []
             for _ in range(repeats * 4):  # interleaved, so drifts hit both alike
-                d.append(_median_time(direct, 1))
-                v.append(_median_time(via, 1))
+                d.append(median_seconds(direct, 1))
+                v.append(median_seconds(via, 1))
         out.append({"task": task, "cut_ms": cut_s * 1e3, "full_copy_cut_ms": full_s * 1e3,
                     "copy_kept_ms": copy_s * 1e3, "cut_over_copy": cut_s / copy_s,
                     "direct_ms": statistics.median(d) * 1e3, "service_ms": statistics.median(v) * 1e3,
