@@ -111,3 +111,20 @@ def test_reporting_into_the_results_folder_keeps_the_results_and_appends_notes(t
     assert md.count("## Reading") == 1 and md.rstrip().endswith("hand-written") and "h of run time" in md
     with pytest.raises(TaskpruneError, match="notes file"):
         write_report(results, folder, overwrite=True, notes=tmp_path / "missing.md")
+
+
+def test_a_new_report_removes_only_its_own_old_figures(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    out = tmp_path / "rep"
+    write_report(results, out)
+    (out / "mine.png").write_bytes(b"\x89PNG hand-made")
+    (out / "sub").mkdir()
+    kept = [r for r in _rows() if r["experiment"] != "depth"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with pytest.raises(TaskpruneError, match="already holds a report"):
+        write_report(results, out)
+    write_report(results, out, overwrite=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert "depth.png" not in names and "mine.png" in names and "sub" in names and "r.jsonl" not in names
+    assert not [n for n in names if n.startswith(".report.")]

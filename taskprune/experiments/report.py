@@ -15,14 +15,16 @@ The last row of each run id wins (a failed run retried later replaces its error 
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ..errors import TaskpruneError
-from ..io import atomic_dir
+from ..io import atomic_write_text
 from .claims import claims_section
 from .results import METRIC, latest_rows, row_kind, row_rate
 
@@ -152,9 +154,10 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
                  notes: str | Path | None = None) -> Path:
     """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``.
 
-    Files of an existing ``out_dir`` that the report does not write (the results file itself, configs, notes)
-    are carried over, so reporting into the folder that holds the results loses nothing. ``notes`` (a Markdown
-    file) is appended to the README: the hand-written reading of the numbers.
+    The folder is updated, not rebuilt: each file the report writes replaces its old version atomically, the
+    figures a previous report wrote (listed in ``.taskprune-report``) and this one no longer draws are removed,
+    and every other file (the results file itself, even while a sweep appends to it; configs; notes) is left
+    alone. ``notes`` (a Markdown file) is appended to the README: the hand-written reading of the numbers.
     """
     rows = latest_rows(results)
     note_text = _read_notes(notes)
@@ -163,11 +166,6 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
     run_hours = sum(float(r.get("seconds", 0.0)) for r in rows) / 3600
 
     def write(tmp: Path) -> None:
-        old = Path(out_dir)
-        if old.is_dir():
-            for f in old.iterdir():
-                if f.is_file() and f.name != "README.md" and f.suffix != ".png":
-                    shutil.copy2(f, tmp / f.name)
         md = [f"# {title or 'Sweep report'}", "", f"From `{results}` ({len(rows)} runs, {run_hours:.2f} h of run time "
               f"summed over rows). Metric: {METRIC} (%) on each task's eval split; dashed line = the dense model; "
               "bands = ± one sample std over seeds.", ""]
@@ -214,7 +212,29 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
             md += [note_text.rstrip(), ""]
         (tmp / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
-    return atomic_dir(out_dir, write, overwrite)
+    out = Path(out_dir)
+    if out.is_file():
+        raise TaskpruneError(f"{out} is a file; the report is a folder")
+    if (out / "README.md").exists() and not overwrite:
+        raise TaskpruneError(f"{out} already holds a report; pass --overwrite (overwrite=True) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=out))
+    try:
+        write(tmp)
+        made = sorted(f.name for f in tmp.iterdir())
+        manifest = out / MANIFEST
+        before = manifest.read_text(encoding="utf-8").split() if manifest.is_file() else []
+        for name in made:
+            os.replace(tmp / name, out / name)
+        for name in set(before) - set(made):
+            (out / name).unlink(missing_ok=True)
+        atomic_write_text(manifest, "\n".join(made) + "\n", overwrite=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+MANIFEST = ".taskprune-report"  # the files the last report wrote into its folder
 
 
 def _read_notes(notes: str | Path | None) -> str:
@@ -223,7 +243,10 @@ def _read_notes(notes: str | Path | None) -> str:
     path = Path(notes)
     if not path.is_file():
         raise TaskpruneError(f"notes file {path} not found")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TaskpruneError(f"notes file {path} is not UTF-8 text") from None
 
 
 def _std_table(rows: list[dict[str, Any]]) -> list[str]:
