@@ -559,13 +559,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import ServeLimits, TaskService
 
     _quiet_transformers()
+    import math
+
+    from .tasks import get_task
+
     for name in ("max_inputs", "max_input_chars", "max_batch", "cache_mb"):
-        if getattr(args, name) <= 0:
-            raise TaskpruneError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise TaskpruneError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+        raise TaskpruneError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    extra = [get_task(f) for f in args.task_file]
     path, model, tok = _load(args)
     limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20))
-    service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path))
+    service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path), extra_tasks=extra)
     echo(f"serving {path} ({service.fingerprint}) with plans for {', '.join(sorted(service.plans)) or 'no task'}; "
          f"http://{args.host}:{args.port}/docs")
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
@@ -689,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--plans", required=True, help="folder of plan JSON files (taskprune plan/compress output); "
                                                   "plans added or removed through the API are written there")
+    p.add_argument("--task-file", action="append", default=[],
+                   help="serve a task of your own too (a task file, docs/tasks.md); repeatable")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--cache-mb", type=float, default=1024, help="bound of the cut-model cache in MiB")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_model, make_tokenizer
+
 from taskprune.models import get_adapter
 from taskprune.plan import RateSpec, make_plan
 

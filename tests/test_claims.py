@@ -95,3 +95,18 @@ def test_layer_types_depth_and_whole_blocks() -> None:
     assert v["A layer pruned at rate 1.0 can go"] == "holds"
     worse = [dict(r, metrics={"accuracy": 60.0}) if r["setting"].endswith(":b2") else r for r in rows]
     assert verdicts(worse)["A layer pruned at rate 1.0 can go"] == "does not hold"
+
+
+def test_rates_0_and_1_are_left_out_and_baselines_pair_once() -> None:
+    rows = [row("attribution", "decoder", 0.5, 80), row("random", "decoder", 0.5, 70, samples=0),
+            row("attribution", "decoder", 1.0, 50), row("random", "decoder", 1.0, 99, samples=0),
+            row("attribution", "decoder", 0.5, 60, samples="all")]
+    claim = next(c for c in check_claims(rows) if c.text.startswith("AP beats"))
+    assert claim.verdict == "holds" and "1 of 1" in claim.evidence  # AP at 10 examples vs RP, once
+
+
+def test_whole_blocks_average_their_seeds() -> None:
+    rows = [row("dense", "dense", 0.0, 90.0)]
+    rows += [row("attribution", "encoder:b0", 0.0, acc, seed=s, depth_rates=[[0, 0, 1.0]])
+             for s, acc in enumerate((60.0, 89.5))]
+    assert verdicts(rows)["A layer pruned at rate 1.0 can go"] == "does not hold"  # mean drop 15.25

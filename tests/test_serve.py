@@ -184,3 +184,76 @@ def test_concurrent_requests_for_two_tasks_get_their_own_predictions(setup: dict
     hist = s.metrics.batch_inputs.collect()[0].samples
     calls = next(x.value for x in hist if x.name.endswith("_count"))
     assert calls < 6  # the 6 concurrent requests were merged into fewer model calls
+
+
+def test_task_names_are_canonical_everywhere(setup: dict) -> None:
+    with TestClient(create_app(setup["service"])) as client:
+        assert client.delete("/v1/plans/SST-2").json() == {"task": "sst2", "removed": True}
+        r = client.post("/v1/plans/Sst2", json=_plan(setup["model"], "sst2", 6).to_dict())
+        assert r.status_code == 201 and r.json()["task"] == "sst2" and r.json()["replaced"] is False
+        assert (setup["plans"] / "sst2.json").is_file()
+        r = client.post("/v1/predict", json={"task": "SST2", "inputs": ["good"]})
+        assert r.status_code == 200 and r.json()["task"] == "sst2"
+        r = client.post("/v1/predict", json={"task": "/etc/passwd", "inputs": ["good"]})
+        assert r.status_code == 404 and "unknown task" in r.json()["error"]
+        r = client.post("/v1/predict", json={"task": "x" * 5000, "inputs": ["good"]})
+        assert r.status_code == 404 and len(r.json()["error"]) < 300
+        metrics = client.get("/metrics").text
+    assert 'task="sst2"} 1.0' in metrics and 'status="404",task="_unknown"} 2.0' in metrics
+    assert "SST2" not in metrics
+
+
+def test_plan_files_follow_replace_and_delete(setup: dict) -> None:
+    plans, model = setup["plans"], setup["model"]
+    (plans / "sst2.json").rename(plans / "sst2_attr.json")
+    service = TaskService(model, setup["tok"], plans_dir=plans)
+    assert service.register("sst2", _plan(model, "sst2", 7).to_dict(), replace=True) is True
+    assert not (plans / "sst2_attr.json").exists() and (plans / "sst2.json").is_file()
+    service.unregister("rte")
+    assert sorted(p.name for p in plans.iterdir()) == ["sst2.json"]
+    again = TaskService(model, setup["tok"], plans_dir=plans)
+    assert sorted(again.plans) == ["sst2"] and again.plans["sst2"].to_dict() == service.plans["sst2"].to_dict()
+    _plan(model, "sst2", 8).save(plans / "copy.json")
+    with pytest.raises(Exception, match="both plans for task sst2"):
+        TaskService(model, setup["tok"], plans_dir=plans)
+
+
+def test_non_text_columns_and_unexpected_errors(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = setup["service"]
+    with TestClient(create_app(s)) as client:
+        r = client.post("/v1/predict", json={"task": "rte", "inputs": [{"sentence1": {"a": 1}, "sentence2": "b"}]})
+        assert r.status_code == 422 and set(r.json()) == {"error"}
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(s, "predict_texts", boom)
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["good"]})
+        assert r.status_code == 500 and "kaput" in r.json()["error"]
+        assert 'taskprune_requests_total{status="500",task="sst2"} 1.0' in client.get("/metrics").text
+
+
+def test_a_cut_in_progress_blocks_no_other_call(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import taskprune.serve.service as service_mod
+
+    s, started, release = setup["service"], threading.Event(), threading.Event()
+    real = service_mod.apply
+
+    def slow_apply(*a: object, **k: object) -> torch.nn.Module:
+        started.set()
+        release.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(service_mod, "apply", slow_apply)
+    worker = threading.Thread(target=s.model_for, args=("sst2",))
+    worker.start()
+    assert started.wait(10)
+    done = threading.Event()
+    threading.Thread(target=lambda: (s.describe(), s.unregister("rte"), done.set())).start()
+    assert done.wait(5), "describe/unregister waited for the cut"
+    release.set()
+    worker.join(10)
+    assert "sst2" in s.cache

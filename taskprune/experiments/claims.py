@@ -68,20 +68,29 @@ def _module_means(rows: list[Row]) -> dict[tuple, float]:
                   lambda r: (r["experiment"], r["task"], r["setting"], r["method"], str(r["samples"]), row_rate(r)))
 
 
-def _pairs(means: dict[tuple, float], a: str, b: str) -> list[tuple[tuple, float, float]]:
-    """Points where methods a and b were both run in the same experiment, task, module and rate.
+def _sample_order(samples: str) -> tuple[int, int]:
+    return (1, 0) if samples == "all" else (0, int(samples))
 
-    Methods that read no examples (random, svd) are recorded with 0 examples; they pair with every example count.
+
+def _pairs(means: dict[tuple, float], a: str, b: str) -> list[tuple[tuple, float, float]]:
+    """One point per (experiment, task, module, rate, example count) where methods a and b were both run.
+
+    Equal example counts pair up; a method that reads no examples (random, svd: recorded with 0) pairs once,
+    with the other method's smallest example count.
     """
+    by_point: dict[tuple, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for (exp, task, module, method, samples, rate), v in means.items():
+        if method in (a, b):
+            by_point[(exp, task, module, rate)][method][samples] = v
     out = []
-    for (exp, task, module, method, samples, rate), va in means.items():
-        if method != a:
-            continue
-        for s in (samples, "0"):
-            vb = means.get((exp, task, module, b, s, rate))
-            if vb is not None:
-                out.append(((exp, task, module, rate), va, vb))
-                break
+    for point, methods in by_point.items():
+        va, vb = methods.get(a, {}), methods.get(b, {})
+        common = sorted(set(va) & set(vb), key=_sample_order)
+        if common:
+            out += [(point, va[s], vb[s]) for s in common]
+        elif va and vb and ("0" in va or "0" in vb):
+            first = lambda d: d[min(d, key=_sample_order)]  # noqa: E731
+            out.append((point, first(va), first(vb)))
     return out
 
 
@@ -145,7 +154,8 @@ def decoder_more_robust(rows: list[Row]) -> Claim:
         return Claim(text, _verdict(None), "needs AP on both modules at the same rates")
     wins = sum(d > e for _, d, e in pairs)
     return Claim(text, _verdict(wins > len(pairs) / 2),
-                 f"AP decoder-pruned above encoder-pruned at {wins} of {len(pairs)} (experiment, task, rate) points; "
+                 f"AP decoder-pruned above encoder-pruned at {wins} of {len(pairs)} (experiment, task, examples, rate) "
+                 "points; "
                  "mean gap " + _by_task(pairs, lambda p: f"{statistics.fmean(d - e for _, d, e in p):+.1f}"))
 
 
@@ -153,12 +163,13 @@ def integrated_like_specific(rows: list[Row]) -> Claim:
     text = ("Module-integrated ≈ module-specific: pruning both modules costs about what the worse of the two "
             "alone costs")
     cells = _means((r for r in rows if row_kind(r) == "grid" and r["method"] == AP),
-                   lambda r: (r["task"], r["rates"]["module_rates"]["encoder"], r["rates"]["module_rates"]["decoder"]))
+                   lambda r: ((r["task"], r["eval_task"], str(r["samples"])), r["rates"]["module_rates"]["encoder"],
+                              r["rates"]["module_rates"]["decoder"]))
     pairs = []
-    for (task, e, d), both in cells.items():
-        alone = [cells.get((task, e, 0.0)), cells.get((task, 0.0, d))]
+    for (key, e, d), both in cells.items():
+        alone = [cells.get((key, e, 0.0)), cells.get((key, 0.0, d))]
         if e > 0 and d > 0 and None not in alone:
-            pairs.append(((None, task, "", (e, d)), both, min(alone)))
+            pairs.append(((None, key[1], "", (e, d)), both, min(alone)))
     if not pairs:
         return Claim(text, _verdict(None), "needs an encoder x decoder grid with 0 in both axes")
     signed = statistics.fmean(b - a for _, b, a in pairs)
@@ -203,33 +214,41 @@ def related_domain_better(rows: list[Row]) -> Claim:
         if (src, ev) in RELATED:
             for (src2, ev2) in UNRELATED:
                 if ev2 == ev and (ev, module, rate, src2) in means:
-                    pairs.append(((src, src2, module, rate), v, means[(ev, module, rate, src2)]))
+                    pairs.append(((src, src2, module, rate, ev), v, means[(ev, module, rate, src2)]))
     if not pairs:
         return Claim(text, _verdict(None), "needs AP scored on a related and an unrelated task, evaluated on one")
     wins = sum(a > b for _, a, b in pairs)
     signed = statistics.fmean(a - b for _, a, b in pairs)
-    names = sorted({f"{_task(k[0])} vs {_task(k[1])}" for k, _, _ in pairs})
+    names = sorted({f"{_task(k[0])} vs {_task(k[1])} → {_task(k[4])}" for k, _, _ in pairs})
     return Claim(text, _verdict(wins > len(pairs) / 2),
-                 f"{', '.join(names)} → {_task(next(iter(means))[0])}: related above unrelated at {wins} of "
+                 f"{', '.join(names)}: related above unrelated at {wins} of "
                  f"{len(pairs)} (module, rate) points, mean gap {signed:+.2f}")
 
 
-def _part_means(rows: list[Row], kind: str) -> dict[tuple[str, str], dict[str, float]]:
-    """(task, module) -> {part: mean accuracy over rates in (0, 1]} for layer-type or depth rows."""
-    out: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    means = _means((r for r in rows if row_kind(r) == kind and r["method"] == AP and row_rate(r) > 0),
-                   lambda r: (r["task"], *r["setting"].split(":", 1)))
-    for (task, module, part), v in means.items():
-        out[task, module][part] = v
+def _part_means(rows: list[Row], kind: str, parts: set[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """(task, module) -> {part: mean accuracy} for layer-type or depth rows, each part averaged over seeds and
+    over the rates in (0, 1] that every part of ``parts`` was run at (so parts are compared at equal rates)."""
+    means = _means((r for r in rows if row_kind(r) == kind and r["method"] == AP and row_rate(r) > 0
+                    and r["setting"].split(":", 1)[1] in parts),
+                   lambda r: (r["task"], *r["setting"].split(":", 1), row_rate(r)))
+    by_tm: dict[tuple[str, str], dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for (task, module, part, rate), v in means.items():
+        by_tm[task, module][part][rate] = v
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for key, per_part in by_tm.items():
+        shared = set.intersection(*(set(v) for v in per_part.values()))
+        if shared:
+            out[key] = {p: statistics.fmean(v[r] for r in shared) for p, v in per_part.items()}
     return out
 
 
 def layer_types(rows: list[Row]) -> list[Claim]:
-    parts = _part_means(rows, "layer_type")
     enc_text = "Encoder: self-attention matters more than the FFN (pruning it hurts more)"
     dec_text = "Decoder: cross-attention matters most"
-    enc = {t: p for (t, m), p in parts.items() if m == "encoder" and {"self_attn", "ffn"} <= set(p)}
-    dec = {t: p for (t, m), p in parts.items() if m == "decoder" and {"self_attn", "cross_attn", "ffn"} <= set(p)}
+    enc = {t: p for (t, m), p in _part_means(rows, "layer_type", {"self_attn", "ffn"}).items()
+           if m == "encoder" and len(p) == 2}
+    dec = {t: p for (t, m), p in _part_means(rows, "layer_type", {"self_attn", "cross_attn", "ffn"}).items()
+           if m == "decoder" and len(p) == 3}
     fmt = lambda p: ", ".join(f"{k} {v:.1f}" for k, v in sorted(p.items()))  # noqa: E731
     claims = []
     if enc:
@@ -249,7 +268,7 @@ def layer_types(rows: list[Row]) -> list[Claim]:
 
 def low_layers_matter_most(rows: list[Row]) -> Claim:
     text = "Low layers matter most (pruning the lowest third hurts most)"
-    parts = {k: p for k, p in _part_means(rows, "depth").items() if {"low", "mid", "high"} <= set(p)}
+    parts = {k: p for k, p in _part_means(rows, "depth", {"low", "mid", "high"}).items() if len(p) == 3}
     if not parts:
         return Claim(text, _verdict(None), "needs depth runs with low / mid / high thirds")
     ok = {k: p["low"] < min(p["mid"], p["high"]) for k, p in parts.items()}
@@ -266,10 +285,11 @@ def whole_layer_can_go(rows: list[Row], dense: dict[str, float]) -> Claim:
               and r["eval_task"] in dense]
     if not single:
         return Claim(text, _verdict(None), "needs single-block runs at rate 1.0")
-    drops: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for r in single:
-        drops[r["task"], r["setting"].split(":")[0]][r["rates"]["depth_rates"][0][0]] = (
+    accs: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in single:  # the mean over seeds (and experiments) of each block's drop
+        accs[r["task"], r["setting"].split(":")[0]][r["rates"]["depth_rates"][0][0]].append(
             dense[r["eval_task"]] - r["metrics"][METRIC])
+    drops = {k: {b: statistics.fmean(v) for b, v in d.items()} for k, d in accs.items()}
     ok = {k: sum(v <= TOLERANCE for v in d.values()) for k, d in drops.items()}
     return Claim(text, _verdict(all(n > 0 for n in ok.values())),
                  "blocks removable within 3 points of dense per (task, module): " + "; ".join(

@@ -26,7 +26,7 @@ from .service import ServeError, TaskService
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str = Field(description="task name, e.g. sst2")
-    inputs: list[str | dict[str, Any]] = Field(min_length=1, description="strings for one-column tasks, or "
+    inputs: list[str | dict[str, str]] = Field(min_length=1, description="strings for one-column tasks, or "
                                                "objects naming the task's columns, e.g. {premise, hypothesis}")
     dense: bool = Field(False, description="serve with the dense base model instead of the task's cut model")
 
@@ -86,6 +86,11 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
         metrics.errors.labels(str(err.status_code)).inc()
         return _error(err.status_code, str(err.detail))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, err: Exception) -> JSONResponse:
+        metrics.errors.labels("500").inc()
+        return _error(500, f"internal error: {type(err).__name__}: {err}"[:500])
+
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):  # noqa: ANN001, ANN202
         size = request.headers.get("content-length")
@@ -100,20 +105,24 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
     async def predict(req: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         status = 200
+        task = "_unknown"  # metric label until the name is known: label values stay bounded
         try:
-            texts = service.render(req.task, req.inputs)
-            service.check_servable(req.task, req.dense)  # 404 before queueing
-            preds = await batcher.submit(req.task, texts, req.dense)
-            return PredictResponse(task=req.task, model="dense" if req.dense else "pruned",
+            task = service.canonical(req.task)
+            texts = service.render(task, req.inputs)
+            service.check_servable(task, req.dense)  # 404 before queueing
+            preds = await batcher.submit(task, texts, req.dense)
+            return PredictResponse(task=task, model="dense" if req.dense else "pruned",
                                    predictions=[LabelScores(label=p.label, scores=p.scores) for p in preds])
         except ServeError as err:
             status = err.status
             raise
+        except Exception:
+            status = 500
+            raise
         finally:
-            task = req.task if service.known(req.task) else "_unknown"  # bounded label values
             metrics.requests.labels(task, str(status)).inc()
             if status == 200:
-                metrics.latency.labels(req.task).observe(time.perf_counter() - t0)
+                metrics.latency.labels(task).observe(time.perf_counter() - t0)
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
@@ -123,13 +132,15 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
 
     @app.post("/v1/plans/{task}", status_code=201)
     async def add_plan(task: str, plan: dict[str, Any] = Body(...), replace: bool = False) -> dict[str, Any]:
-        p = service.register(task, plan, replace=replace)
-        return {"task": task, "method": p.method, "rates": p.rates, "replaced": replace}
+        replaced = service.register(task, plan, replace=replace)
+        name = service.canonical(task)
+        p = service.plans[name]
+        return {"task": name, "method": p.method, "rates": p.rates, "replaced": replaced}
 
     @app.delete("/v1/plans/{task}")
     async def remove_plan(task: str) -> dict[str, Any]:
         service.unregister(task)
-        return {"task": task, "removed": True}
+        return {"task": service.canonical(task), "removed": True}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

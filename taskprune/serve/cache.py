@@ -22,6 +22,7 @@ class ByteLRU(Generic[V]):
             raise ValueError(f"cache size must be >= 0 bytes, got {max_bytes}")
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
+        self._total = 0  # kept with the items, under the lock: readers on other threads never iterate
         self._lock = threading.Lock()
         self._on_evict = on_evict
 
@@ -35,19 +36,26 @@ class ByteLRU(Generic[V]):
     def put(self, key: str, value: V, size: int) -> bool:
         """Insert (or replace) ``key``; returns False when it is too large to be kept at all."""
         with self._lock:
-            self._items.pop(key, None)
+            self._drop(key)
             if size > self.max_bytes:
                 return False
             self._items[key] = (value, size)
-            while self.total_bytes > self.max_bytes:
+            self._total += size
+            while self._total > self.max_bytes:
                 old, (_, old_size) = self._items.popitem(last=False)
+                self._total -= old_size
                 if self._on_evict:
                     self._on_evict(old, old_size)
             return True
 
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._total -= item[1]
+
     def pop(self, key: str) -> None:
         with self._lock:
-            self._items.pop(key, None)
+            self._drop(key)
 
     def keys(self) -> list[str]:
         """Least recently used first."""
@@ -61,7 +69,7 @@ class ByteLRU(Generic[V]):
 
     @property
     def total_bytes(self) -> int:
-        return sum(size for _, size in self._items.values())
+        return self._total
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

@@ -3,7 +3,11 @@
 A task's model is cut from the base on first use (``apply(..., share=True)``: only the sliced tensors are new,
 everything the plan leaves whole stays the base's own tensor) and kept while it fits the cache. Every public
 method that runs the model is synchronous and meant for a worker thread; the HTTP layer never calls it on
-the event loop.
+the event loop. Cut models share tensors with the base: never train them or move them in place (``.to()``,
+``.half()``), that would change the base too.
+
+Tasks are the built-in ones, plus task files given at start (``extra_tasks``); names are made canonical once
+(``SST-2`` is ``sst2``), so plans, cache entries, batch queues and metric labels all use one name per task.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..io import atomic_write_text
 from ..models import get_adapter
 from ..plan import PruningPlan
 from ..prune import apply, validate_plan
-from ..tasks import Example, Task, get_task
+from ..tasks import Example, Task, get_task, list_tasks
 from .cache import ByteLRU
 from .metrics import ServeMetrics
 
@@ -79,7 +83,7 @@ class TaskService:
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, plans_dir: str | Path | None = None,
                  limits: ServeLimits | None = None, model_name: str = "model",
-                 metrics: ServeMetrics | None = None) -> None:
+                 metrics: ServeMetrics | None = None, extra_tasks: list[Task] | None = None) -> None:
         self.base = model.eval()
         self.tok = tokenizer
         self.limits = limits or ServeLimits()
@@ -87,7 +91,13 @@ class TaskService:
         self.metrics = metrics or ServeMetrics()
         self.fingerprint = fingerprint(model)
         self.adapter = get_adapter(model)
+        self.tasks_by_name: dict[str, Task] = {n: get_task(n) for n in list_tasks()}
+        for t in extra_tasks or []:
+            self.tasks_by_name[t.name] = t
+        self.tasks = {_key(n): t for n, t in self.tasks_by_name.items()}
         self.plans: dict[str, PruningPlan] = {}
+        self._files: dict[str, Path] = {}  # the file each plan came from (replaced or deleted with it)
+        self._cut_locks: dict[str, threading.Lock] = {}
         self.plans_dir = Path(plans_dir) if plans_dir is not None else None
         self._lock = threading.RLock()
         self.cache: ByteLRU[nn.Module] = ByteLRU(self.limits.cache_bytes, on_evict=self._evicted)
@@ -98,9 +108,10 @@ class TaskService:
 
     @classmethod
     def from_path(cls, model_path: str | Path, plans_dir: str | Path | None = None,
-                  limits: ServeLimits | None = None, dtype: torch.dtype = torch.float32) -> TaskService:
+                  limits: ServeLimits | None = None, dtype: torch.dtype = torch.float32,
+                  extra_tasks: list[Task] | None = None) -> TaskService:
         return cls(load_model(model_path, dtype=dtype), load_tokenizer(model_path), plans_dir=plans_dir,
-                   limits=limits, model_name=str(model_path))
+                   limits=limits, model_name=str(model_path), extra_tasks=extra_tasks)
 
     # -- plans ------------------------------------------------------------------------------------------
     def _load_dir(self, folder: Path) -> None:
@@ -109,10 +120,13 @@ class TaskService:
         for path in sorted(folder.glob("*.json")):
             plan = PruningPlan.load(path)
             try:
-                self._check_plan(plan, _plan_task(plan, path.stem))
+                task = self.canonical(_plan_task(plan, path.stem))
+                self._check_plan(plan, task)
             except ServeError as err:
                 raise TaskpruneError(f"{path}: {err.message}") from None
-            self.plans[_plan_task(plan, path.stem)] = plan
+            if task in self.plans:
+                raise TaskpruneError(f"{path} and {self._files[task]} are both plans for task {task}; keep one")
+            self.plans[task], self._files[task] = plan, path
 
     def _check_plan(self, plan: PruningPlan, task: str) -> None:
         self.task(task)  # an unknown task is refused
@@ -121,14 +135,19 @@ class TaskService:
                                   f"{plan.base_fingerprint}, served model {self.fingerprint})")
         try:
             validate_plan(plan, self.adapter)
-        except TaskpruneError as err:
+        except (TaskpruneError, RuntimeError, ValueError, OverflowError) as err:
             raise ServeError(422, f"the plan does not fit the served model: {err}") from None
 
     def task(self, name: str) -> Task:
-        try:
-            return get_task(name)
-        except TaskpruneError:
-            raise ServeError(404, f"unknown task {name!r}") from None
+        """The task called ``name`` (any spelling of a built-in name, or an extra task's name); 404 otherwise."""
+        task = self.tasks.get(_key(name)) if isinstance(name, str) and len(name) <= 100 else None
+        if task is None:
+            shown = name if isinstance(name, str) and len(name) <= 100 else f"{str(name)[:100]}..."
+            raise ServeError(404, f"unknown task {shown!r}; served tasks: {', '.join(sorted(self.tasks_by_name))}")
+        return task
+
+    def canonical(self, name: str) -> str:
+        return self.task(name).name
 
     def known(self, name: str) -> bool:
         try:
@@ -137,31 +156,48 @@ class TaskService:
             return False
         return True
 
-    def register(self, task: str, plan_data: dict[str, Any], replace: bool = False) -> PruningPlan:
-        """Add a plan (saved to the plans folder when there is one); refuses another model's plan."""
-        if plan_data.get("task") not in (None, task):
+    def register(self, task: str, plan_data: dict[str, Any], replace: bool = False) -> bool:
+        """Add a plan (saved to the plans folder when there is one); refuses another model's plan. Returns
+        whether a plan was replaced."""
+        task = self.canonical(task)
+        if plan_data.get("task") is not None and (not self.known(str(plan_data["task"]))
+                                                  or self.canonical(str(plan_data["task"])) != task):
             raise ServeError(422, f"this plan is for task {plan_data['task']!r}, not {task!r}")
         plan = _parse_plan(plan_data)
         self._check_plan(plan, task)
         with self._lock:
-            if task in self.plans and not replace:
+            replaced = task in self.plans
+            if replaced and not replace:
                 raise ServeError(409, f"task {task!r} already has a plan; add ?replace=true to replace it")
             if self.plans_dir is not None:
-                atomic_write_text(self.plans_dir / f"{task}.json", json.dumps(plan.to_dict(), indent=1) + "\n",
-                                  overwrite=True)
+                path = self.plans_dir / f"{task}.json"
+                try:
+                    atomic_write_text(path, json.dumps(plan.to_dict(), indent=1) + "\n", overwrite=True)
+                    old = self._files.get(task)
+                    if old is not None and old != path:
+                        old.unlink(missing_ok=True)  # else it would come back at the next start
+                except OSError as err:
+                    raise ServeError(500, f"could not write the plan file {path}: {err.strerror}") from None
+                self._files[task] = path
             self.plans[task] = plan
             self.cache.pop(task)
         self._update_cache_gauge()
-        return plan
+        return replaced
 
     def unregister(self, task: str) -> None:
+        task = self.canonical(task)
         with self._lock:
             if task not in self.plans:
                 raise ServeError(404, f"task {task!r} has no plan")
+            path = self._files.get(task)
+            if path is not None:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as err:
+                    raise ServeError(500, f"could not remove the plan file {path}: {err.strerror}") from None
             del self.plans[task]
+            self._files.pop(task, None)
             self.cache.pop(task)
-            if self.plans_dir is not None:
-                (self.plans_dir / f"{task}.json").unlink(missing_ok=True)
         self._update_cache_gauge()
 
     def describe(self) -> list[dict[str, Any]]:
@@ -182,21 +218,29 @@ class TaskService:
 
     def check_servable(self, task: str, dense: bool = False) -> None:
         """404 for an unknown task, or for a task without a plan unless the dense base is asked for."""
-        self.task(task)
+        task = self.canonical(task)
         if not dense and task not in self.plans:
             raise ServeError(404, f"task {task!r} has no plan; register one (POST /v1/plans/{task}) or "
                                   'ask for the dense base model with "dense": true')
 
     def model_for(self, task: str, dense: bool = False) -> nn.Module:
-        """The model serving ``task``: the base when ``dense``, else the task's cut model (cut if not cached)."""
+        """The model serving ``task``: the base when ``dense``, else the task's cut model (cut if not cached).
+
+        The cut runs outside the service lock (so /v1/tasks and plan changes never wait for it) under a per-task
+        lock (so one task is not cut twice at once); a plan replaced meanwhile is not cached under its name.
+        """
         self.check_servable(task, dense)
         if dense:
             return self.base
+        task = self.canonical(task)
         with self._lock:
-            plan = self.plans.get(task)
-            if plan is None:  # removed since the check
-                raise ServeError(404, f"task {task!r} has no plan")
-            cached = self.cache.get(task)
+            cut_lock = self._cut_locks.setdefault(task, threading.Lock())
+        with cut_lock:
+            with self._lock:
+                plan = self.plans.get(task)
+                if plan is None:  # removed since the check
+                    raise ServeError(404, f"task {task!r} has no plan")
+                cached = self.cache.get(task)
             if cached is not None:
                 self.metrics.cache_hits.inc()
                 return cached
@@ -206,7 +250,9 @@ class TaskService:
             seconds = time.perf_counter() - t0
             self.cut_seconds[task] = seconds
             self.metrics.cut_seconds.observe(seconds)
-            self.cache.put(task, model, owned_bytes(model, self.base))
+            with self._lock:
+                if self.plans.get(task) is plan:
+                    self.cache.put(task, model, owned_bytes(model, self.base))
         self._update_cache_gauge()
         return model
 
@@ -255,6 +301,11 @@ class TaskService:
     def predict(self, task: str, inputs: list[str | dict[str, Any]], dense: bool = False) -> list[Prediction]:
         """Render, check and predict in one call (for direct use; the server splits render and predict)."""
         return self.predict_texts(task, self.render(task, inputs), dense)
+
+
+def _key(name: str) -> str:
+    """Spellings of one task name that mean the same task: case, spaces, hyphens and underscores ignored."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def _parse_plan(data: dict[str, Any]) -> PruningPlan:
