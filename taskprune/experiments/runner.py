@@ -81,11 +81,13 @@ class _Context:
         fit_all = self.examples(run.task, "fit")
         return list(fit_all) if run.samples == ALL else sample_k_shot(fit_all, int(run.samples), seed=run.sample_seed)
 
-    def evaluate(self, model: nn.Module, eval_task: str, encoder_unchanged: bool) -> tuple[dict[str, float], float]:
+    def evaluate(self, model: nn.Module, eval_task: str, encoder_unchanged: bool) -> dict[str, Any]:
+        """The evaluation fields of a row: metrics, seconds and how many eval examples they cover."""
         cache = self.encoder_cache.setdefault(eval_task, {}) if encoder_unchanged else None
-        res = evaluate(model, self.tok, get_task(eval_task), self.examples(eval_task, "eval"),
+        examples = self.examples(eval_task, "eval")
+        res = evaluate(model, self.tok, get_task(eval_task), examples,
                        batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length, encoder_cache=cache)
-        return res.metrics, res.seconds
+        return {"metrics": res.metrics, "eval_seconds": res.seconds, "eval_examples": len(examples)}
 
     def scores(self, run: Run, config: ScoreConfig, fit: list[Example]) -> tuple[Scores, float]:
         key = run.score_key()
@@ -103,9 +105,7 @@ class _Context:
 def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
     """One run: compress (scores shared where possible), evaluate, count what is left."""
     if run.method == "dense":
-        metrics, eval_s = ctx.evaluate(ctx.model, run.eval_task, encoder_unchanged=True)
-        return {"metrics": metrics, "eval_seconds": eval_s, "kept_prunable": 1.0,
-                "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
+        return {**ctx.evaluate(ctx.model, run.eval_task, encoder_unchanged=True), "kept_prunable": 1.0}
     spec = run.rate_spec()
     task = get_task(run.task)
     config = replace(ScoreConfig.from_dict({"seed": run.trial_seed, **run.options}), target_rates=run.rates)
@@ -114,13 +114,12 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
     if run.method in TRANSFORMS:
         result = compress(ctx.model, ctx.tok, task, fit, spec, method=run.method, config=config,
                           batch_size=ctx.cfg.batch_size, max_length=ctx.cfg.max_length)
-        metrics, eval_s = ctx.evaluate(result.model, run.eval_task, enc_same)
+        evaluated = ctx.evaluate(result.model, run.eval_task, enc_same)
         kept = count_parameters(result.model)["prunable"]
         if run.method == "smp-unstructured":
             kept -= result.model.config.taskprune_weight_sparsity["zeroed"]
-        return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": result.scoring_seconds,
-                "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit),
-                "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
+        return {**evaluated, "score_seconds": result.scoring_seconds, "kept_prunable": kept / ctx.base_prunable,
+                "n_fit": len(fit)}
     if run.method in RATE_TARGETED:
         t0 = time.perf_counter()
         scores = score(ctx.model, ctx.tok, task, fit, method=run.method, config=config,
@@ -130,11 +129,9 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
         scores, seconds = ctx.scores(run, config, fit)
     plan = make_plan(ctx.model, scores, spec, task=run.task, method=run.method, samples=len(fit))
     with masked(plan, ctx.model, check=False):
-        metrics, eval_s = ctx.evaluate(ctx.model, run.eval_task, enc_same)
+        evaluated = ctx.evaluate(ctx.model, run.eval_task, enc_same)
     kept = sum(ctx.adapter.prunable_parameters(g, len(plan.groups[g.name]["keep"])) for g in ctx.groups)
-    return {"metrics": metrics, "eval_seconds": eval_s, "score_seconds": seconds,
-            "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit),
-            "eval_examples": len(ctx.examples(run.eval_task, "eval"))}
+    return {**evaluated, "score_seconds": seconds, "kept_prunable": kept / ctx.base_prunable, "n_fit": len(fit)}
 
 
 def _n_layers(model: nn.Module) -> int:
