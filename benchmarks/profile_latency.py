@@ -1,7 +1,14 @@
-"""Where the time of one rank-classification pass goes, dense vs pruned (both modules, p = 0.5, batch 16, SST-2).
+"""Where the time of one rank-classification pass goes, dense vs pruned (default: both modules, p = 0.5, batch 16).
 
-    python benchmarks/profile_latency.py        # torch.profiler tables; the reading is in benchmarks/RESULTS.md
+    python benchmarks/profile_latency.py [--modules encoder decoder] [--rate 0.5] [--batch 16]
+
+Prints torch.profiler's op table for both models and splits the self time into matmul-like ops (which shrink
+with the widths) and everything else; the reading is in benchmarks/RESULTS.md.
 """
+
+import argparse
+import os
+import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -15,24 +22,45 @@ from taskprune.plan import RateSpec, make_plan
 from taskprune.prune import apply
 from taskprune.tasks import get_task, load_examples, sample_k_shot
 
-m = load_model("models/minilm-glue6", dtype=torch.float32); tok = load_tokenizer("models/minilm-glue6")
+MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::baddbmm",
+           "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", default="models/minilm-glue6")
+ap.add_argument("--data-dir", default="../shared/data")
+ap.add_argument("--modules", nargs="+", default=["encoder", "decoder"])
+ap.add_argument("--rate", type=float, default=0.5)
+ap.add_argument("--batch", type=int, default=16)
+ap.add_argument("--passes", type=int, default=5)
+ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
+args = ap.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
+print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}", file=sys.stderr)
+
+m, tok = load_model(args.model, dtype=torch.float32).eval(), load_tokenizer(args.model)
 t = get_task("sst2")
-fit = sample_k_shot(load_examples(t, "fit", "../shared/data"), 10, seed=0)
-ev = sample_k_shot(load_examples(t, "eval", "../shared/data"), 16, seed=1)
+fit = sample_k_shot(load_examples(t, "fit", args.data_dir), 10, seed=0)
+ev = sample_k_shot(load_examples(t, "eval", args.data_dir), args.batch, seed=1)
 ev = [ev[i] for i in length_order(ev, tok)]
 s = score(m, tok, t, fit)
-p = apply(make_plan(m, s, RateSpec(rate=0.5, modules=("encoder", "decoder"))), m, check=False).eval()
-labels = LabelSpace.build(tok, t); start = get_adapter(m).decoder_start_token_id()
-b = next(batches(ev, tok, 16))
-def run(model):
+p = apply(make_plan(m, s, RateSpec(rate=args.rate, modules=tuple(args.modules))), m, check=False).eval()
+labels, start = LabelSpace.build(tok, t), get_adapter(m).decoder_start_token_id()
+b = next(batches(ev, tok, args.batch))
+
+
+def run(model: torch.nn.Module) -> None:
     with torch.no_grad():
-        for _ in range(5): rank_scores(model, b, labels, start)
+        for _ in range(args.passes):
+            rank_scores(model, b, labels, start)
+
+
 for name, model in (("dense", m), ("pruned", p)):
     run(model)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run(model)
     ev_ = prof.key_averages()
     tot = sum(e.self_cpu_time_total for e in ev_)
-    mm = sum(e.self_cpu_time_total for e in ev_ if e.key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::baddbmm"))
+    mm = sum(e.self_cpu_time_total for e in ev_ if e.key in MATMULS)
     print(name, f"total {tot/1e3:.0f} ms, matmul-like {mm/1e3:.0f} ms, other {(tot-mm)/1e3:.0f} ms")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+    print(ev_.table(sort_by="self_cpu_time_total", row_limit=10))

@@ -38,29 +38,57 @@ def _encode(model: nn.Module, batch: Batch) -> Any:
     return model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
 
+def _shared_prefix(dec_in: torch.Tensor, target: torch.Tensor) -> int:
+    """How many leading decoder inputs every candidate shares (at least the start token), within every target."""
+    shortest = int((target != IGNORE).sum(1).min())
+    same = (dec_in[:, :shortest] == dec_in[:1, :shortest]).all(0).tolist()
+    return next((j for j, s in enumerate(same) if not s), shortest)
+
+
+def _target_logp(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position: logits [B, T, V], targets [B, k, T] -> [B, k, T] (IGNORE counts 0).
+
+    The k candidates of an example share its logits: the normaliser is one logsumexp per position (not a
+    vocabulary-sized log-softmax per candidate) and each candidate only picks its own token.
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, target.clamp(min=0).transpose(1, 2)).transpose(1, 2)  # [B, k, T]
+    return (picked - logits.logsumexp(-1).unsqueeze(1)) * (target != IGNORE)
+
+
 @torch.no_grad()
 def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int,
                 encoder_outputs: Any = None) -> torch.Tensor:
     """Log-likelihood of every candidate target for every example: [B, n_classes].
 
-    ``encoder_outputs`` (the encoder's output for this batch) skips the encoder pass.
+    The candidates share the encoder pass and, in the decoder, their common prefix (the start token, plus any
+    shared leading word-pieces): the prefix runs once per example, its key/value cache (cross-attention
+    included) is repeated for the candidates, and only the rest of every candidate runs, all in one call. That
+    costs the same per-candidate decoder work as scoring each candidate alone, minus the repeated prefix and
+    cross-attention projections, and two model calls instead of one per candidate. ``encoder_outputs`` (the
+    encoder's output for this batch) skips the encoder pass.
     """
     if encoder_outputs is None:
         encoder_outputs = _encode(model, batch)
-    out = []
-    for c in range(len(labels)):
-        dec_in, target = targets_for(labels, [c] * len(batch), start_id)
-        dev = batch.input_ids.device
-        logits = model(
-            encoder_outputs=encoder_outputs,
-            attention_mask=batch.attention_mask,
-            decoder_input_ids=dec_in.to(dev),
-            use_cache=False,
-        ).logits
-        target = target.to(dev)
-        logp = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out.append((logp * (target != IGNORE)).sum(-1))
-    return torch.stack(out, dim=1)
+    dev, n, k = batch.input_ids.device, len(batch), len(labels)
+    dec_in, target = (t.to(dev) for t in targets_for(labels, range(k), start_id))  # [k, T]
+    p = _shared_prefix(dec_in, target)
+    head = model(encoder_outputs=encoder_outputs, attention_mask=batch.attention_mask,
+                 decoder_input_ids=dec_in[:1, :p].expand(n, p), use_cache=p < dec_in.shape[1])
+    # the prefix's last position predicts each candidate's first own token: one distribution, k picks
+    scores = _target_logp(head.logits, target[:, :p].expand(n, k, p)).sum(-1)
+    if p == dec_in.shape[1]:
+        return scores
+    cache = head.past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        raise TaskpruneError(f"{type(model).__name__} returned no repeatable decoder cache; rank classification "
+                             "needs one to share the prefix across label candidates")
+    cache.batch_repeat_interleave(k)  # row b*k + c continues example b with candidate c
+    hidden = encoder_outputs[0].repeat_interleave(k, dim=0)
+    rest = model(encoder_outputs=(hidden,), attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+                 decoder_input_ids=dec_in[:, p:].repeat(n, 1), past_key_values=cache, use_cache=True)
+    own = _target_logp(rest.logits, target[:, p:].repeat(n, 1).unsqueeze(1)).sum((1, 2))  # one candidate per row
+    return scores + own.view(n, k)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
@@ -47,6 +48,36 @@ def test_rank_scores_are_target_log_likelihoods(family: str) -> None:
     result = evaluate(model, tok, TASK, EXAMPLES, batch_size=2)
     assert result.predictions == got.argmax(1).tolist()
     assert 0.0 <= result.metrics["accuracy"] <= 100.0
+
+
+def _per_candidate(model, batch, labels, start):  # noqa: ANN001, ANN202
+    """The plain reference: every candidate's whole target through the full model, its own log-softmax."""
+    out = []
+    for c in range(len(labels)):
+        dec_in, target = targets_for(labels, [c] * len(batch), start)
+        with torch.no_grad():
+            logp = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
+                         use_cache=False).logits.log_softmax(-1)
+        out.append((logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (target != IGNORE)).sum(-1))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("words", [("very good", "bad"), ("very good", "very bad"), ("good", "bad", "so so"),
+                                   ("very very good", "very bad")])
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: tuple, rate: float) -> None:
+    """One prefix call plus one call for all candidates gives each candidate's own full-pass log-likelihood:
+    with shared leading word-pieces, targets of different lengths, padded inputs, pruned and zero-width models."""
+    task = Task(name="toy", template="{text}", label_words=words)
+    model, tok = make_model(family), make_tokenizer(family)
+    g = torch.Generator().manual_seed(1)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    model = apply(make_plan(model, scores, RateSpec(rate=rate)), model).eval()
+    labels, start = LabelSpace.build(tok, task), get_adapter(model).decoder_start_token_id()
+    (batch,) = batches(EXAMPLES, tok, 8)
+    assert (batch.attention_mask == 0).any()  # padded inputs are part of the check
+    torch.testing.assert_close(rank_scores(model, batch, labels, start), _per_candidate(model, batch, labels, start),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_parameter_counts_follow_widths(family: str) -> None:
