@@ -9,6 +9,12 @@ a. attribution scoring throughput ÷ a bare forward+backward on the same batches
 b. pruned ÷ dense latency at p in {0.3, 0.5, 0.7} for encoder, decoder and both, batch 1 and 16, next to the
    FLOP-ideal speed-up (FLOPs of both models counted by torch.utils.flop_counter on the same inputs);
 c. wall time of a 10-example `compress` of the model, model loading excluded.
+
+Timings run with glibc's allocator told to keep freed memory (GLIBC_TUNABLES, set by re-running this script;
+--default-malloc opts out). By default every activation above 128 KiB gets fresh pages from the kernel, and the
+page faults cost more than the arithmetic on small VMs: one profile of the dense model spent 167 ms in GELU and
+154 ms in copies that took 27 and 15 ms with the setting, and which model paid more varied from run to run. The
+memory probes run with the caller's allocator settings, as users run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds, paired_seconds  # noqa: E402
 
 from taskprune.api import compress, score, scoring_job  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
@@ -37,6 +43,7 @@ from taskprune.plan import RateSpec, make_plan  # noqa: E402
 from taskprune.prune import apply  # noqa: E402
 from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
 
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 FALLBACK = ["a gripping, beautifully acted film", "dull and lifeless", "the plot makes no sense at all",
             "one of the best films of the year", "i wanted to leave after ten minutes", "warm, funny and wise"]
 
@@ -100,8 +107,10 @@ def _probe(args: argparse.Namespace, kind: str) -> dict:
            "--examples", str(args.examples), "--batch-size", str(args.batch_size)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ,
-                                                                            "TRANSFORMERS_VERBOSITY": "error"})
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    if env.pop("TASKPRUNE_BENCH_STEADY_MALLOC", None):  # undo what this script set, not what the caller did
+        env.pop("GLIBC_TUNABLES", None)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -129,9 +138,16 @@ def part_a(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
 
 # -- b. latency vs FLOP ideal -------------------------------------------------------------------------------
 def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace, start: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of rank classification, the attention kernels included.
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    torch's counter has no formula for the CPU flash-attention op that SDPA dispatches to here, so without one the
+    attention products (QK^T and PV, which shrink with the head widths) would be missing from both counts.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.no_grad():
         for b in batch_list:
             rank_scores(model, b, labels, start)
     return counter.get_total_flops()
@@ -146,28 +162,28 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
     start = get_adapter(model).decoder_start_token_id()
     inputs = {1: list(batches(evals, tok, 1)), 16: list(batches(evals, tok, 16))}
     print("\n## b. Pruned ÷ dense latency vs the FLOP ideal\n")
-    print("Per batch size: the same 16 eval examples (16 calls at batch 1, one call at batch 16); latency = median "
-          f"of {args.repeats} passes, dense and pruned interleaved. ideal = FLOPs(dense) ÷ FLOPs(pruned); "
-          "efficiency = measured speed-up ÷ ideal (goal >= 0.9 at batch 16).\n")
+    print("Per batch size: the same 16 eval examples (16 calls at batch 1, one call at batch 16). Dense and pruned "
+          f"are timed in {args.latency_repeats} adjacent pairs (order alternating); the latencies are the medians, "
+          "the speed-up is the median of the pairs' dense ÷ pruned ratios (drift of the machine cancels within a "
+          "pair). ideal = FLOPs(dense) ÷ FLOPs(pruned), attention products included; efficiency = speed-up ÷ ideal "
+          "(goal >= 0.9 at batch 16).\n")
     print("| pruned | p | batch | dense ms | pruned ms | speed-up | ideal | efficiency |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for modules in (("encoder",), ("decoder",), ("encoder", "decoder")):
+    variants = [(("encoder",), 1), (("decoder",), 1), (("encoder", "decoder"), 1), (("encoder", "decoder"), 8)]
+    for modules, multiple in variants:
         for p in (0.3, 0.5, 0.7):
-            pruned = apply(make_plan(model, scores, RateSpec(rate=p, modules=modules)), model, check=False).eval()
+            rates = RateSpec(rate=p, modules=modules, multiple_of=multiple)
+            pruned = apply(make_plan(model, scores, rates), model, check=False).eval()
             for bs, blist in inputs.items():
                 def run(m: torch.nn.Module, bl: list = blist) -> None:
                     with torch.no_grad():
                         for b in bl:
                             rank_scores(m, b, labels, start)
-                run(model), run(pruned)
-                d, q = [], []
-                for _ in range(args.repeats):
-                    d.append(median_seconds(lambda: run(model), 1))
-                    q.append(median_seconds(lambda: run(pruned), 1))
+                d, q = paired_seconds(lambda: run(model), lambda: run(pruned), args.latency_repeats)
                 dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
                 ideal = _flops(model, blist, labels, start) / _flops(pruned, blist, labels, start)
-                speed = dense_ms / pruned_ms
-                name = "both" if len(modules) == 2 else modules[0]
+                speed = statistics.median(a / b for a, b in zip(d, q))
+                name = ("both" if len(modules) == 2 else modules[0]) + (f", widths x{multiple}" if multiple > 1 else "")
                 print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
                       f"{speed / ideal:.2f} |")
 
@@ -188,17 +204,23 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=256, help="examples for the scoring comparison")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--latency-repeats", type=int, default=15, help="dense/pruned pairs per row of part b")
     ap.add_argument("--only", choices=["a", "b", "c"], nargs="+", default=["a", "b", "c"])
+    ap.add_argument("--default-malloc", action="store_true", help="time with the allocator as configured")
     ap.add_argument("--memory-probe", choices=["score", "infer"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.data_dir = args.data_dir if args.data_dir and Path(args.data_dir).is_dir() else None
     if args.memory_probe:
         memory_probe(args)
         return
+    if not args.default_malloc and "GLIBC_TUNABLES" not in os.environ and sys.platform.startswith("linux"):
+        env = {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC, "TASKPRUNE_BENCH_STEADY_MALLOC": "1"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # the allocator reads it only at start-up
     model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
     task = get_task(args.task)
     print(f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"inputs from {'the ' + args.task + ' data' if args.data_dir else 'fixed sentences (no data dir)'}")
+          f"inputs from {'the ' + args.task + ' data' if args.data_dir else 'fixed sentences (no data dir)'}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     for part in args.only:
         {"a": part_a, "b": part_b, "c": part_c}[part](args, model, tok, task)
 

@@ -9,6 +9,7 @@ with the widths) and everything else; the reading is in benchmarks/RESULTS.md.
 import argparse
 import os
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -55,12 +56,27 @@ def run(model: torch.nn.Module) -> None:
             rank_scores(model, b, labels, start)
 
 
+rows = {}
 for name, model in (("dense", m), ("pruned", p)):
     run(model)
+    t0 = time.perf_counter()
+    run(model)
+    wall = (time.perf_counter() - t0) * 1e3 / args.passes
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run(model)
     ev_ = prof.key_averages()
-    tot = sum(e.self_cpu_time_total for e in ev_)
-    mm = sum(e.self_cpu_time_total for e in ev_ if e.key in MATMULS)
-    print(name, f"total {tot/1e3:.0f} ms, matmul-like {mm/1e3:.0f} ms, other {(tot-mm)/1e3:.0f} ms")
+    per_pass = lambda keep: sum(e.self_cpu_time_total for e in ev_ if keep(e.key)) / 1e3 / args.passes  # noqa: E731
+    ops = per_pass(lambda k: True)
+    rows[name] = {"linears (addmm)": per_pass(lambda k: k in MATMULS and "attention" not in k),
+                  "attention kernel": per_pass(lambda k: "attention" in k),
+                  "other ops": per_pass(lambda k: k not in MATMULS),
+                  "outside ops (Python, dispatch; wall - ops)": max(0.0, wall - ops), "wall": wall}
+    print(name, f"per pass: wall {wall:.0f} ms, ops {ops:.0f} ms")
     print(ev_.table(sort_by="self_cpu_time_total", row_limit=10))
+
+print(f"\nms per pass ({'+'.join(args.modules)} p = {args.rate}, batch {args.batch}, {torch.get_num_threads()} threads; "
+      "op times from a profiled pass, wall from an unprofiled one)\n")
+print("| | dense | pruned | dense ÷ pruned |\n|---|---:|---:|---:|")
+for kind in rows["dense"]:
+    d, q = rows["dense"][kind], rows["pruned"][kind]
+    print(f"| {kind} | {d:.1f} | {q:.1f} | {d / q if q else float('nan'):.2f} |")

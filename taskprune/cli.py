@@ -125,6 +125,8 @@ def _add_rates(p: argparse.ArgumentParser) -> None:
                    help="override the rate of a layer type, e.g. ffn=0.7 (repeatable)")
     p.add_argument("--depth-rate", action="append", default=[], metavar="LO-HI=P",
                    help="override the rate of blocks LO..HI (inclusive) in both modules, e.g. 0-1=0.2 (repeatable)")
+    p.add_argument("--multiple-of", type=int, default=1, metavar="N",
+                   help="round every kept width up to a multiple of N, e.g. 8 for faster matrix kernels (default 1)")
 
 
 def _add_out(p: argparse.ArgumentParser, what: str) -> None:
@@ -178,6 +180,7 @@ def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
         module_rates=_pairs(args.module_rate, "--module-rate"),
         layer_type_rates=_pairs(args.layer_type_rate, "--layer-type-rate"),
         depth_rates=depth,
+        multiple_of=args.multiple_of,
     )
 
 

@@ -135,6 +135,9 @@ def factorize(model: nn.Module, rates: RateSpec, *, inplace: bool = False) -> nn
     Each weight gets ``r = lowrank_rank(d, k, p)`` with p the group's rate; rate 0 leaves a layer untouched
     (pruning nothing changes nothing). The config records the ranks and the base model's fingerprint.
     """
+    if rates.multiple_of != 1:
+        raise TaskpruneError("multiple_of rounds pruned widths; the SVD baseline's ranks follow the paper's parameter "
+                             "budget and are not rounded: leave multiple_of at 1 for svd")
     if is_lowrank(model):
         raise TaskpruneError("this model is already factorised (its config records taskprune_lowrank); "
                              "factorise the original model instead")

@@ -70,6 +70,10 @@ def test_score_plan_prune_chain_equals_compress(workspace: dict[str, Path], caps
     assert run("score", *common, "--task", workspace["task"], "--samples", 4, "--batch-size", 2,
                "--out", root / "s.safetensors") == 0
     assert run("plan", *common, "--scores", root / "s.safetensors", "--rate", 0.5, "--out", root / "p.json") == 0
+    assert run("plan", *common, "--scores", root / "s.safetensors", "--rate", 0.7, "--multiple-of", 8,
+               "--out", root / "p8.json") == 0
+    rounded = json.loads((root / "p8.json").read_text())
+    assert rounded["rates"]["multiple_of"] == 8 and all(len(g["keep"]) % 8 == 0 for g in rounded["groups"].values())
     plan = json.loads((root / "p.json").read_text())
     assert plan["samples"] == 4 and plan["seed"] == 0 and plan["options"]["seed"] == 0  # sample and trial seeds
     assert run("prune", *common, "--plan", root / "p.json", "--out", root / "pruned") == 0
@@ -94,6 +98,9 @@ BAD_INPUTS = {
     "missing model": (["info", "--model", "{root}/no-model"], "not found"),
     "missing scores": (["plan", "--scores", "{root}/none.safetensors", "--out", "{root}/p3.json"], "not found"),
     "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
+    "zero multiple": (["compress", "--task", "{task}", "--multiple-of", "0", "--out", "{root}/m"], "multiple_of"),
+    "rounded svd": (["compress", "--task", "{task}", "--method", "svd", "--multiple-of", "8", "--out", "{root}/m2"],
+                    "multiple_of"),
     "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
     "folder where a file goes": (["score", "--task", "{task}", "--out", "{root}"], "is a folder"),
     "trials of a deterministic method": (["compress", "--task", "{task}", "--trials", "3", "--out", "{root}/w"],

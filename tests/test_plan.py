@@ -44,6 +44,61 @@ def test_float_guard_and_extremes() -> None:
     assert select_units(torch.arange(10.0), 1, 1.0).numel() == 0
 
 
+@given(head=st.integers(1, 64), heads=st.sampled_from([1, 2, 3, 8, 12]), rate=st.floats(0.0, 1.0),
+       multiple=st.sampled_from([2, 8, 16]))
+def test_multiple_of_rounds_kept_widths_up(head: int, heads: int, rate: float, multiple: int) -> None:
+    """The kept width is the plain one rounded up so that heads x per-head width is a multiple (or the whole group,
+    when the head is too small to round within); an emptied group stays empty; the extra units are the next best."""
+    scores = torch.randn(head * heads)
+    plain, rounded = select_units(scores, heads, rate), select_units(scores, heads, rate, multiple)
+    if plain.numel() == 0:
+        assert rounded.numel() == 0
+        return
+    assert rounded.numel() >= plain.numel()
+    assert rounded.numel() % multiple == 0 or rounded.numel() == scores.numel()
+    step = multiple // math.gcd(multiple, heads)
+    assert rounded.numel() - plain.numel() < step * heads  # the smallest such rounding
+    assert set(plain.tolist()) <= set(rounded.tolist())
+
+
+def test_multiple_of_on_real_shapes() -> None:
+    """MiniLM shapes at p = 0.7: FFN 1536 -> 461 plain, 464 rounded; 12 heads x 32 -> 10 per head is already a
+    multiple of 8 in total (120), while p = 0.3 (23 per head, 276) rounds to 24 per head (288)."""
+    assert select_units(torch.randn(1536), 1, 0.7).numel() == 461
+    assert select_units(torch.randn(1536), 1, 0.7, 8).numel() == 464
+    assert select_units(torch.randn(384), 12, 0.7, 8).numel() == 120
+    assert select_units(torch.randn(384), 12, 0.3).numel() == 276
+    assert select_units(torch.randn(384), 12, 0.3, 8).numel() == 288
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(TaskpruneError, match="multiple_of must be a positive integer"):
+            RateSpec(rate=0.5, multiple_of=bad)
+    assert "multiple_of" not in RateSpec(rate=0.5).to_dict()  # older plans and sweep rows compare equal
+    assert RateSpec.from_dict(RateSpec(rate=0.5, multiple_of=8).to_dict()).multiple_of == 8
+
+
+def test_plans_with_rounded_widths_slice_like_their_masks(family: str) -> None:
+    """A plan made with multiple_of has widths that are multiples of it, and its sliced model equals the masked one."""
+    from conftest import sample_inputs
+
+    from taskprune.prune import apply, masked
+
+    model = make_model(family).eval()
+    adapter = get_adapter(model)
+    g = torch.Generator().manual_seed(3)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in adapter.groups()}
+    plan = make_plan(model, scores, RateSpec(rate=0.65, multiple_of=8))  # FFN 48 -> 17 -> 24; heads 4x8 -> 4x3 -> 4x4
+    for grp in adapter.groups():
+        n = len(plan.groups[grp.name]["keep"])
+        assert n % 8 == 0 and n > (0.35 * grp.size), (grp.name, n)
+    assert plan.rates["multiple_of"] == 8
+    inputs = sample_inputs()
+    with torch.no_grad():
+        sliced = apply(plan, model)(**inputs).logits
+        with masked(plan, model):
+            reference = model(**inputs).logits
+    torch.testing.assert_close(sliced, reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
 def test_rates_outside_unit_interval_are_refused(bad: float) -> None:
     with pytest.raises(TaskpruneError, match=r"outside \[0, 1\]"):

@@ -279,7 +279,6 @@ class TaskService:
             texts.append(text)
         return texts
 
-    @torch.no_grad()
     def predict_texts(self, task: str, texts: list[str], dense: bool = False) -> list[Prediction]:
         """Rank classification of rendered inputs, in chunks of ``max_batch``; runs the model (call off-loop)."""
         model = self.model_for(task, dense)
