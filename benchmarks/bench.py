@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from timing import median_seconds, paired_seconds  # noqa: E402
+from timing import STEADY_MARK, median_seconds, paired_seconds, rerun_with_steady_allocator  # noqa: E402
 
 from taskprune.api import compress, score, scoring_job  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
@@ -43,7 +43,6 @@ from taskprune.plan import RateSpec, make_plan  # noqa: E402
 from taskprune.prune import apply  # noqa: E402
 from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
 
-STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 FALLBACK = ["a gripping, beautifully acted film", "dull and lifeless", "the plot makes no sense at all",
             "one of the best films of the year", "i wanted to leave after ten minutes", "warm, funny and wise"]
 
@@ -108,7 +107,7 @@ def _probe(args: argparse.Namespace, kind: str) -> dict:
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    if env.pop("TASKPRUNE_BENCH_STEADY_MALLOC", None):  # undo what this script set, not what the caller did
+    if env.pop(STEADY_MARK, None):  # undo what this script set, not what the caller did
         env.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -213,9 +212,7 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args)
         return
-    if not args.default_malloc and "GLIBC_TUNABLES" not in os.environ and sys.platform.startswith("linux"):
-        env = {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC, "TASKPRUNE_BENCH_STEADY_MALLOC": "1"}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # the allocator reads it only at start-up
+    rerun_with_steady_allocator(args.default_malloc)
     model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
     task = get_task(args.task)
     print(f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "

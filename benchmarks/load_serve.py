@@ -5,7 +5,9 @@
 
 1. Ratios, in process (no HTTP), for each task:
    - time to cut the task model from the base ÷ time to copy its kept weights (every tensor of the cut model
-     cloned once); goal <= 2. Both are memory-bound, so both are the best of 3 x --repeats runs. The cut shares the tensors the plan leaves whole, so it only copies the slices.
+     cloned once); goal <= 2. Both are memory-bound, so both are the best of 3 x --repeats runs. The cut shares
+     the tensors the plan leaves whole, so it only copies the slices. Timed, like bench.py, with the steady
+     allocator of timing.py (--default-malloc opts out); the server subprocess inherits it.
    - latency of a batch-1 request on a cached task through the service (``TaskService.predict_texts``: cache
      lookup, tokenising, scoring, label probabilities) ÷ calling the pruned model directly (tokenising and
      ``rank_scores``); goal <= 1.05. The batcher's thread hand-off is part of the HTTP figure.
@@ -31,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds, rerun_with_steady_allocator  # noqa: E402
 
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
 from taskprune.data import LabelSpace, batches  # noqa: E402
@@ -171,7 +173,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--ratios-only", action="store_true", help="skip the server and the load test")
+    ap.add_argument("--default-malloc", action="store_true", help="time with the allocator as configured")
     args = ap.parse_args()
+    rerun_with_steady_allocator(args.default_malloc)  # the server subprocess inherits it
     if not 0 < args.seconds <= 600 or args.clients <= 0:
         ap.error("--seconds must be in (0, 600] and --clients positive")
     if args.threads:
@@ -184,7 +188,8 @@ def main() -> None:
     if missing:
         sys.exit(f"no plan for {missing} in {args.plans}")
     print(f"model {args.model}, plans {sorted(service.plans)}, torch threads {torch.get_num_threads()}, "
-          f"inputs from {'the eval splits' if data_dir else 'a fixed example'}")
+          f"inputs from {'the eval splits' if data_dir else 'a fixed example'}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print("\n## Ratios (in process; cut and copy: best of 3 x repeats, latencies: medians)\n")
     print("| task | cut (shared) ms | cut (full copy) ms | copy kept weights ms | cut ÷ copy | direct ms | "
           "service ms | service ÷ direct |")

@@ -113,12 +113,41 @@ def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: 
     adapter = get_adapter(model)
     validate_plan(plan, adapter)
     if not inplace:
-        memo = {id(t): t for t in (*model.parameters(), *model.buffers())} if share else {}
-        model = copy.deepcopy(model, memo)
+        model = share_tensors_copy(model) if share else copy.deepcopy(model)
         adapter = get_adapter(model)
     widths = slice_model(adapter, {n: plan.keep(n) for n, g in plan.groups.items() if len(g["keep"]) < g["size"]})
     record_widths(adapter, widths, plan.base_fingerprint)
     return model
+
+
+def share_tensors_copy(model: nn.Module) -> nn.Module:
+    """A new module tree that shares every tensor with ``model``: new module objects, each with its own parameter,
+    buffer, child and hook dicts, and deep copies of the configs (pruning writes widths into them).
+
+    ``copy.deepcopy`` with the tensors memoised gives the same result but walks every attribute of ~4,000 Python
+    objects on MiniLM (about 20 ms per cut, 8x the slicing itself); this copies the ~300 modules' dicts only.
+    Anything else a module holds (ints, strings, functions, tensors kept as plain attributes) is shared, as the
+    tensors are.
+    """
+    from transformers import GenerationConfig, PretrainedConfig
+
+    memo: dict[int, object] = {}
+
+    def clone(module: nn.Module) -> nn.Module:
+        if id(module) in memo:  # a module reachable twice stays one module
+            return memo[id(module)]  # type: ignore[return-value]
+        new = copy.copy(module)
+        memo[id(module)] = new
+        for key, value in list(new.__dict__.items()):
+            if isinstance(value, (PretrainedConfig, GenerationConfig)):
+                new.__dict__[key] = copy.deepcopy(value, memo)  # one copy per config, shared as in the original
+            elif key.startswith("_") and isinstance(value, dict):
+                new.__dict__[key] = value.copy()  # _parameters, _buffers, _modules, the hook dicts
+        for name, child in module._modules.items():
+            new._modules[name] = None if child is None else clone(child)
+        return new
+
+    return clone(model)
 
 
 def record_widths(adapter: Adapter, widths: dict[str, int], base_fingerprint: str | None) -> None:

@@ -146,3 +146,30 @@ def test_unequal_qk_vo_widths_are_refused() -> None:
     with pytest.raises(TaskpruneError, match="must be equal"):
         apply(plan, model)
     mask(plan, model).remove()  # masks need no common head size
+
+
+def test_a_shared_cut_leaves_the_base_untouched_and_shares_only_whole_tensors(family: str) -> None:
+    """apply(share=True) builds new modules around the base's unsliced tensors: the base's config, hooks and
+    outputs do not change, tied weights stay tied, sliced tensors are new, and outputs equal a full copy's."""
+    model = make_model(family).eval()
+    adapter = get_adapter(model)
+    g = torch.Generator().manual_seed(5)
+    plan = make_plan(model, {grp.name: torch.rand(grp.size, generator=g) for grp in adapter.groups()},
+                     RateSpec(rate=0.5, modules=("decoder",)))
+    inputs = sample_inputs()
+    before = logits(model, inputs)
+    base_params = {id(p) for p in model.parameters()}
+    shared = apply(plan, model, share=True)
+    assert shared.config is not model.config and not getattr(model.config, "taskprune_widths", None)
+    assert shared.config.taskprune_widths
+    enc = [p for n, p in shared.named_parameters() if n.startswith("encoder.")]
+    assert enc and all(id(p) in base_params for p in enc)  # the encoder was not pruned: nothing copied
+    dec = get_adapter(shared).parts(get_adapter(shared).groups()[-1]).producers[0]
+    assert id(dec.weight) not in base_params  # a sliced tensor is the cut's own
+    assert (shared.get_input_embeddings().weight is shared.get_output_embeddings().weight) == (
+        model.get_input_embeddings().weight is model.get_output_embeddings().weight)
+    calls = []
+    shared.get_encoder().register_forward_hook(lambda *a: calls.append(1))
+    torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+    assert not calls  # a hook on the cut is not a hook on the base
+    torch.testing.assert_close(logits(shared, inputs), logits(apply(plan, model), inputs), rtol=0, atol=0)
