@@ -144,8 +144,12 @@ def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace, start: 
     """
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+    try:
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    except (AttributeError, RuntimeError):  # an older torch without that kernel: nothing to add
+        cpu_sdpa = {}
+    else:
+        cpu_sdpa = {op: lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.no_grad():
         for b in batch_list:
             rank_scores(model, b, labels, start)

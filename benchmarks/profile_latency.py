@@ -67,8 +67,8 @@ for name, model in (("dense", m), ("pruned", p)):
     ev_ = prof.key_averages()
     per_pass = lambda keep: sum(e.self_cpu_time_total for e in ev_ if keep(e.key)) / 1e3 / args.passes  # noqa: E731
     ops = per_pass(lambda k: True)
-    rows[name] = {"linears (addmm)": per_pass(lambda k: k in MATMULS and "attention" not in k),
-                  "attention kernel": per_pass(lambda k: "attention" in k),
+    rows[name] = {"matrix products (addmm, mm, bmm)": per_pass(lambda k: k in MATMULS and "attention" not in k),
+                  "attention kernel": per_pass(lambda k: k in MATMULS and "attention" in k),
                   "other ops": per_pass(lambda k: k not in MATMULS),
                   "outside ops (Python, dispatch; wall - ops)": max(0.0, wall - ops), "wall": wall}
     print(name, f"per pass: wall {wall:.0f} ms, ops {ops:.0f} ms")

@@ -22,8 +22,8 @@ def rerun_with_steady_allocator(opt_out: bool) -> None:
     """
     if opt_out or "GLIBC_TUNABLES" in os.environ or not sys.platform.startswith("linux"):
         return
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC,
-                                                            STEADY_MARK: "1"})
+    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))  # interpreter flags (-u, -X) included
+    os.execve(sys.executable, argv, {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC, STEADY_MARK: "1"})
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:

@@ -119,6 +119,9 @@ def _compress_smp_unstructured(model: nn.Module, tokenizer: Any, task: Task, exa
 
     from .scoring.smp import apply_weight_masks, learn_weight_masks
 
+    if rates.multiple_of != 1:
+        raise TaskpruneError("multiple_of rounds the widths of pruned units; smp-unstructured zeroes single weights "
+                             "in dense shapes: leave multiple_of at 1 for it")
     t0 = time.perf_counter()
     masks, _ = learn_weight_masks(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length,
                                               progress))

@@ -324,6 +324,8 @@ def _rate_text(rates) -> str:  # noqa: ANN001
     extra = {**rates.module_rates, **rates.layer_type_rates}
     if extra or rates.depth_rates:
         text += f" with overrides {extra} {rates.depth_rates or ''}".rstrip()
+    if rates.multiple_of > 1:
+        text += f", widths rounded up to multiples of {rates.multiple_of}"
     return text
 
 

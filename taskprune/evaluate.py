@@ -8,6 +8,7 @@ batch 1 than ``no_grad`` on this project's CPU); its outputs are read-only outsi
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import EncoderDecoderCache
 
 from .data import IGNORE, Batch, LabelSpace, batches, length_order, n_batches, targets_for
 from .errors import TaskpruneError
@@ -58,17 +60,23 @@ def _target_logp(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (picked - logits.logsumexp(-1).unsqueeze(1)) * (target != IGNORE)
 
 
+# Repeating the prefix's cache for all candidates at once costs (k-1) copies of every decoder layer's
+# cross-attention keys and values; above this many bytes the candidates run one call each over the shared cache.
+REPEAT_BUDGET_BYTES = 64 << 20
+
+
 @torch.inference_mode()
 def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: int,
                 encoder_outputs: Any = None) -> torch.Tensor:
     """Log-likelihood of every candidate target for every example: [B, n_classes].
 
     The candidates share the encoder pass and, in the decoder, their common prefix (the start token, plus any
-    shared leading word-pieces): the prefix runs once per example, its key/value cache (cross-attention
-    included) is repeated for the candidates, and only the rest of every candidate runs, all in one call. That
-    costs the same per-candidate decoder work as scoring each candidate alone, minus the repeated prefix and
-    cross-attention projections, and two model calls instead of one per candidate. ``encoder_outputs`` (the
-    encoder's output for this batch) skips the encoder pass.
+    shared leading word-pieces): the prefix runs once per example with a key/value cache, whose cross-attention
+    part is then reused by every candidate, and only each candidate's own tokens run after it. When the
+    repeated cache fits ``REPEAT_BUDGET_BYTES`` (short inputs, small batches) all candidates run in one call on
+    a cache repeated per candidate; otherwise one call per candidate shares the cache unrepeated, so memory
+    stays that of one candidate. Either way it is the per-candidate decoder work minus the repeated prefix and
+    cross-attention projections. ``encoder_outputs`` (the encoder's output for this batch) skips the encoder.
     """
     if encoder_outputs is None:
         encoder_outputs = _encode(model, batch)
@@ -82,15 +90,32 @@ def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: in
     if p == dec_in.shape[1]:
         return scores
     cache = head.past_key_values
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-        raise TaskpruneError(f"{type(model).__name__} returned no repeatable decoder cache; rank classification "
-                             "needs one to share the prefix across label candidates")
-    cache.batch_repeat_interleave(k)  # row b*k + c continues example b with candidate c
-    hidden = encoder_outputs[0].repeat_interleave(k, dim=0)
-    rest = model(encoder_outputs=(hidden,), attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-                 decoder_input_ids=dec_in[:, p:].repeat(n, 1), past_key_values=cache, use_cache=True)
-    own = _target_logp(rest.logits, target[:, p:].repeat(n, 1).unsqueeze(1)).sum((1, 2))  # one candidate per row
-    return scores + own.view(n, k)
+    if not isinstance(cache, EncoderDecoderCache):
+        raise TaskpruneError(f"{type(model).__name__} returned no encoder-decoder cache; rank classification needs "
+                             "one to share the prefix across label candidates")
+    hidden = encoder_outputs[0]
+    repeated = (k - 1) * (2 * len(cache) + 1) * hidden.numel() * hidden.element_size()
+    if repeated <= REPEAT_BUDGET_BYTES:
+        cache.batch_repeat_interleave(k)  # row b*k + c continues example b with candidate c
+        rest = model(encoder_outputs=(hidden.repeat_interleave(k, dim=0),),
+                     attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+                     decoder_input_ids=dec_in[:, p:].repeat(n, 1), past_key_values=cache, use_cache=True)
+        own = _target_logp(rest.logits, target[:, p:].repeat(n, 1).unsqueeze(1)).sum((1, 2))  # one candidate a row
+        return scores + own.view(n, k)
+    own_scores = []
+    for c in range(k):
+        length = int((target[c, p:] != IGNORE).sum())  # this candidate's own tokens (0: its target is the prefix)
+        if length == 0:
+            own_scores.append(scores.new_zeros(n))
+            continue
+        # the prefix's self-attention cache is a few positions (copied per candidate); cross-attention is shared
+        mine = EncoderDecoderCache(copy.deepcopy(cache.self_attention_cache), cache.cross_attention_cache)
+        rest = model(encoder_outputs=encoder_outputs, attention_mask=batch.attention_mask,
+                     decoder_input_ids=dec_in[c : c + 1, p : p + length].expand(n, length), past_key_values=mine,
+                     use_cache=True)
+        own_scores.append(_target_logp(rest.logits, target[c : c + 1, p : p + length].expand(n, 1, length))
+                          .sum((1, 2)))
+    return scores + torch.stack(own_scores, dim=1)
 
 
 @torch.inference_mode()
@@ -136,7 +161,8 @@ def evaluate(
     ``encoder_cache`` (a dict the caller keeps) stores the encoder's output per batch on the first call and
     reuses it afterwards: sweeps that change only the decoder (decoder-only plans, masks or factorisations)
     then run the encoder once per eval set. The caller guarantees the encoder, the examples and the batching
-    stay the same across calls; rank classification only.
+    stay the same across calls; rank classification only. The cached outputs are inference-mode tensors: feed them
+    to rank classification, not to anything that needs gradients.
     """
     if not examples:
         raise TaskpruneError(f"no examples to evaluate task {task.name} on")

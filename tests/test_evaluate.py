@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from conftest import make_model, make_tokenizer
@@ -63,11 +65,17 @@ def _per_candidate(model, batch, labels, start):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.parametrize("words", [("very good", "bad"), ("very good", "very bad"), ("good", "bad", "so so"),
-                                   ("very very good", "very bad")])
+                                   ("very very good", "very bad"), ("good", "good movie")])
 @pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
-def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: tuple, rate: float) -> None:
-    """One prefix call plus one call for all candidates gives each candidate's own full-pass log-likelihood:
-    with shared leading word-pieces, targets of different lengths, padded inputs, pruned and zero-width models."""
+@pytest.mark.parametrize("budget", [None, 0])
+def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: tuple, rate: float,
+                                                            budget: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefix call plus the candidates' own calls (all in one on a repeated cache, or one each on the shared
+    cache when the repeat would exceed the budget) give each candidate's own full-pass log-likelihood: with shared
+    leading word-pieces, a target that is the whole prefix, uneven lengths, padded inputs, pruned and zero-width
+    models."""
+    if budget is not None:  # the module, not the function taskprune.evaluate that shadows it on the package
+        monkeypatch.setattr(importlib.import_module("taskprune.evaluate"), "REPEAT_BUDGET_BYTES", budget)
     task = Task(name="toy", template="{text}", label_words=words)
     model, tok = make_model(family), make_tokenizer(family)
     g = torch.Generator().manual_seed(1)

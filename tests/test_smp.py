@@ -148,3 +148,22 @@ def test_structured_compress_through_the_api_is_physically_smaller() -> None:
     assert result.plan is not None and result.plan.method == "smp"
     assert result.model.config.d_ff == model.config.d_ff // 2
     assert result.plan.options["smp"]["steps"] == 5
+
+
+def test_smp_trains_at_the_widths_the_plan_keeps_with_multiple_of() -> None:
+    """SMP's hard masks pick units exactly as the planner does, multiple_of included (it learnt at the unrounded
+    width before, so units trained as dropped were kept); smp-unstructured refuses the rounding."""
+    from taskprune.plan import select_units
+    from taskprune.scoring.smp import _unit_mask
+
+    model, tok = make_model("bert2bert"), make_tokenizer("bert2bert")
+    task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))
+    examples = [Example("good movie", 0), Example("bad film", 1), Example("great", 0), Example("awful", 1)]
+    ffn = next(g for g in get_adapter(model).groups() if g.layer_type == "ffn")
+    s = torch.randn(ffn.size)
+    assert int(_unit_mask(ffn, 8)("x", s, 0.65).sum()) == select_units(s, ffn.n_heads, 0.65, 8).numel() == 24
+    rates = RateSpec(rate=0.65, modules=("decoder",), multiple_of=8)
+    result = compress(model, tok, task, examples, rates, method="smp", config=ScoreConfig(smp=SMPConfig(steps=4)))
+    assert all(len(g["keep"]) % 8 == 0 for g in result.plan.groups.values())
+    with pytest.raises(TaskpruneError, match="multiple_of"):
+        compress(model, tok, task, examples, rates, method="smp-unstructured")

@@ -121,12 +121,12 @@ def _optimise(
 
 # -- structured: one score per unit ------------------------------------------------------------------
 
-def _unit_mask(group: NeuronGroup) -> Callable[[str, torch.Tensor, float], torch.Tensor]:
+def _unit_mask(group: NeuronGroup, multiple_of: int = 1) -> Callable[[str, torch.Tensor, float], torch.Tensor]:
     from ..plan import select_units
 
     def hard(_name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         m = torch.zeros_like(s)
-        m[select_units(s, group.n_heads, rate).to(s.device)] = 1.0
+        m[select_units(s, group.n_heads, rate, multiple_of).to(s.device)] = 1.0
         return m
 
     return hard
@@ -141,7 +141,10 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     device = next(model.parameters()).device
     scores = {g.name: torch.zeros(g.size, device=device, requires_grad=True) for g in learnt}
     masks_now: Masks = {}
-    per_group = {g.name: _unit_mask(g) for g in learnt}
+    from ..plan import RateSpec
+
+    multiple_of = RateSpec.from_dict(job.config.target_rates).multiple_of  # the widths the plan will keep
+    per_group = {g.name: _unit_mask(g, multiple_of) for g in learnt}
 
     def hard(name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         return per_group[name](name, s, rate)
