@@ -568,7 +568,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from .tasks import get_task
 
-    for name in ("max_inputs", "max_input_chars", "max_batch", "cache_mb"):
+    for name in ("max_inputs", "max_input_chars", "max_batch", "cache_mb", "timeout_s"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise TaskpruneError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
@@ -577,7 +577,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     extra = [get_task(f) for f in args.task_file]
     path, model, tok = _load(args)
     limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_batch=args.max_batch,
-                         max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20))
+                         max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20),
+                         timeout_s=args.timeout_s)
     service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path), extra_tasks=extra)
     echo(f"serving {path} ({service.fingerprint}) with plans for {', '.join(sorted(service.plans)) or 'no task'}; "
          f"http://{args.host}:{args.port}/docs")
@@ -713,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="extra wait for more requests to batch (default 0: a batch takes the requests that queued "
                         "while the previous one ran, so a lone request waits for nothing)")
+    p.add_argument("--timeout-s", type=float, default=60.0,
+                   help="seconds a prediction request may wait in the queue and the model (then 504; default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

@@ -156,12 +156,22 @@ def test_bad_input_gets_its_status_and_one_message(setup: dict, body: dict, stat
 
 
 def test_malformed_json_and_oversized_bodies(setup: dict) -> None:
+    before = setup["service"].metrics.errors.labels("413")._value.get()
     with TestClient(create_app(setup["service"], max_body_bytes=1000)) as client:
         r = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json() == {"error": "the request body is not valid JSON"}
         r = client.post("/v1/predict", content=b"x" * 2000, headers={"content-type": "application/json"})
         assert r.status_code == 413 and "limit is 1000" in r.json()["error"]
+        chunks = lambda n: (b"x" * 100 for _ in range(n))  # noqa: E731  (no Content-Length: chunked upload)
+        r = client.post("/v1/predict", content=chunks(30), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json() == {"error": "request body of more than 1000 bytes; the limit is "
+                                                              "1000"}, r.text
+        body = b'{"task": "sst2", "inputs": ["a fine film"]}'
+        r = client.post("/v1/predict", content=(body[i:i + 10] for i in range(0, len(body), 10)),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text  # a chunked body within the limit is served
         assert client.get("/nope").json() == {"error": "Not Found"}
+    assert setup["service"].metrics.errors.labels("413")._value.get() - before == 2  # header check and stream
 
 
 def test_concurrent_requests_for_two_tasks_get_their_own_predictions(setup: dict) -> None:
@@ -257,3 +267,28 @@ def test_a_cut_in_progress_blocks_no_other_call(setup: dict, monkeypatch: pytest
     release.set()
     worker.join(10)
     assert "sst2" in s.cache
+
+
+def test_a_stuck_model_times_out_with_504_and_the_server_goes_on(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request waits at most timeout_s for queue and model; the worker then skips it, and later requests run."""
+    import dataclasses
+    import threading
+
+    s = setup["service"]
+    release = threading.Event()
+    real = s.predict_texts
+
+    def stuck_once(task: str, texts: list[str], dense: bool = False):  # noqa: ANN202
+        if not release.is_set():
+            release.wait(5)
+        return real(task, texts, dense)
+
+    monkeypatch.setattr(s, "limits", dataclasses.replace(s.limits, timeout_s=0.3))
+    monkeypatch.setattr(s, "predict_texts", stuck_once)
+    with TestClient(create_app(s)) as client:
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
+        assert r.status_code == 504 and r.json() == {
+            "error": "no prediction within 0.3 s: the server is overloaded or the model is stuck"}
+        release.set()
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("positive", "negative"), r.text

@@ -6,6 +6,7 @@ Routes: ``POST /v1/predict``, ``GET /v1/tasks``, ``POST /v1/plans/{task}`` (``?r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -54,6 +55,37 @@ def _validation_message(err: RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by its declared Content-Length before anything is read,
+    and by the bytes actually received when there is none (a chunked upload): then the counting ``receive`` raises
+    inside the route, where the app's handlers turn it into the usual one-message JSON error."""
+
+    def __init__(self, app: Any, limit: int, on_refuse: Any) -> None:
+        self.app, self.limit, self.on_refuse = app, limit, on_refuse
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.limit:
+            self.on_refuse()
+            response = _error(413, f"request body of {int(size)} bytes; the limit is {self.limit}")
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise StarletteHTTPException(413, f"request body of more than {self.limit} bytes; the limit is "
+                                                      f"{self.limit}")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
     """A FastAPI app serving ``service``; one inference thread, requests for one task batched."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskprune-infer")
@@ -91,17 +123,11 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
         metrics.errors.labels("500").inc()
         return _error(500, f"internal error: {type(err).__name__}: {err}"[:500])
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):  # noqa: ANN001, ANN202
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body_bytes:
-            metrics.errors.labels("413").inc()
-            return _error(413, f"request body of {size} bytes; the limit is {max_body_bytes}")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, on_refuse=lambda: metrics.errors.labels("413").inc())
 
     @app.post("/v1/predict", response_model=PredictResponse,
               responses={404: {"description": "unknown task or no plan"}, 413: {"description": "too large"},
-                         422: {"description": "malformed request"}})
+                         422: {"description": "malformed request"}, 504: {"description": "timed out"}})
     async def predict(req: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         status = 200
@@ -110,7 +136,11 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
             task = service.canonical(req.task)
             texts = service.render(task, req.inputs)
             service.check_servable(task, req.dense)  # 404 before queueing
-            preds = await batcher.submit(task, texts, req.dense)
+            try:
+                preds = await asyncio.wait_for(batcher.submit(task, texts, req.dense), lim.timeout_s)
+            except TimeoutError:  # the batcher skips a request whose waiter has gone
+                raise ServeError(504, f"no prediction within {lim.timeout_s:g} s: the server is overloaded or "
+                                      "the model is stuck") from None
             return PredictResponse(task=task, model="dense" if req.dense else "pruned",
                                    predictions=[LabelScores(label=p.label, scores=p.scores) for p in preds])
         except ServeError as err:

@@ -52,6 +52,7 @@ class ServeLimits:
     max_wait_ms: float = 0.0  # extra wait for more requests; 0: a batch takes what queued while the last one ran
     cache_bytes: int = 1 << 30  # bound of the cut-model cache
     max_length: int = 256  # tokens per input (longer inputs are truncated, as in evaluation)
+    timeout_s: float = 60.0  # a prediction request waits at most this long for queue and model (504 after)
 
 
 @dataclass
