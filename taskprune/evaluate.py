@@ -74,8 +74,8 @@ def rank_scores(model: nn.Module, batch: Batch, labels: LabelSpace, start_id: in
     shared leading word-pieces): the prefix runs once per example with a key/value cache, whose cross-attention
     part is then reused by every candidate, and only each candidate's own tokens run after it. When the
     repeated cache fits ``REPEAT_BUDGET_BYTES`` (short inputs, small batches) all candidates run in one call on
-    a cache repeated per candidate; otherwise one call per candidate shares the cache unrepeated, so memory
-    stays that of one candidate. Either way it is the per-candidate decoder work minus the repeated prefix and
+    a cache repeated per candidate; otherwise one call per candidate shares the cache unrepeated, so the
+    cross-attention keys and values are held once. Either way it is the per-candidate decoder work minus the repeated prefix and
     cross-attention projections. ``encoder_outputs`` (the encoder's output for this batch) skips the encoder.
     """
     if encoder_outputs is None:

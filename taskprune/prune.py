@@ -128,7 +128,7 @@ def share_tensors_copy(model: nn.Module) -> nn.Module:
     the configs (pruning writes widths into them).
 
     ``copy.deepcopy`` with the tensors memoised gives the same result but walks every attribute of ~4,000 Python
-    objects on MiniLM (about 20 ms per cut, 8x the slicing itself); this copies the ~300 modules' dicts only.
+    objects on MiniLM (80 % of a 23-25 ms cut, by cProfile); this copies the ~300 modules' containers only.
     Anything else a module holds (ints, strings, functions, tensors kept as plain attributes) is shared, as the
     tensors are.
     """
