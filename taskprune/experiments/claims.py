@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .results import METRIC, row_kind, row_rate
+from .results import METRIC, dense_accuracy, row_kind, row_rate
 
 TOLERANCE = 3.0  # accuracy points
 AP, FPP, RAP, RP, SVD = "attribution", "activation", "random-attribution", "random", "svd"
@@ -300,7 +300,7 @@ def whole_layer_can_go(rows: list[Row], dense: dict[str, float]) -> Claim:
 
 def check_claims(rows: list[Row]) -> list[Claim]:
     """Every claim of the paper that the rows can test (the others say "not measured")."""
-    dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if row_kind(r) == "dense"}
+    dense = dense_accuracy(rows)
     return [
         ap_beats_baselines(rows),
         _approx("FPP ≈ RP", rows, FPP, RP, ("FPP", "RP")),

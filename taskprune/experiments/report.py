@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import TaskpruneError
 from ..io import atomic_write_text
 from .claims import claims_section
-from .results import METRIC, latest_rows, row_kind, row_rate
+from .results import METRIC, dense_accuracy, latest_rows, row_kind, row_rate
 
 
 def _task_label(task: str) -> str:
@@ -161,7 +161,7 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
     """
     rows = latest_rows(results)
     note_text = _read_notes(notes)
-    dense = {r["eval_task"]: r["metrics"][METRIC] for r in rows if row_kind(r) == "dense"}
+    dense = dense_accuracy(rows)
     experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["experiment"] != "dense"))
     run_hours = sum(float(r.get("seconds", 0.0)) for r in rows) / 3600
 

@@ -80,6 +80,11 @@ def row_kind(row: dict[str, Any]) -> str:
     return "module"
 
 
+def dense_accuracy(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The unpruned model's accuracy per evaluated task (the reference lines and drops are measured from)."""
+    return {r["eval_task"]: r["metrics"][METRIC] for r in rows if row_kind(r) == "dense"}
+
+
 def row_rate(row: dict[str, Any]) -> float:
     """The rate a row varies (for depth runs, the rate of its blocks)."""
     rates = row["rates"]

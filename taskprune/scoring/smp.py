@@ -27,6 +27,7 @@ from torch import nn
 from ..data import IGNORE, Batch, targets_for
 from ..errors import TaskpruneError
 from ..models import NeuronGroup, get_adapter
+from ..plan import RateSpec, select_units
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
 
@@ -45,16 +46,18 @@ def removed_fraction(step: int, cfg: SMPConfig, rate: float) -> float:
     return rate * (1.0 - (1.0 - x) ** 3) if cfg.schedule == "cubic" else rate * x
 
 
-def _target_rates(job: ScoringJob) -> dict[str, float]:
-    from ..plan import RateSpec
-
-    config = job.config
-    if config.target_rates is None:
+def _target_spec(job: ScoringJob) -> RateSpec:
+    """The rates (and width rounding) the plan will be made at: SMP learns its masks for exactly those."""
+    if job.config.target_rates is None:
         raise TaskpruneError(
             "SMP learns its masks for a target rate: run it through `taskprune compress` (or "
             "taskprune.compress), which passes the rates"
         )
-    spec = RateSpec.from_dict(config.target_rates)
+    return RateSpec.from_dict(job.config.target_rates)
+
+
+def _target_rates(job: ScoringJob, spec: RateSpec | None = None) -> dict[str, float]:
+    spec = spec or _target_spec(job)
     return {g.name: spec.rate_for(g) for g in job.groups if spec.rate_for(g) > 0 and g.size > 0}
 
 
@@ -122,8 +125,6 @@ def _optimise(
 # -- structured: one score per unit ------------------------------------------------------------------
 
 def _unit_mask(group: NeuronGroup, multiple_of: int = 1) -> Callable[[str, torch.Tensor, float], torch.Tensor]:
-    from ..plan import select_units
-
     def hard(_name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         m = torch.zeros_like(s)
         m[select_units(s, group.n_heads, rate, multiple_of).to(s.device)] = 1.0
@@ -136,15 +137,13 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     """Learnt per-unit mask scores of the groups pruned at the target rates, and the loss per step."""
     model = job.model
     adapter = get_adapter(model)
-    rates = _target_rates(job)
+    spec = _target_spec(job)
+    rates = _target_rates(job, spec)
     learnt = [g for g in job.groups if g.name in rates]
     device = next(model.parameters()).device
     scores = {g.name: torch.zeros(g.size, device=device, requires_grad=True) for g in learnt}
     masks_now: Masks = {}
-    from ..plan import RateSpec
-
-    multiple_of = RateSpec.from_dict(job.config.target_rates).multiple_of  # the widths the plan will keep
-    per_group = {g.name: _unit_mask(g, multiple_of) for g in learnt}
+    per_group = {g.name: _unit_mask(g, spec.multiple_of) for g in learnt}  # the widths the plan will keep
 
     def hard(name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         return per_group[name](name, s, rate)
