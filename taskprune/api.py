@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from .checkpoint import save_pruned
-from .data import LabelSpace, LazyBatches, length_order
+from .data import LazyBatches, length_order
 from .errors import TaskpruneError
+from .lm import model_kind
 from .models import get_adapter
 from .plan import PruningPlan, RateSpec, make_plan
 from .prune import apply
@@ -63,9 +64,10 @@ def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Exa
     if not examples and (method is None or needs_examples(method)):
         raise TaskpruneError(f"no examples to score task {task.name} with")
     groups = [g for g in get_adapter(model).groups() if g.size > 0 and (only is None or only.rate_for(g) > 0)]
-    ordered = [examples[i] for i in length_order(examples, tokenizer, max_length)]  # less padding, same sums
-    return ScoringJob(model, LazyBatches(ordered, tokenizer, batch_size, max_length),
-                      LabelSpace.build(tokenizer, task), groups, config or ScoreConfig(), progress)
+    kind = model_kind(model)
+    ordered = [examples[i] for i in length_order(examples, tokenizer, max_length, kind)]  # less padding, same sums
+    return ScoringJob(model, LazyBatches(ordered, tokenizer, batch_size, max_length, kind),
+                      kind.label_space(tokenizer, task), groups, config or ScoreConfig(), progress)
 
 
 def score(

@@ -27,10 +27,11 @@ from .models import get_adapter
 from .prune import record_widths, slice_model
 
 
-def _auto_model_class():  # noqa: ANN202
-    from transformers import AutoModelForSeq2SeqLM
+def _auto_model_class(config: Any):  # noqa: ANN202, ANN401
+    """AutoModelForSeq2SeqLM for encoder-decoders, AutoModelForCausalLM for decoder-only LMs."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def _check_model_dir(path: str | Path) -> Path:
@@ -51,7 +52,10 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn
         if config.get("taskprune_widths") or config.get(LOWRANK_KEY):
             return load_pruned(path, dtype=dtype)
     try:
-        model = _auto_model_class().from_pretrained(str(name_or_path), dtype=dtype)
+        from transformers import AutoConfig
+
+        model_class = _auto_model_class(AutoConfig.from_pretrained(str(name_or_path)))
+        model = model_class.from_pretrained(str(name_or_path), dtype=dtype)
     except (OSError, ValueError) as err:
         raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
     get_adapter(model)  # refuse unsupported architectures here, with one clear line
@@ -94,7 +98,7 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
     if not widths and not ranks:
         return load_model(path, dtype=dtype)
     with no_init_weights():
-        model = _auto_model_class().from_config(config)
+        model = _auto_model_class(config).from_config(config)
     adapter = get_adapter(model)
     if widths:
         keep: dict[str, torch.Tensor] = {}
@@ -104,9 +108,7 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
             w = widths[g.name]
             if w == g.size:
                 continue
-            per_head = w // g.n_heads
-            starts = torch.arange(g.n_heads).unsqueeze(1) * g.head_size
-            keep[g.name] = (torch.arange(per_head).unsqueeze(0) + starts).reshape(-1)
+            keep[g.name] = adapter.skeleton_keep(g, w)
         slice_model(adapter, keep)
         record_widths(adapter, widths, getattr(config, "taskprune_base_fingerprint", None))
     if ranks:

@@ -27,11 +27,12 @@ class LabelSpace:
     n_pieces: tuple[int, ...]
 
     @classmethod
-    def build(cls, tokenizer, task: Task, eos_token_id: int | None = None) -> LabelSpace:  # noqa: ANN001
+    def build(cls, tokenizer, task: Task, eos_token_id: int | None = None, prefix: str = "") -> LabelSpace:  # noqa: ANN001
+        """``prefix`` goes before every word (a space, where the word continues a plain-text prompt)."""
         eos = eos_token_id if eos_token_id is not None else end_token_id(tokenizer)
         targets, pieces = [], []
         for word in task.label_words:
-            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
             if not ids:
                 raise TaskpruneError(f"label word {word!r} of task {task.name} tokenises to nothing")
             targets.append(tuple(ids) + (eos,))
@@ -83,48 +84,58 @@ def targets_for(labels: LabelSpace, classes: Sequence[int], start_id: int, piece
     return dec_in, target
 
 
+def _kind(kind):  # noqa: ANN001, ANN202
+    if kind is None:  # callers that know no model: the seq2seq reading (the encoder's input)
+        from .lm import KINDS
+
+        return KINDS["seq2seq"]
+    return kind
+
+
 def batches(
     examples: Sequence[Example],
     tokenizer,  # noqa: ANN001
     batch_size: int = 16,
     max_length: int = 256,
+    kind=None,  # noqa: ANN001
 ) -> Iterator[Batch]:
-    """Dynamic padding: each batch is padded to its own longest input (truncated at ``max_length``)."""
+    """Dynamic padding: each batch is padded to its own longest input (truncated at ``max_length``).
+
+    ``kind`` (a :class:`taskprune.lm.ModelKind`, default seq2seq) says how a model of that kind reads an example.
+    """
     if batch_size <= 0:
         raise TaskpruneError(f"batch size must be positive, got {batch_size}")
+    kind = _kind(kind)
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        enc = tokenizer(
-            [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        yield Batch(enc["input_ids"], enc["attention_mask"], torch.tensor([e.label for e in chunk]))
+        yield kind.encode(tokenizer, examples[start : start + batch_size], max_length)
 
 
 class LazyBatches(Sequence[Batch]):
     """Batches of ``examples``, tokenised when iterated: memory holds one batch at a time, not the whole set, so
     scoring 1,000 examples retains no more tensors than scoring 10 at the same batch size."""
 
-    def __init__(self, examples: Sequence[Example], tokenizer, batch_size: int, max_length: int = 256) -> None:  # noqa: ANN001
+    def __init__(self, examples: Sequence[Example], tokenizer, batch_size: int, max_length: int = 256,  # noqa: ANN001
+                 kind=None) -> None:  # noqa: ANN001
         if batch_size <= 0:
             raise TaskpruneError(f"batch size must be positive, got {batch_size}")
         self.examples, self.tokenizer = list(examples), tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.kind = batch_size, max_length, kind
 
     def __len__(self) -> int:
         return n_batches(len(self.examples), self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        return batches(self.examples, self.tokenizer, self.batch_size, self.max_length)
+        return batches(self.examples, self.tokenizer, self.batch_size, self.max_length, self.kind)
 
     def __getitem__(self, i: int) -> Batch:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         start = (i % len(self)) * self.batch_size
         return next(batches(self.examples[start : start + self.batch_size], self.tokenizer, self.batch_size,
-                            self.max_length))
+                            self.max_length, self.kind))
 
 
-def length_order(examples: Sequence[Example], tokenizer, max_length: int = 256) -> list[int]:  # noqa: ANN001
+def length_order(examples: Sequence[Example], tokenizer, max_length: int = 256, kind=None) -> list[int]:  # noqa: ANN001
     """Indices of ``examples``, shortest tokenised input first (stable).
 
     Batching examples of similar length pads less: on SST-2 dev this cuts evaluation time by about a third. Scores
@@ -132,7 +143,9 @@ def length_order(examples: Sequence[Example], tokenizer, max_length: int = 256) 
     """
     if not examples:
         return []
-    ids = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)["input_ids"]
+    causal = kind is not None and kind.name == "causal"  # causal models read the prompt (in a fixed wrapper)
+    texts = [(e.prompt or e.text) if causal else e.text for e in examples]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return sorted(range(len(examples)), key=lambda i: len(ids[i]))
 
 

@@ -17,7 +17,6 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import TaskpruneError
 from .models import Adapter, NeuronGroup, get_adapter
-from .models.slicing import slice_cols, slice_rows
 from .plan import PruningPlan
 
 
@@ -25,32 +24,26 @@ def slice_model(adapter: Adapter, keep: dict[str, torch.Tensor]) -> dict[str, in
     """Slice every group named in ``keep`` in place; returns the resulting width of every group.
 
     QK and VO of one attention must keep the same number of units per head. An attention cut to width
-    0 keeps a one-unit all-zero placeholder per head (see :mod:`taskprune.models.slicing`).
+    0 keeps a one-unit all-zero placeholder per head (see :mod:`taskprune.models.slicing`). Whole-head
+    groups (``heads``) are sliced by their adapter, which also keeps its GQA bookkeeping right.
     """
     groups = adapter.groups()
     widths = {g.name: g.size for g in groups}
     head_widths: dict[str, dict[str, int]] = {}
     for g in groups:
+        in_head = g.kind in ("qk", "vo")
         if g.name not in keep:
-            if g.kind != "ffn":  # its current tensor width (a zero-width placeholder has 1 unit per head)
+            if in_head:  # its current tensor width (a zero-width placeholder has 1 unit per head)
                 tensor_width = adapter.parts(g).producers[0].out_features // g.n_heads
                 head_widths.setdefault(g.attention, {}).setdefault(g.kind, tensor_width)
             continue
         idx = keep[g.name].to(torch.long)
-        _check_keep(g, idx)
-        zero = idx.numel() == 0 and g.kind != "ffn"
-        if zero:
-            idx = torch.arange(g.n_heads) * g.head_size
-        parts = adapter.parts(g)
-        for lin in parts.producers:
-            slice_rows(lin, idx, zero)
-        for lin in parts.consumers:
-            slice_cols(lin, idx, zero)
-        widths[g.name] = 0 if zero else int(idx.numel())
-        if g.kind != "ffn":
-            head_widths.setdefault(g.attention, {})[g.kind] = 1 if zero else int(idx.numel()) // g.n_heads
+        _check_keep(adapter, g, idx)
+        widths[g.name] = adapter.slice_group(g, idx)
+        if in_head:
+            head_widths.setdefault(g.attention, {})[g.kind] = max(widths[g.name], g.n_heads) // g.n_heads
     by_attention = {g.attention: g for g in groups if g.kind == "qk"}
-    sliced = {g.attention for g in groups if g.name in keep and g.kind != "ffn"}
+    sliced = {g.attention for g in groups if g.name in keep and g.kind in ("qk", "vo")}
     for attention, hw in head_widths.items():
         if attention not in sliced:
             continue
@@ -63,17 +56,15 @@ def slice_model(adapter: Adapter, keep: dict[str, torch.Tensor]) -> dict[str, in
     return widths
 
 
-def _check_keep(group: NeuronGroup, idx: torch.Tensor) -> None:
-    """Kept indices must be strictly increasing, in range, and equally many in every head."""
+def _check_keep(adapter: Adapter, group: NeuronGroup, idx: torch.Tensor) -> None:
+    """Kept indices must be strictly increasing, in range, and fit the group's head structure."""
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= group.size):
         raise TaskpruneError(f"plan keeps unit indices outside 0..{group.size - 1} in {group.name}")
     if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
         raise TaskpruneError(f"plan for {group.name} lists kept units out of order or twice; they must increase")
-    if idx.numel() % group.n_heads:
-        raise TaskpruneError(f"plan for {group.name} keeps {idx.numel()} units, not a multiple of {group.n_heads} heads")
-    per_head = torch.bincount(idx // group.head_size, minlength=group.n_heads) if idx.numel() else None
-    if per_head is not None and len(set(per_head.tolist())) != 1:
-        raise TaskpruneError(f"plan for {group.name} keeps unequal numbers of units per head")
+    problem = adapter.check_keep(group, idx)
+    if problem:
+        raise TaskpruneError(f"plan for {group.name} {problem}")
 
 
 def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> None:
@@ -88,8 +79,8 @@ def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> 
         if name not in groups or groups[name].size != g["size"]:
             raise TaskpruneError(f"plan group {name} does not exist in this model; the plan was made for another model")
         group = groups[name]
-        _check_keep(group, plan.keep(name))
-        if group.kind != "ffn" and slicing:
+        _check_keep(adapter, group, plan.keep(name))
+        if group.kind in ("qk", "vo") and slicing:
             per_head.setdefault(group.attention, {})[group.kind] = len(g["keep"]) // group.n_heads
     for attention, widths in per_head.items():
         if len(set(widths.values())) > 1:

@@ -38,7 +38,7 @@ def test_rank_scores_are_target_log_likelihoods(family: str) -> None:
     labels = LabelSpace.build(tok, TASK)
     start = get_adapter(model).decoder_start_token_id()
     (batch,) = batches(EXAMPLES, tok, 8)
-    got = rank_scores(model, batch, labels, start)
+    got = rank_scores(model, batch, labels)
     for c in range(2):
         dec_in, target = targets_for(labels, [c] * len(batch), start)
         with torch.no_grad():
@@ -75,7 +75,7 @@ def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: 
     leading word-pieces, a target that is the whole prefix, uneven lengths, padded inputs, pruned and zero-width
     models."""
     if budget is not None:  # the module, not the function taskprune.evaluate that shadows it on the package
-        monkeypatch.setattr(importlib.import_module("taskprune.evaluate"), "REPEAT_BUDGET_BYTES", budget)
+        monkeypatch.setattr(importlib.import_module("taskprune.lm"), "REPEAT_BUDGET_BYTES", budget)
     task = Task(name="toy", template="{text}", label_words=words)
     model, tok = make_model(family), make_tokenizer(family)
     g = torch.Generator().manual_seed(1)
@@ -84,7 +84,7 @@ def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: 
     labels, start = LabelSpace.build(tok, task), get_adapter(model).decoder_start_token_id()
     (batch,) = batches(EXAMPLES, tok, 8)
     assert (batch.attention_mask == 0).any()  # padded inputs are part of the check
-    torch.testing.assert_close(rank_scores(model, batch, labels, start), _per_candidate(model, batch, labels, start),
+    torch.testing.assert_close(rank_scores(model, batch, labels), _per_candidate(model, batch, labels, start),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -126,11 +126,11 @@ def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) 
         assert not calls  # the encoder did not run
         handle.remove()
         fresh = evaluate(model, tok, task, examples, batch_size=4)
-        torch.testing.assert_close(rank_scores(model, batch, labels, start, cache[0]),
-                                   rank_scores(model, batch, labels, start), rtol=0, atol=0)
-        masked_scores = rank_scores(model, batch, labels, start)
+        torch.testing.assert_close(rank_scores(model, batch, labels, cache[0]),
+                                   rank_scores(model, batch, labels), rtol=0, atol=0)
+        masked_scores = rank_scores(model, batch, labels)
     assert cached.predictions == fresh.predictions
-    assert not torch.equal(masked_scores, rank_scores(model, batch, labels, start))  # the mask did change the decoder
+    assert not torch.equal(masked_scores, rank_scores(model, batch, labels))  # the mask did change the decoder
 
 
 def test_length_sorting_keeps_the_callers_order_and_the_scores() -> None:
@@ -144,8 +144,7 @@ def test_length_sorting_keeps_the_callers_order_and_the_scores() -> None:
     examples = [Example(t, i % 2) for i, t in enumerate(texts)]
     assert [len(texts[i]) for i in length_order(examples, make_tokenizer("t5-relu"))][0] == 3  # "bad" first
     model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
-    ranked = lambda exs: [rank_scores(model, b, LabelSpace.build(tok, task),  # noqa: E731
-                                      get_adapter(model).decoder_start_token_id()).argmax(1).item()
+    ranked = lambda exs: [rank_scores(model, b, LabelSpace.build(tok, task)).argmax(1).item()  # noqa: E731
                           for b in batches(exs, tok, 1)]
     assert evaluate(model, tok, task, examples, batch_size=4).predictions == ranked(examples)
     forward = score(model, tok, task, examples, batch_size=2)

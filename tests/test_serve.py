@@ -52,8 +52,7 @@ def _direct(model: torch.nn.Module, tok, task: str, texts: list[str]) -> list[li
     t = get_task(task)
     out = []
     for b in batches([Example(x, 0) for x in texts], tok, 1):
-        out += rank_scores(model, b, LabelSpace.build(tok, t), get_adapter(model).decoder_start_token_id()
-                           ).softmax(-1).tolist()
+        out += rank_scores(model, b, LabelSpace.build(tok, t)).softmax(-1).tolist()
     return out
 
 

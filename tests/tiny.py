@@ -81,3 +81,50 @@ def tiny_bert2bert(seed: int = 0, layers: int = 2) -> EncoderDecoderModel:
     config.eos_token_id = 3
     model = EncoderDecoderModel(config=config).eval()
     return model
+
+
+# -- decoder-only (Llama layout) --------------------------------------------------------------------------
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def tiny_causal_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with the special tokens of a chat LM; ``chat`` gives it a (ChatML-like) template."""
+    specials = ["<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    words = WORDS + ["user", "assistant", "Answer:", "review", "?", "or", "with", "one", "word", "Review:"]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if chat:
+        out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+CAUSAL_VOCAB = len(WORDS) + 15
+
+
+def tiny_causal(model_type: str = "llama", seed: int = 0, layers: int = 2, heads: int = 4, kv_heads: int = 2):  # noqa: ANN201
+    """A tiny random LM of the Llama layout: GQA (``heads`` query heads over ``kv_heads`` KV heads), RoPE, SwiGLU.
+
+    ``model_type``: llama, mistral, qwen2 (q/k/v biases) or qwen3 (per-head q/k norms, head_dim != hidden/heads).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=CAUSAL_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+              pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=model_type != "mistral")
+    if model_type == "qwen3":
+        kw["head_dim"] = 12  # not hidden / heads: the config must say it
+    config = AutoConfig.for_model(model_type, **kw)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if model_type == "qwen2":  # make its attention biases matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    lin.bias.normal_(0, 0.5)
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import TaskpruneError
-from . import bert2bert, t5  # noqa: F401  (register the built-in adapters)
+from . import bert2bert, llama, t5  # noqa: F401  (register the built-in adapters)
 from .base import GROUP_KINDS, LAYER_TYPES, MODULES, Adapter, GroupParts, NeuronGroup, Site, registered_adapters
 
 
@@ -18,7 +18,9 @@ def get_adapter(model: nn.Module) -> Adapter:
     names = ", ".join(sorted(registered_adapters()))
     raise TaskpruneError(
         f"unsupported architecture {kind!r} ({type(model).__name__}); supported families: {names} "
-        "(T5/mT5/Flan-T5 ForConditionalGeneration and BERT-family EncoderDecoderModel)"
+        "(T5/mT5/Flan-T5 ForConditionalGeneration, BERT-family EncoderDecoderModel, and decoder-only LMs of the "
+        "Llama layout: Llama, Mistral, Qwen2, Qwen3, SmolLM2 ForCausalLM; fused-QKV layouts such as GPT-2 and "
+        "Phi-3 are not supported)"
     )
 
 

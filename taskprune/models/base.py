@@ -19,11 +19,13 @@ from torch.utils.hooks import RemovableHandle
 
 ModuleName = Literal["encoder", "decoder"]
 LayerType = Literal["self_attn", "cross_attn", "ffn"]
-GroupKind = Literal["ffn", "qk", "vo"]
+#: ``qk``/``vo``: dims inside the heads of an attention (T5, BERT); ``heads``: whole query heads of a
+#: grouped-query attention, units blocked by the key/value head they read (decoder-only LMs, rotary heads)
+GroupKind = Literal["ffn", "qk", "vo", "heads"]
 
 MODULES: tuple[str, ...] = ("encoder", "decoder")
 LAYER_TYPES: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")
-GROUP_KINDS: tuple[str, ...] = ("ffn", "qk", "vo")
+GROUP_KINDS: tuple[str, ...] = ("ffn", "qk", "vo", "heads")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class NeuronGroup:
 
     ``size`` units are split into ``n_heads`` equal blocks (1 block for FFN); selection ranks units
     within each block so that every head keeps the same width and the result is a stock architecture.
+    For ``heads`` groups a unit is a whole query head (``unit_width`` = head_dim activations at the output
+    projection's input) and a block is a key/value group: under GQA every KV head keeps as many query heads.
     """
 
     name: str  # e.g. "decoder.3.cross_attn.qk"
@@ -41,6 +45,7 @@ class NeuronGroup:
     depth: int
     size: int
     n_heads: int = 1
+    unit_width: int = 1  # activations per unit at the group's site (head_dim for whole-head units)
 
     @property
     def head_size(self) -> int:
@@ -57,18 +62,34 @@ class NeuronGroup:
 
 @dataclass(frozen=True)
 class Site:
-    """Where a group's activation is observed: the input or the output of ``module`` (units on the last dim)."""
+    """Where a group's activation is observed: the input or the output of ``module`` (units on the last dim).
+
+    With ``unit_width`` w > 1 (whole heads) the tensor ``[..., units * w]`` is shown to ``fn`` as
+    ``[..., w, units]``: the units are still on the last dim and the head's dims count as positions, so a
+    sum over positions of h * grad is the attribution of the head's gate, and a mask of one value per unit
+    broadcasts. The view ``fn`` sees is what flows on (reshaped back), so gradients reach it.
+    """
 
     module: nn.Module
     where: Literal["input", "output"]
+    unit_width: int = 1
 
     def hook(self, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
         """Call ``fn`` on the site's activation at every forward; a tensor it returns replaces the activation."""
+        w = self.unit_width
+
+        def call(t: torch.Tensor) -> torch.Tensor | None:
+            if w == 1:
+                return fn(t)
+            view = t.unflatten(-1, (-1, w)).transpose(-1, -2)  # [..., w, units]
+            new = fn(view)
+            return (view if new is None else new).transpose(-1, -2).flatten(-2)
+
         if self.where == "output":
-            return self.module.register_forward_hook(lambda _m, _i, output: fn(output))
+            return self.module.register_forward_hook(lambda _m, _i, output: call(output))
 
         def pre(_m: nn.Module, inputs: tuple) -> tuple | None:
-            new = fn(inputs[0])
+            new = call(inputs[0])
             return None if new is None else (new, *inputs[1:])
 
         return self.module.register_forward_pre_hook(pre)
@@ -94,6 +115,8 @@ class Adapter(ABC):
     """
 
     family: ClassVar[str]
+    #: how the model maps an input to label probabilities (:mod:`taskprune.lm`): "seq2seq" or "causal"
+    kind: ClassVar[str] = "seq2seq"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -119,9 +142,9 @@ class Adapter(ABC):
     def write_widths(self, config: Any, widths: dict[str, int]) -> None:
         """Record widths in ``config``: stock fields (d_ff, d_kv, intermediate_size) where uniform and > 0."""
 
-    @abstractmethod
     def decoder_start_token_id(self) -> int:
-        """Token that starts every decoder sequence (teacher forcing and generation)."""
+        """Token that starts every decoder sequence (teacher forcing and generation); seq2seq families only."""
+        raise NotImplementedError(f"{self.family} models have no decoder start token")
 
     # ----- generic behaviour built on the abstract pieces -------------------------------------------
 
@@ -130,7 +153,40 @@ class Adapter(ABC):
         parts = self.parts(group)
         if group.kind == "qk":
             return [Site(p, "output") for p in parts.producers]
-        return [Site(parts.consumers[0], "input")]
+        return [Site(parts.consumers[0], "input", group.unit_width)]
+
+    def slice_group(self, group: NeuronGroup, keep: torch.Tensor) -> int:
+        """Slice ``group`` in place to the units ``keep`` (validated); returns the width it now reports.
+
+        Rows of the producers and columns of the consumers. An attention group cut to nothing keeps one
+        all-zero unit per head as a placeholder (see :mod:`.slicing`); whole-head families override this.
+        """
+        from .slicing import slice_cols, slice_rows
+
+        zero = keep.numel() == 0 and group.kind != "ffn"
+        idx = torch.arange(group.n_heads) * group.head_size if zero else keep
+        parts = self.parts(group)
+        for lin in parts.producers:
+            slice_rows(lin, idx, zero)
+        for lin in parts.consumers:
+            slice_cols(lin, idx, zero)
+        return 0 if zero else int(idx.numel())
+
+    def skeleton_keep(self, group: NeuronGroup, width: int) -> torch.Tensor:
+        """Units to keep so that a freshly built (unpruned) model gets the shape a pruned one recorded as ``width``:
+        the first ``width / n_heads`` units of every head (the weights are loaded afterwards)."""
+        per_head = width // group.n_heads
+        starts = torch.arange(group.n_heads).unsqueeze(1) * group.head_size
+        return (torch.arange(per_head).unsqueeze(0) + starts).reshape(-1)
+
+    def check_keep(self, group: NeuronGroup, keep: torch.Tensor) -> str | None:
+        """Why ``keep`` cannot be this group's kept units (None if it can): every head keeps as many units."""
+        if keep.numel() % group.n_heads:
+            return f"keeps {keep.numel()} units, not a multiple of {group.n_heads} heads"
+        per_head = torch.bincount(keep // group.head_size, minlength=group.n_heads) if keep.numel() else None
+        if per_head is not None and len(set(per_head.tolist())) != 1:
+            return "keeps unequal numbers of units per head"
+        return None
 
     def prunable_parameters(self, group: NeuronGroup, width: int | None = None) -> int:
         """Parameters owned by ``group`` at ``width`` units (default: its current size)."""
@@ -138,7 +194,7 @@ class Adapter(ABC):
         parts = self.parts(group)
         per_unit = sum(p.in_features + (p.bias is not None) for p in parts.producers)
         per_unit += sum(c.out_features for c in parts.consumers)
-        return per_unit * width
+        return per_unit * width * group.unit_width
 
     def group_by_name(self) -> dict[str, NeuronGroup]:
         return {g.name: g for g in self.groups()}

@@ -12,19 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import IGNORE, Batch, targets_for
+from ..data import IGNORE, Batch
+from ..lm import teacher_forced_logits
 from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
-def _target_probs(model: nn.Module, batch: Batch, dec_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """P(y_j | x, y_<j) for every target position (0 where the target is padding), shape [B, L]."""
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        decoder_input_ids=dec_in,
-        use_cache=False,
-    ).logits
+def _target_probs(model: nn.Module, batch: Batch, labels, classes: list[int]) -> torch.Tensor:  # noqa: ANN001
+    """P(y_j | x, y_<j) of each class's word-pieces at every target position (0 where padding), shape [B, L]."""
+    logits, target = teacher_forced_logits(model, batch, labels, classes, pieces_only=True)
     probs = logits.float().softmax(-1)
     valid = target != IGNORE
     picked = probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -44,10 +40,8 @@ def supervised_attribution(job: ScoringJob) -> Scores:
     """Supervised attribution toward each example's gold label (eqs. 4-6)."""
     model, labels, config = job.model, job.labels, job.config
 
-    def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
-        device = batch.input_ids.device
-        dec_in, target = targets_for(labels, batch.gold.tolist(), start, pieces_only=True)
-        objective = _target_probs(model, batch, dec_in.to(device), target.to(device)).sum()
+    def per_batch(rec: ActivationRecorder, batch: Batch, scores: Scores) -> None:
+        objective = _target_probs(model, batch, labels, batch.gold.tolist()).sum()
         names, tensors = rec.flat()
         grads = torch.autograd.grad(objective, tensors, allow_unused=True)
         per_example: dict[str, torch.Tensor] = {}
@@ -66,11 +60,9 @@ def unsupervised_attribution(job: ScoringJob) -> Scores:
     """Label-free attribution over every candidate label with absolute values (eq. 10)."""
     model, labels = job.model, job.labels
 
-    def per_batch(rec: ActivationRecorder, batch: Batch, start: int, scores: Scores) -> None:
-        device = batch.input_ids.device
+    def per_batch(rec: ActivationRecorder, batch: Batch, scores: Scores) -> None:
         for c in range(len(labels)):
-            dec_in, target = targets_for(labels, [c] * len(batch), start, pieces_only=True)
-            probs = _target_probs(model, batch, dec_in.to(device), target.to(device))
+            probs = _target_probs(model, batch, labels, [c] * len(batch))
             names, tensors = rec.flat()
             grad_abs = [torch.zeros_like(t, dtype=torch.float32) for t in tensors]
             for j in range(labels.n_pieces[c]):

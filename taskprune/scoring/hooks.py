@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data import Batch
+from ..lm import TeacherForced, model_kind
 from ..models import Adapter, NeuronGroup, get_adapter
 from .base import Scores, ScoringJob
 
@@ -43,25 +44,13 @@ class ActivationRecorder:
                     tensors.append(t)
         return names, tensors
 
-    def position_masks(self, batch: Batch, decoder_valid: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        """Per captured tensor, a [B, T] mask of its real (non-padding) positions.
-
-        Encoder groups and the key side of cross-attention live on input positions; everything else in the
-        decoder lives on target positions. Needed where no gradient zeroes padding for us (activation scores).
-        """
-        masks: dict[str, list[torch.Tensor]] = {}
+    def position_masks(self, batch: Batch, tf: TeacherForced) -> dict[str, list[torch.Tensor]]:
+        """Per captured tensor, a [B, T] mask of its real (non-padding) positions (the model kind knows which
+        sequence each site runs over). Needed where no gradient zeroes padding for us (activation scores)."""
+        kind = model_kind(self.adapter.model)
         by_name = {g.name: g for g in self.groups}
-        for name, tensors in self.captured.items():
-            g = by_name[name]
-            out = []
-            for i, t in enumerate(tensors):
-                if t is None:
-                    continue
-                # site 1 of a cross-attention QK group is the key projection, applied to the encoder output
-                on_input = g.module == "encoder" or (g.layer_type == "cross_attn" and g.kind == "qk" and i == 1)
-                out.append(batch.attention_mask if on_input else decoder_valid)
-            masks[name] = out
-        return masks
+        return {name: [kind.site_mask(by_name[name], i, batch, tf) for i, t in enumerate(tensors) if t is not None]
+                for name, tensors in self.captured.items()}
 
     def _store(self, name: str, index: int):  # noqa: ANN202
         slots = self.captured[name]
@@ -73,12 +62,8 @@ class ActivationRecorder:
 
     def attach(self) -> None:
         model = self.adapter.model
-        seen: set[int] = set()
-        for stack in (model.get_encoder(), model.get_decoder()) if self.grad else ():
-            emb = stack.get_input_embeddings()
-            if id(emb) not in seen:
-                seen.add(id(emb))
-                self._handles.append(emb.register_forward_hook(_require_grad))
+        for emb in model_kind(model).input_embeddings(model) if self.grad else ():
+            self._handles.append(emb.register_forward_hook(_require_grad))
         for g in self.groups:
             for index, site in enumerate(self.adapter.sites(g)):
                 self._handles.append(site.hook(self._store(g.name, index)))
@@ -117,16 +102,15 @@ def recording(adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) ->
 def run_scoring(
     job: ScoringJob,
     desc: str,
-    per_batch: Callable[[ActivationRecorder, Batch, int, Scores], None],
+    per_batch: Callable[[ActivationRecorder, Batch, Scores], None],
     grad: bool = True,
 ) -> Scores:
     """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
     adapter = get_adapter(job.model)
     device = next(job.model.parameters()).device
-    start = adapter.decoder_start_token_id()
     scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
     with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec:
         for batch in job.progress(job.batches, desc, len(job.batches)):
-            per_batch(rec, batch.to(device), start, scores)
+            per_batch(rec, batch.to(device), scores)
             rec.clear()
     return {k: v.cpu() for k, v in scores.items()}

@@ -2,7 +2,7 @@
 
 Same computation as supervised attribution (eqs. 4-6, same aggregation options), but each example's target
 is a fresh draw of as many random vocabulary ids as its gold label has word-pieces (then EOS), excluding
-every label word-piece, the EOS and the decoder start token. The draw depends on ``ScoreConfig.seed``.
+every label word-piece, the EOS (end of turn) and, for seq2seq models, the decoder start token. The draw depends on ``ScoreConfig.seed``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def random_attribution(job: ScoringJob) -> Scores:
     # per-batch calls: keep signs until the end so that abs_sum means |sum over ALL examples|
     per_batch_config = replace(config, example_agg="signed") if config.example_agg == "abs_sum" else config
     vocab = model.get_output_embeddings().weight.shape[0]
-    avoid = {t for target in labels.targets for t in target} | {get_adapter(model).decoder_start_token_id()}
+    avoid = {t for target in labels.targets for t in target}
+    if get_adapter(model).kind == "seq2seq":
+        avoid.add(get_adapter(model).decoder_start_token_id())
     total: Scores = {}
     for batch in job.progress(job.batches, "random attribution", len(job.batches)):
         gold = batch.gold.tolist()

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import IGNORE, Batch, targets_for
+from ..data import IGNORE
 from ..errors import TaskpruneError
+from ..lm import TeacherForced, model_kind
 from ..models import NeuronGroup, get_adapter
 from ..plan import RateSpec, select_units
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
@@ -79,28 +80,27 @@ def _optimise(
     scores: dict[str, torch.Tensor],
     rates: dict[str, float],
     hard_mask: Callable[[str, torch.Tensor, float], torch.Tensor],
-    forward: Callable[[Batch, torch.Tensor, Masks], torch.Tensor],
+    forward: Callable[[TeacherForced, Masks], torch.Tensor],
     desc: str,
 ) -> list[float]:
     """The SMP loop shared by both granularities; returns the loss of every step.
 
-    ``forward(batch, decoder_input_ids, masks)`` runs the model with the given (STE) masks applied.
+    ``forward(teacher_forced, masks)`` runs the model with the given (STE) masks applied and returns the logits
+    aligned with the target (:mod:`taskprune.lm`).
     """
     model, config = job.model, job.config
     cfg = config.smp
-    adapter = get_adapter(model)
+    kind = model_kind(model)
     device = next(model.parameters()).device
-    start = adapter.decoder_start_token_id()
     prepared = []
     for batch in job.batches:
         batch = batch.to(device)
-        dec_in, target = targets_for(job.labels, batch.gold.tolist(), start)
-        dec_in, target = dec_in.to(device), target.to(device)
+        tf = kind.teacher_forced(model, batch, job.labels, batch.gold.tolist())
         teacher = None
         if cfg.distill > 0:
             with torch.no_grad():
-                teacher = forward(batch, dec_in, {}).float()
-        prepared.append((batch, dec_in, target, teacher))
+                teacher = forward(tf, {}).float()
+        prepared.append((tf, teacher))
     optimiser = torch.optim.Adam(list(scores.values()), lr=cfg.lr)
     order = torch.Generator().manual_seed(config.seed)
     queue: list[int] = []
@@ -109,12 +109,12 @@ def _optimise(
         for step in job.progress(range(cfg.steps), desc, cfg.steps):
             if not queue:
                 queue = torch.randperm(len(prepared), generator=order).tolist()
-            batch, dec_in, target, teacher = prepared[queue.pop()]
+            tf, teacher = prepared[queue.pop()]
             masks = {}
             for name, s in scores.items():
                 hard = hard_mask(name, s.detach(), removed_fraction(step, cfg, rates[name]))
                 masks[name] = hard + s - s.detach()  # straight-through: forward uses the hard mask, grad flows to s
-            loss = _loss(forward(batch, dec_in, masks), target, teacher, cfg)
+            loss = _loss(forward(tf, masks), tf.target, teacher, cfg)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -148,11 +148,12 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     def hard(name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         return per_group[name](name, s, rate)
 
-    def forward(batch: Batch, dec_in: torch.Tensor, masks: Masks) -> torch.Tensor:
+    kind = model_kind(model)
+
+    def forward(tf: TeacherForced, masks: Masks) -> torch.Tensor:
         masks_now.clear()
         masks_now.update(masks)
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
-                     use_cache=False).logits
+        return kind.aligned_logits(model(**tf.kwargs).logits, tf)
 
     def site_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         return lambda t: t * masks_now[name].to(t.dtype) if name in masks_now else None
@@ -209,11 +210,11 @@ def learn_weight_masks(job: ScoringJob) -> tuple[Masks, list[float]]:
     scores = {n: torch.zeros(lin.weight.shape, device=device, requires_grad=True) for n, (lin, _) in weights.items()}
     rate_of = {n: r for n, (_, r) in weights.items()}
 
-    def forward(batch: Batch, dec_in: torch.Tensor, masks: Masks) -> torch.Tensor:
+    kind = model_kind(model)
+
+    def forward(tf: TeacherForced, masks: Masks) -> torch.Tensor:
         params = {n: weights[n][0].weight * m.to(weights[n][0].weight.dtype) for n, m in masks.items()}
-        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec_in,
-                      use_cache=False)
-        return functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
+        return kind.aligned_logits(functional_call(model, params, args=(), kwargs=tf.kwargs, strict=False).logits, tf)
 
     with recording(get_adapter(model), [], grad=False):
         losses = _optimise(job, scores, rate_of, _weight_mask, forward, "smp (unstructured)")

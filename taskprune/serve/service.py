@@ -26,6 +26,7 @@ from ..checkpoint import load_model, load_tokenizer
 from ..data import LabelSpace, batches
 from ..errors import TaskpruneError
 from ..evaluate import rank_scores
+from ..lm import model_kind
 from ..fingerprint import fingerprint
 from ..io import atomic_write_text
 from ..models import get_adapter
@@ -284,14 +285,14 @@ class TaskService:
         """Rank classification of rendered inputs, in chunks of ``max_batch``; runs the model (call off-loop)."""
         model = self.model_for(task, dense)
         t = self.task(task)
-        labels = self._labels.get(t.name) or self._labels.setdefault(t.name, LabelSpace.build(self.tok, t))
-        start = get_adapter(model).decoder_start_token_id()
+        kind = model_kind(model)
+        labels = self._labels.get(t.name) or self._labels.setdefault(t.name, kind.label_space(self.tok, t))
         device = next(model.parameters()).device
         out: list[Prediction] = []
         examples = [Example(text, 0) for text in texts]
-        for batch in batches(examples, self.tok, self.limits.max_batch, self.limits.max_length):
+        for batch in batches(examples, self.tok, self.limits.max_batch, self.limits.max_length, kind):
             self.metrics.batch_inputs.observe(len(batch.input_ids))
-            logp = rank_scores(model, batch.to(device), labels, start)
+            logp = rank_scores(model, batch.to(device), labels)
             probs = logp.softmax(-1)
             for row in probs.tolist():
                 best = max(range(len(row)), key=row.__getitem__)

@@ -21,16 +21,22 @@ KNOWN_METRICS: tuple[str, ...] = ("accuracy", "f1", "macro_f1")
 #: The two data splits. ``fit``: what the model is fit on and attribution examples are drawn from.
 SPLITS: tuple[str, ...] = ("fit", "eval")
 
-_TASK_KEYS = ("name", "template", "label_words", "label_values", "label_column", "metrics", "files")
+_TASK_KEYS = ("name", "template", "label_words", "label_values", "label_column", "metrics", "files",
+              "causal_template")
 
 
 @dataclass(frozen=True)
 class Example:
-    """One rendered example: ``text`` is the model input, ``label`` an index into ``task.label_words``."""
+    """One rendered example: ``text`` is the model input, ``label`` an index into ``task.label_words``.
+
+    ``prompt`` is the same row rendered by the task's ``causal_template`` (an instruction for decoder-only
+    LMs), empty when the task has none: causal models then read ``text``.
+    """
 
     text: str
     label: int
     uid: str = ""
+    prompt: str = ""
 
 
 def template_columns(template: str) -> tuple[str, ...]:
@@ -71,7 +77,9 @@ class Task:
 
     ``label_values`` are the labels as they appear in the data, compared as lowercase strings; they
     default to ``label_words``. ``files`` (user tasks only) maps a split ("fit"/"eval") to a JSONL/CSV
-    file; it is stored as sorted pairs so the task stays hashable.
+    file; it is stored as sorted pairs so the task stays hashable. ``causal_template`` is the prompt that
+    decoder-only LMs read instead of ``template`` (T5-style prefixes mean nothing to them): an instruction
+    that names the label words, wrapped in the tokenizer's chat template where it has one (:mod:`taskprune.lm`).
     """
 
     name: str
@@ -81,6 +89,7 @@ class Task:
     label_column: str = "label"
     metrics: tuple[str, ...] = ("accuracy",)
     files: tuple[tuple[str, str], ...] = field(default=())
+    causal_template: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -88,6 +97,10 @@ class Task:
         if not isinstance(self.template, str) or not self.template:
             raise TaskpruneError(f"task {self.name!r} needs a non-empty 'template', e.g. \"review: {{text}}\"")
         template_columns(self.template)
+        if not isinstance(self.causal_template, str):
+            raise TaskpruneError(f"task {self.name!r}: 'causal_template' must be a string template")
+        if self.causal_template:
+            template_columns(self.causal_template)
         words = _str_tuple(self.name, "label_words", self.label_words)
         values = _str_tuple(self.name, "label_values", self.label_values) if self.label_values else words
         values = tuple(v.strip().lower() for v in values)
@@ -127,8 +140,10 @@ class Task:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Columns the template reads (the label column is separate)."""
-        return template_columns(self.template)
+        """Columns the templates read (the label column is separate)."""
+        cols = template_columns(self.template)
+        extra = template_columns(self.causal_template) if self.causal_template else ()
+        return cols + tuple(c for c in extra if c not in cols)
 
     @property
     def num_labels(self) -> int:
@@ -139,8 +154,13 @@ class Task:
         """``files`` as a dict split -> path (empty for built-in tasks)."""
         return dict(self.files)
 
-    def render(self, row: Mapping[str, Any]) -> str:
-        """The model input for one raw row; string fields are stripped (SST-2 has trailing spaces)."""
+    def render(self, row: Mapping[str, Any], causal: bool = False) -> str:
+        """The model input for one raw row; string fields are stripped (SST-2 has trailing spaces).
+
+        ``causal`` renders the causal prompt ("" when the task has none)."""
+        template = self.causal_template if causal else self.template
+        if not template:
+            return ""
         missing = [c for c in self.columns if c not in row]
         if missing:
             raise TaskpruneError(
@@ -149,9 +169,9 @@ class Task:
             )
         clean = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if isinstance(k, str)}
         try:
-            return self.template.format(**clean)
+            return template.format(**clean)
         except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-            raise TaskpruneError(f"task {self.name!r}: cannot render template {self.template!r}: {exc}") from None
+            raise TaskpruneError(f"task {self.name!r}: cannot render template {template!r}: {exc}") from None
 
     def label_index(self, raw: Any) -> int:
         """Index of a raw label (int, bool or str such as "1", "True", "entailment"); label words also match."""
@@ -178,6 +198,8 @@ class Task:
         }
         if self.files:
             out["files"] = dict(self.files)
+        if self.causal_template:
+            out["causal_template"] = self.causal_template
         return out
 
     @classmethod

@@ -1,4 +1,5 @@
-"""The built-in GLUE/SuperGLUE tasks, with the T5 paper's task prefixes and label words.
+"""The built-in GLUE/SuperGLUE tasks, with the T5 paper's task prefixes and label words, and an instruction
+prompt for decoder-only LMs (``causal_template``).
 
 Each built-in has a :class:`Task` plus two small records that say where its data lives: a
 :class:`DirSpec` for a GLUE/SuperGLUE folder in the original layout (``glue/SST-2/train.tsv``) and an
@@ -53,21 +54,41 @@ _MRPC_RENAMES = (
 _ENTAIL2 = ("entailment", "not_entailment")
 _ENTAIL3 = ("entailment", "contradiction", "neutral")
 
+def _ask(question: str, fields: str, words: tuple[str, ...]) -> str:
+    """A causal-LM instruction: the question, the row's fields, then the label words to answer with."""
+    return f"{question}\n{fields}\nAnswer with one word: {' or '.join(words)}."
+
+
+_SST2 = ("negative", "positive")
+_MRPC = ("not_equivalent", "equivalent")
+
 BUILTIN_TASKS: dict[str, Task] = {
-    "sst2": Task("sst2", "sst2 sentence: {sentence}", ("negative", "positive"), ("0", "1")),
+    "sst2": Task("sst2", "sst2 sentence: {sentence}", _SST2, ("0", "1"),
+                 causal_template=_ask("Is the sentiment of this movie review positive or negative?",
+                                      "Review: {sentence}", _SST2)),
     "mrpc": Task(
         "mrpc",
         "mrpc sentence1: {sentence1} sentence2: {sentence2}",
-        ("not_equivalent", "equivalent"),
+        _MRPC,
         ("0", "1"),
         metrics=("accuracy", "f1"),
+        causal_template=_ask("Do these two sentences mean the same thing?",
+                             "Sentence 1: {sentence1}\nSentence 2: {sentence2}", _MRPC),
     ),
-    "qnli": Task("qnli", "qnli question: {question} sentence: {sentence}", _ENTAIL2, _ENTAIL2),
-    "rte": Task("rte", "rte sentence1: {sentence1} sentence2: {sentence2}", _ENTAIL2, _ENTAIL2),
+    "qnli": Task("qnli", "qnli question: {question} sentence: {sentence}", _ENTAIL2, _ENTAIL2,
+                 causal_template=_ask("Does the sentence contain the answer to the question?",
+                                      "Question: {question}\nSentence: {sentence}", _ENTAIL2)),
+    "rte": Task("rte", "rte sentence1: {sentence1} sentence2: {sentence2}", _ENTAIL2, _ENTAIL2,
+                causal_template=_ask("Does the first sentence entail the second one?",
+                                     "Sentence 1: {sentence1}\nSentence 2: {sentence2}", _ENTAIL2)),
     "cb": Task(
-        "cb", "cb hypothesis: {hypothesis} premise: {premise}", _ENTAIL3, _ENTAIL3, metrics=("accuracy", "macro_f1")
+        "cb", "cb hypothesis: {hypothesis} premise: {premise}", _ENTAIL3, _ENTAIL3, metrics=("accuracy", "macro_f1"),
+        causal_template=_ask("Does the premise entail the hypothesis, contradict it, or neither (neutral)?",
+                             "Premise: {premise}\nHypothesis: {hypothesis}", _ENTAIL3),
     ),
-    "boolq": Task("boolq", "boolq question: {question} passage: {passage}", ("false", "true"), ("false", "true")),
+    "boolq": Task("boolq", "boolq question: {question} passage: {passage}", ("false", "true"), ("false", "true"),
+                  causal_template=_ask("Read the passage and answer the question with true or false.",
+                                       "Passage: {passage}\nQuestion: {question}?", ("true", "false"))),
 }
 
 DIR_SPECS: dict[str, DirSpec] = {

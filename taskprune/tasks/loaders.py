@@ -94,12 +94,13 @@ def rows_to_examples(
             )
         try:
             text = task.render(row)
+            prompt = task.render(row, causal=True)
             label = task.label_index(row[task.label_column])
         except TaskpruneError as exc:
             raise TaskpruneError(f"{where}, line {line}: {exc}") from None
         idx = row.get("idx", row.get("index"))
         uid = f"{uid_prefix}-{idx}" if isinstance(idx, (int, str)) and str(idx).strip() else f"{uid_prefix}-L{line}"
-        examples.append(Example(text=text, label=label, uid=uid))
+        examples.append(Example(text=text, label=label, uid=uid, prompt=prompt))
     if not examples:
         raise TaskpruneError(f"{where} holds no examples")
     return examples
