@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,8 @@ from .io import atomic_write_text
 from .models import LAYER_TYPES, MODULES, NeuronGroup, get_adapter
 
 PLAN_FORMAT = "taskprune-plan/1"
+#: what a whole-head group removes: query heads (as many per KV group) or whole key/value groups
+HEAD_GRANULARITIES: tuple[str, ...] = ("query", "kv")
 
 
 def check_rate(rate: float, what: str = "rate") -> float:
@@ -45,6 +48,9 @@ class RateSpec:
     QK and VO of one attention always share a rate, so every head keeps one width (a stock ``d_kv``).
     ``multiple_of`` rounds every kept width up to a multiple of it (never prunes more than asked), because matrix
     kernels work in blocks of 8 or 16 and a width off the block pays for the padding (see :func:`select_units`).
+    ``head_granularity`` says what a whole-head group (decoder-only LMs, ``heads``) removes: ``query`` heads, as
+    many in every key/value group, or whole ``kv`` groups with their query heads (which also shrinks the KV cache).
+    Dims inside a rotary head are never removed (rotary pairs and per-head q/k norms would break).
     """
 
     rate: float = 0.0
@@ -54,8 +60,14 @@ class RateSpec:
     layer_type_rates: dict[str, float] = field(default_factory=dict)
     depth_rates: list[tuple[int, int, float]] = field(default_factory=list)
     multiple_of: int = 1
+    head_granularity: str = "query"
 
     def __post_init__(self) -> None:
+        if self.head_granularity not in HEAD_GRANULARITIES:
+            raise TaskpruneError(
+                f"head granularity {self.head_granularity!r} is not one of {', '.join(HEAD_GRANULARITIES)}: "
+                "decoder-only attention is pruned by whole heads (query heads, or whole key/value groups); dims "
+                "inside a rotary head are never pruned (rotary pairs and per-head q/k norms would break)")
         if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or self.multiple_of < 1:
             raise TaskpruneError(f"multiple_of must be a positive integer (a width granularity), got {self.multiple_of!r}")
         self.modules = tuple(self.modules)
@@ -96,6 +108,8 @@ class RateSpec:
         d["depth_rates"] = [list(x) for x in self.depth_rates]
         if self.multiple_of == 1:  # the default stays out: plans and sweep rows from before it compare equal
             del d["multiple_of"]
+        if self.head_granularity == "query":
+            del d["head_granularity"]
         return d
 
     @classmethod
@@ -132,6 +146,14 @@ def select_units(scores: torch.Tensor, n_heads: int, rate: float, multiple_of: i
     return torch.sort(kept).values
 
 
+def select_kv_groups(scores: torch.Tensor, n_groups: int, rate: float) -> torch.Tensor:
+    """Query heads kept when whole key/value groups go: a group scores the sum of its query heads' scores and the
+    ``floor(groups * p)`` lowest groups are removed with all their query heads."""
+    per = scores.numel() // n_groups
+    kept = select_units(scores.detach().float().reshape(n_groups, per).sum(1), 1, rate)
+    return (kept.unsqueeze(1) * per + torch.arange(per)).reshape(-1)
+
+
 @dataclass
 class PruningPlan:
     """Kept unit indices per group, plus the provenance needed to trust and reproduce them."""
@@ -164,6 +186,16 @@ class PruningPlan:
                 f"{actual}); make a new plan for this model with `taskprune plan` (fingerprints hash float16-rounded "
                 "weights: the same model in bfloat16 differs, so plan and prune at one --dtype)"
             )
+
+    def check_complete(self, groups: Iterable[NeuronGroup]) -> None:
+        """Refuse a plan lacking a group of the model: plans list every group, kept whole or not, so a missing one
+        is an edited or cut-short plan, not "keep it" (for an attention it would pair a pruned Q/K with a whole V/O).
+        """
+        missing = [g.name for g in groups if g.name not in self.groups]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise TaskpruneError(f"the plan lacks group {missing[0]}{more} of this model; a plan lists every group, "
+                                 "so it was edited or cut short: make it again with `taskprune plan`")
 
     # -- persistence --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -220,8 +252,19 @@ def make_plan(
     Groups pruned at rate 0 (and empty groups) need no score; every other group must have one of matching size.
     """
     adapter = get_adapter(model)
+    bad = [name for name, s in scores.items() if not bool(torch.isfinite(s).all())]
+    if bad:  # NaN compares false to everything: ranking it would keep an arbitrary half, silently
+        raise TaskpruneError(f"scores for {bad[0]}{f' (and {len(bad) - 1} more groups)' if len(bad) > 1 else ''} are "
+                             "not finite (NaN or inf): score again (with --dtype float32 if these came from float16)")
+    all_groups = adapter.groups()
+    if not any(g.module in rates.modules and g.layer_type in rates.layer_types for g in all_groups):
+        raise TaskpruneError(
+            f"the pruning scope (modules {'+'.join(rates.modules)}, layer types {'+'.join(rates.layer_types)}) holds "
+            f"no group of this {adapter.family} model, whose groups are in modules "
+            f"{'+'.join(sorted({g.module for g in all_groups}))} and layer types "
+            f"{'+'.join(sorted({g.layer_type for g in all_groups}))}")
     groups: dict[str, dict[str, Any]] = {}
-    for g in adapter.groups():
+    for g in all_groups:
         rate = rates.rate_for(g)
         if rate == 0.0 or g.size == 0:  # nothing to choose: keep all (an already-empty group stays empty)
             keep = torch.arange(g.size)
@@ -234,7 +277,10 @@ def make_plan(
                     f"scores for {g.name} have {s.numel()} units but the model has {g.size}; "
                     "the scores were made for another model"
                 )
-            keep = select_units(s, g.n_heads, rate, rates.multiple_of)
+            if g.kind == "heads" and rates.head_granularity == "kv":
+                keep = select_kv_groups(s, g.n_heads, rate)
+            else:  # whole heads are already multiples of head_dim wide: no rounding for them
+                keep = select_units(s, g.n_heads, rate, 1 if g.kind == "heads" else rates.multiple_of)
         groups[g.name] = {"size": g.size, "n_heads": g.n_heads, "rate": rate, "keep": keep.tolist()}
     return PruningPlan(
         base_fingerprint=fingerprint(model),

@@ -107,7 +107,8 @@ def tiny_causal_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
 CAUSAL_VOCAB = len(WORDS) + 15
 
 
-def tiny_causal(model_type: str = "llama", seed: int = 0, layers: int = 2, heads: int = 4, kv_heads: int = 2):  # noqa: ANN201
+def tiny_causal(model_type: str = "llama", seed: int = 0, layers: int = 2, heads: int = 4, kv_heads: int = 2,  # noqa: ANN201
+                hidden: int = 32):
     """A tiny random LM of the Llama layout: GQA (``heads`` query heads over ``kv_heads`` KV heads), RoPE, SwiGLU.
 
     ``model_type``: llama, mistral, qwen2 (q/k/v biases) or qwen3 (per-head q/k norms, head_dim != hidden/heads).
@@ -115,7 +116,7 @@ def tiny_causal(model_type: str = "llama", seed: int = 0, layers: int = 2, heads
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    kw = dict(vocab_size=CAUSAL_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+    kw = dict(vocab_size=CAUSAL_VOCAB, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
               num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
               pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=model_type != "mistral")
     if model_type == "qwen3":

@@ -146,7 +146,9 @@ class LlamaAdapter(Adapter):
         setattr(config, KV_WIDTHS_KEY, {n: self._heads(self._layer(groups[n]).self_attn)[1]
                                         for n in widths if groups[n].kind == "heads"})
         zero = any(w == 0 for n, w in widths.items() if groups[n].kind == "heads")
-        if len(heads) == 1 and not zero:
+        # transformers' LlamaConfig validates hidden_size % num_attention_heads == 0 even with an explicit head_dim:
+        # a head count that breaks it is recorded (taskprune_widths) and loads through load_pruned
+        if len(heads) == 1 and not zero and config.hidden_size % next(iter(heads))[0] == 0:
             n_q, n_kv = next(iter(heads))
             config.head_dim = self._head_dim(_layers(self.model)[0].self_attn)
             config.num_attention_heads, config.num_key_value_heads = n_q, n_kv
