@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -40,7 +41,32 @@ def _check_model_dir(path: str | Path) -> Path:
         raise TaskpruneError(f"model folder {path} not found")
     if not (path / "config.json").is_file():
         raise TaskpruneError(f"{path} is not a Hugging Face model folder (no config.json)")
+    try:  # a damaged config is one line here, not a JSONDecodeError from deep inside transformers
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TaskpruneError(f"{path / 'config.json'} is not valid JSON ({err}): the model folder is damaged") from None
+    if not isinstance(config, dict):
+        raise TaskpruneError(f"{path / 'config.json'} holds no JSON object: the model folder is damaged")
     return path
+
+
+def _load_weights_file(file: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file; a damaged or cut-short one is one line naming it."""
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise TaskpruneError(f"{file} is not a readable safetensors file ({err}): damaged or cut short") from None
+
+
+def _weights_error(name_or_path: str | Path, err: Exception) -> TaskpruneError:
+    """A load that failed in the weights: name the damaged file when it is a local folder."""
+    folder = Path(name_or_path)
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            _load_weights_file(file)
+        except TaskpruneError as named:
+            return named
+    return TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}")
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
@@ -58,6 +84,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn
         model = model_class.from_pretrained(str(name_or_path), dtype=dtype)
     except (OSError, ValueError) as err:
         raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
+    except SafetensorError as err:
+        raise _weights_error(name_or_path, err) from None
     get_adapter(model)  # refuse unsupported architectures here, with one clear line
     tie_embeddings(model)
     return model.eval()
@@ -75,13 +103,16 @@ def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201
 def _state_dict_files(path: Path) -> dict[str, torch.Tensor]:
     single = path / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return _load_weights_file(single)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise TaskpruneError(f"{index} is not a safetensors index ({err}): the model folder is damaged") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(path / shard)))
+            state.update(_load_weights_file(path / shard))
         return state
     raise TaskpruneError(f"{path} holds no safetensors weights (model.safetensors)")
 

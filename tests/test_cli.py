@@ -98,7 +98,7 @@ BAD_INPUTS = {
     "missing model": (["info", "--model", "{root}/no-model"], "not found"),
     "missing scores": (["plan", "--scores", "{root}/none.safetensors", "--out", "{root}/p3.json"], "not found"),
     "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
-    "zero multiple": (["compress", "--task", "{task}", "--multiple-of", "0", "--out", "{root}/m"], "multiple_of"),
+    "zero multiple": (["compress", "--task", "{task}", "--multiple-of", "0", "--out", "{root}/m"], "--multiple-of"),
     "rounded svd": (["compress", "--task", "{task}", "--method", "svd", "--multiple-of", "8", "--out", "{root}/m2"],
                     "multiple_of"),
     "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
@@ -106,7 +106,7 @@ BAD_INPUTS = {
     "trials of a deterministic method": (["compress", "--task", "{task}", "--trials", "3", "--out", "{root}/w"],
                                          "random methods"),
     "smp without steps": (["compress", "--task", "{task}", "--method", "smp", "--smp-steps", "0", "--out",
-                           "{root}/w"], "at least 1 step"),
+                           "{root}/w"], "--smp-steps"),
     "override outside scope": (["compress", "--task", "{task}", "--modules", "decoder", "--module-rate",
                                 "encoder=0.3", "--out", "{root}/w"], "outside the pruned scope"),
 }

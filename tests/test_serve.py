@@ -253,23 +253,30 @@ def test_a_cut_in_progress_blocks_no_other_call(setup: dict, monkeypatch: pytest
 
     def slow_apply(*a: object, **k: object) -> torch.nn.Module:
         started.set()
-        release.wait(10)
+        release.wait(60)
         return real(*a, **k)
 
     monkeypatch.setattr(service_mod, "apply", slow_apply)
     worker = threading.Thread(target=s.model_for, args=("sst2",))
     worker.start()
-    assert started.wait(10)
+    assert started.wait(60)
     done = threading.Event()
     threading.Thread(target=lambda: (s.describe(), s.unregister("rte"), done.set())).start()
-    assert done.wait(5), "describe/unregister waited for the cut"
+    # a generous bound, only for failing: were describe/unregister waiting for the cut, they would wait for the
+    # release, which comes after this line, so they could never finish in time however fast the machine
+    assert done.wait(60), "describe/unregister waited for the cut"
     release.set()
-    worker.join(10)
+    worker.join(60)
     assert "sst2" in s.cache
 
 
 def test_a_stuck_model_times_out_with_504_and_the_server_goes_on(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request waits at most timeout_s for queue and model; the worker then skips it, and later requests run."""
+    """A request waits at most timeout_s for queue and model; the worker then skips it, and later requests run.
+
+    Nothing here depends on how fast the machine is: the model call blocks until the test releases it, so the first
+    request cannot finish within its short timeout however fast the model is; the request after the release gets
+    a timeout long enough for the held call and its own to finish however slow the model is.
+    """
     import dataclasses
     import threading
 
@@ -277,17 +284,64 @@ def test_a_stuck_model_times_out_with_504_and_the_server_goes_on(setup: dict, mo
     release = threading.Event()
     real = s.predict_texts
 
-    def stuck_once(task: str, texts: list[str], dense: bool = False):  # noqa: ANN202
-        if not release.is_set():
-            release.wait(5)
+    def held(task: str, texts: list[str], dense: bool = False):  # noqa: ANN202
+        release.wait()
         return real(task, texts, dense)
 
-    monkeypatch.setattr(s, "limits", dataclasses.replace(s.limits, timeout_s=0.3))
-    monkeypatch.setattr(s, "predict_texts", stuck_once)
-    with TestClient(create_app(s)) as client:
-        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
-        assert r.status_code == 504 and r.json() == {
-            "error": "no prediction within 0.3 s: the server is overloaded or the model is stuck"}
-        release.set()
-        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
-        assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("positive", "negative"), r.text
+    limits = dataclasses.replace(s.limits, timeout_s=0.3)
+    monkeypatch.setattr(s, "limits", limits)
+    monkeypatch.setattr(s, "predict_texts", held)
+    try:
+        with TestClient(create_app(s)) as client:
+            r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
+            assert r.status_code == 504 and r.json() == {
+                "error": "no prediction within 0.3 s: the server is overloaded or the model is stuck"}
+            limits.timeout_s = 600.0  # the app reads its limits per request
+            release.set()
+            r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["fine"]})
+            assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("positive", "negative"), r.text
+    finally:
+        release.set()  # never leave the inference thread blocked, whatever failed
+
+
+def test_max_input_chars_counts_the_clients_text_not_the_template(setup: dict) -> None:
+    """The limit (200 here) is on what the client sent, all columns together; the task's template is not counted."""
+    with TestClient(create_app(setup["service"])) as client:
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["a" * 200]})
+        assert r.status_code == 200, r.text  # rendered "sst2 sentence: aaa..." is longer than 200: not counted
+        r = client.post("/v1/predict", json={"task": "sst2", "inputs": ["a" * 201]})
+        assert r.status_code == 413 and "inputs[0] is 201 characters; the limit is 200" in r.json()["error"]
+        r = client.post("/v1/predict", json={"task": "rte", "inputs": [{"sentence1": "a" * 150, "sentence2": "b" * 51}]})
+        assert r.status_code == 413 and "all columns together" in r.json()["error"]
+
+
+@pytest.mark.parametrize("body, headers, needle", [
+    (b"\xff\xfe{}", {"content-type": "application/json"}, "the request body is not UTF-8 text (byte 0)"),
+    (b'{"task": "sst2", "inputs": ["good"]}', {}, "Content-Type: application/json (the request has none)"),
+    (b'{"task": "sst2", "inputs": ["good"]}', {"content-type": "text/plain"}, "(got 'text/plain')"),
+    (b"task=sst2", {"content-type": "application/x-www-form-urlencoded"}, "got 'application/x-www-form-urlencoded'"),
+])
+def test_bodies_that_are_not_utf8_json_get_422_saying_why(setup: dict, body: bytes, headers: dict,
+                                                          needle: str) -> None:
+    with TestClient(create_app(setup["service"])) as client:
+        for path in ("/v1/predict", "/v1/plans/sst2?replace=true"):
+            r = client.post(path, content=body, headers=headers)
+            assert r.status_code == 422 and set(r.json()) == {"error"} and needle in r.json()["error"], r.text
+        r = client.post("/v1/predict", content=b'{"task": "sst2", "inputs": ["good"]}',
+                        headers={"content-type": "application/json; charset=utf-8"})
+        assert r.status_code == 200, r.text
+
+
+def test_serve_limits_and_the_plans_folder_are_checked(tmp_path: Path) -> None:
+    from taskprune.errors import TaskpruneError
+    from taskprune.serve.service import check_plans_dir
+
+    for bad in ({"max_inputs": 0}, {"timeout_s": float("nan")}, {"max_wait_ms": -1.0}, {"max_batch": 2.5}):
+        with pytest.raises(TaskpruneError, match=next(iter(bad))):
+            ServeLimits(**bad)
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(TaskpruneError, match="is a file, not a folder"):
+        check_plans_dir(tmp_path / "file.json")
+    with pytest.raises(TaskpruneError, match="not found"):
+        check_plans_dir(tmp_path / "missing")
+    assert check_plans_dir(tmp_path) == tmp_path

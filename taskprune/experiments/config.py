@@ -30,6 +30,7 @@ from ..api import RANDOM_METHODS
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES, MODULES
 from ..plan import RateSpec, check_rate
+from ..validate import check_depths, positive_int
 
 NO_EXAMPLES = ("random", "svd")  # methods that never look at examples
 ALL = "all"  # every fit example
@@ -114,6 +115,9 @@ def _depth_ranges(exp: dict[str, Any], n_layers: int | None) -> dict[str, tuple[
         if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
             raise TaskpruneError(f"experiment {exp.get('name')!r}: depth {name} must be [lo, hi] (block indices)")
         out[str(name)] = (span[0], span[1])
+    if n_layers is not None:  # a depth the model does not have would prune nothing: refuse it before the sweep
+        for dname, (lo, hi) in out.items():
+            check_depths([(lo, hi, 0.0)], n_layers, f"experiment {exp.get('name')!r}: depths {dname}:")
     return out
 
 
@@ -237,7 +241,9 @@ def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
         caps = {_task_ref(k): v for k, v in caps.items()}
     checked = {f"eval_examples.{k}": v for k, v in caps.items()} if isinstance(caps, dict) else {"eval_examples": caps}
     for key, value in {**{k: data.get(k) for k in ("batch_size", "eval_batch_size", "max_length")}, **checked}.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        if value is not None and not isinstance(value, str):  # "8" in quotes is a string, not a count
+            positive_int(value, f"{path}: {key}")
+        elif value is not None:
             raise TaskpruneError(f"{path}: {key} must be a positive integer, got {value!r}")
     runs: list[Run] = []
     for exp in data["experiments"]:

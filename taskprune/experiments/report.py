@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskpruneError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_writable
 from .claims import claims_section
 from .results import METRIC, dense_accuracy, latest_rows, row_kind, row_rate
 
@@ -159,6 +159,9 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
     and every other file (the results file itself, even while a sweep appends to it; configs; notes) is left
     alone. ``notes`` (a Markdown file) is appended to the README: the hand-written reading of the numbers.
     """
+    out = check_writable(out_dir, folder=True, update=True)  # before any reading or drawing
+    if (out / "README.md").exists() and not overwrite:
+        raise TaskpruneError(f"{out} already holds a report; pass --overwrite (overwrite=True) to replace it")
     rows = latest_rows(results)
     note_text = _read_notes(notes)
     dense = dense_accuracy(rows)
@@ -212,11 +215,6 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
             md += [note_text.rstrip(), ""]
         (tmp / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
-    out = Path(out_dir)
-    if out.is_file():
-        raise TaskpruneError(f"{out} is a file; the report is a folder")
-    if (out / "README.md").exists() and not overwrite:
-        raise TaskpruneError(f"{out} already holds a report; pass --overwrite (overwrite=True) to replace it")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=out))
     try:

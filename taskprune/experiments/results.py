@@ -20,22 +20,31 @@ METRIC = "accuracy"  # what the report and the claims read from each row
 
 
 def load_rows(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Every complete row of ``path`` (none if it does not exist); ``repair`` cuts a partial last line off."""
+    """Every complete row of ``path`` (none if it does not exist); ``repair`` cuts a partial last line off.
+
+    Every row must be a JSON object: anything else means this is not a results file, refused with its line number.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise TaskpruneError(f"{path} is a folder, not a sweep results file")
     if not path.is_file():
         return []
     data = path.read_bytes()
     rows: list[dict[str, Any]] = []
     good = 0
-    for line in data.splitlines(keepends=True):
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
         if not line.endswith(b"\n"):
             break  # a partial last line: the run in flight when the sweep was killed
         text = line.strip()
         if text:
             try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError:
-                raise TaskpruneError(f"{path}: line {len(rows) + 1} is not JSON; is this a sweep results file?") from None
+                row = json.loads(text)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise TaskpruneError(f"{path}: line {number} is not JSON; is this a sweep results file?") from None
+            if not isinstance(row, dict):
+                raise TaskpruneError(f"{path}: line {number} is a JSON {type(row).__name__}, not a sweep result row "
+                                     "(an object); is this a sweep results file?")
+            rows.append(row)
         good += len(line)
     if repair and good < len(data):
         with path.open("r+b") as f:
@@ -54,15 +63,34 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+#: the fields of a run (experiment.config.Run.to_dict) that every row has, failed or not
+RUN_FIELDS = ("id", "experiment", "task", "eval_task", "method", "samples", "sample_seed", "trial_seed", "rates",
+              "setting")
+
+
 def latest_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a results file, the last one of each run id, errors left out."""
+    """The rows of a results file, the last one of each run id, errors left out; refuses a file with nothing to
+    report (missing, empty, rows that are not sweep results, or no row with a metric)."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskpruneError(f"results file {path} not found")
     rows = load_rows(path)
     if not rows:
-        raise TaskpruneError(f"{path} holds no sweep results")
+        raise TaskpruneError(f"{path} holds no sweep results (it is empty)")
     by_id: dict[str, dict[str, Any]] = {}
-    for r in rows:
+    for number, r in enumerate(rows, start=1):
+        missing = [k for k in RUN_FIELDS if k not in r]
+        if missing:
+            raise TaskpruneError(f"{path}: row {number} lacks {', '.join(missing)}: not a sweep result row; is this "
+                                 "a sweep results file?")
         by_id[r["id"]] = r
-    return [r for r in by_id.values() if "error" not in r and METRIC in r.get("metrics", {})]
+    usable = [r for r in by_id.values()
+              if "error" not in r and isinstance(r.get("metrics"), dict) and METRIC in r["metrics"]]
+    if not usable:
+        failed = [r for r in by_id.values() if "error" in r]
+        why = f"{len(failed)} failed, first: {failed[0]['error']}" if failed else f"none has metrics.{METRIC}"
+        raise TaskpruneError(f"{path} holds {len(by_id)} runs but none to report ({why})")
+    return usable
 
 
 def row_kind(row: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from ..api import TRANSFORMS, compress, score
 from ..checkpoint import load_model, load_tokenizer
 from ..errors import TaskpruneError
 from ..evaluate import count_parameters, evaluate
+from ..fingerprint import fingerprint
+from ..io import check_writable
 from ..models import get_adapter
 from ..plan import RateSpec, make_plan
 from ..prune import masked
@@ -138,6 +140,26 @@ def _n_layers(model: nn.Module) -> int:
     return 1 + max(g.depth for g in get_adapter(model).groups())
 
 
+def _check_same_model(previous: list[dict[str, Any]], model_id: str, model_path: str, results_path: Path) -> None:
+    """A results file holds the runs of ONE model, known by its fingerprint (its weights), not by the spelling of its
+    path: ``./models/m``, ``models/m`` and an absolute path are one model, and another model copied to the same path
+    is another. Rows written before fingerprints were recorded carry only the path; they must name the same folder
+    (both resolved against the current directory, like every relative path of a sweep)."""
+    for row in previous:
+        recorded = row.get("model_fingerprint")
+        if recorded is not None and recorded != model_id:
+            raise TaskpruneError(f"{results_path} holds runs of another model (fingerprint {recorded}, recorded as "
+                                 f"{row.get('model')}; {model_path} is {model_id}); give this model its own --out")
+        if recorded is None and row.get("model") is not None and not _same_place(str(row["model"]), model_path):
+            raise TaskpruneError(f"{results_path} holds runs of another model ({row['model']}, recorded before "
+                                 f"fingerprints were; this is {model_path}); give this model its own --out")
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Two spellings of one local folder (or one Hub id)."""
+    return a == b or Path(a).resolve() == Path(b).resolve()
+
+
 def run_sweep(
     config_path: str | Path,
     results_path: str | Path,
@@ -151,8 +173,11 @@ def run_sweep(
     import yaml
 
     t_start = time.perf_counter()
+    results_path = check_writable(results_path, folder=False, update=True)  # before the model loads, not after a run
+    if not Path(config_path).is_file():
+        raise TaskpruneError(f"sweep config {config_path} not found")
     try:
-        raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) if Path(config_path).is_file() else {}
+        raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise TaskpruneError(f"{config_path} is not valid YAML ({str(err).splitlines()[0]})") from None
     model_path = model or (raw.get("model") if isinstance(raw, dict) else None)
@@ -167,13 +192,10 @@ def run_sweep(
     data_dir = data_dir or cfg.data_dir
     tok = load_tokenizer(model_path)
     ctx = _Context(cfg, m, tok, data_dir)
-    results_path = Path(results_path)
+    model_id = fingerprint(m)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     previous = load_rows(results_path, repair=True)
-    made_with = {r.get("model") for r in previous} - {str(model_path)}
-    if made_with:
-        raise TaskpruneError(f"{results_path} holds runs of another model ({sorted(map(str, made_with))[0]}); "
-                             "give this model its own --out")
+    _check_same_model(previous, model_id, str(model_path), results_path)
     # rows with an error are not "done": a re-run retries them (the report reads the last row of each id)
     done = {r.get("id") for r in previous if "error" not in r}
     runs = [dense_run(t) for t in dict.fromkeys(r.eval_task for r in cfg.runs)] + cfg.runs
@@ -190,7 +212,8 @@ def run_sweep(
         except TaskpruneError as err:
             row = {"error": str(err)}
             failed += 1
-        row = {**run.to_dict(), **row, "seconds": round(time.perf_counter() - t0, 3), "model": str(model_path)}
+        row = {**run.to_dict(), **row, "seconds": round(time.perf_counter() - t0, 3), "model": str(model_path),
+               "model_fingerprint": model_id}
         append_row(results_path, row)
     return SweepSummary(len(runs), len(runs) - len([r for r in runs if r.id not in done]), len(todo), failed,
                         time.perf_counter() - t_start)

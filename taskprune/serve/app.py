@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,12 +47,30 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def _validation_message(err: RequestValidationError) -> str:
+async def _validation_message(request: Request, err: RequestValidationError) -> str:
     first = err.errors()[0]
     if first.get("type") == "json_invalid":
+        try:
+            (await request.body()).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return f"the request body is not UTF-8 text (byte {bad.start}); JSON must be sent as UTF-8"
         return "the request body is not valid JSON"
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def require_json(request: Request) -> None:
+    """A body must be declared JSON: otherwise 422 naming the content type (FastAPI would only say that the body is
+    not an object). A route dependency, so it runs before the body is validated and leaves other routes' 404s alone."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        got = f"got {content_type!r}" if content_type else "the request has none"
+        raise ServeError(422, f"the request body must be JSON sent with Content-Type: application/json ({got})")
 
 
 class BodyLimit:
@@ -109,9 +127,9 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
         return _error(err.status, err.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, err: RequestValidationError) -> JSONResponse:
+    async def _invalid(req: Request, err: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("422").inc()
-        return _error(422, _validation_message(err))
+        return _error(422, await _validation_message(req, err))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -125,7 +143,7 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=max_body_bytes, on_refuse=lambda: metrics.errors.labels("413").inc())
 
-    @app.post("/v1/predict", response_model=PredictResponse,
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_json)],
               responses={404: {"description": "unknown task or no plan"}, 413: {"description": "too large"},
                          422: {"description": "malformed request"}, 504: {"description": "timed out"}})
     async def predict(req: PredictRequest) -> PredictResponse:
@@ -160,7 +178,7 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
                 "cache": {"bytes": service.cache.total_bytes, "max_bytes": service.cache.max_bytes,
                           "tasks": service.cache.keys()}}
 
-    @app.post("/v1/plans/{task}", status_code=201)
+    @app.post("/v1/plans/{task}", status_code=201, dependencies=[Depends(require_json)])
     async def add_plan(task: str, plan: dict[str, Any] = Body(...), replace: bool = False) -> dict[str, Any]:
         replaced = service.register(task, plan, replace=replace)
         name = service.canonical(task)

@@ -28,11 +28,12 @@ from ..errors import TaskpruneError
 from ..evaluate import rank_scores
 from ..lm import model_kind
 from ..fingerprint import fingerprint
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_writable
 from ..models import get_adapter
 from ..plan import PruningPlan
 from ..prune import apply, validate_plan
 from ..tasks import Example, Task, get_task, list_tasks
+from ..validate import nonneg_float, positive_float, positive_int
 from .cache import ByteLRU
 from .metrics import ServeMetrics
 
@@ -48,12 +49,19 @@ class ServeError(Exception):
 @dataclass
 class ServeLimits:
     max_inputs: int = 64  # inputs per request (413 above)
-    max_input_chars: int = 4000  # characters per rendered input (413 above)
+    max_input_chars: int = 4000  # characters of one input's own text, all columns together (413 above)
     max_batch: int = 32  # inputs per model call; concurrent requests for one task are merged up to this
     max_wait_ms: float = 0.0  # extra wait for more requests; 0: a batch takes what queued while the last one ran
     cache_bytes: int = 1 << 30  # bound of the cut-model cache
     max_length: int = 256  # tokens per input (longer inputs are truncated, as in evaluation)
     timeout_s: float = 60.0  # a prediction request waits at most this long for queue and model (504 after)
+
+    def __post_init__(self) -> None:
+        """The checks of ``taskprune serve``'s flags (:mod:`taskprune.validate`), for library users too."""
+        for name in ("max_inputs", "max_input_chars", "max_batch", "cache_bytes", "max_length"):
+            setattr(self, name, positive_int(getattr(self, name), name))
+        self.max_wait_ms = nonneg_float(self.max_wait_ms, "max_wait_ms")
+        self.timeout_s = positive_float(self.timeout_s, "timeout_s")
 
 
 @dataclass
@@ -117,8 +125,7 @@ class TaskService:
 
     # -- plans ------------------------------------------------------------------------------------------
     def _load_dir(self, folder: Path) -> None:
-        if not folder.is_dir():
-            raise TaskpruneError(f"plans folder {folder} not found")
+        check_plans_dir(folder)
         for path in sorted(folder.glob("*.json")):
             plan = PruningPlan.load(path)
             try:
@@ -136,6 +143,7 @@ class TaskService:
             raise ServeError(422, f"this plan was made for another base model (plan fingerprint "
                                   f"{plan.base_fingerprint}, served model {self.fingerprint})")
         try:
+            plan.check_complete(self.adapter.groups())
             validate_plan(plan, self.adapter)
         except (TaskpruneError, RuntimeError, ValueError, OverflowError) as err:
             raise ServeError(422, f"the plan does not fit the served model: {err}") from None
@@ -178,6 +186,8 @@ class TaskService:
                     old = self._files.get(task)
                     if old is not None and old != path:
                         old.unlink(missing_ok=True)  # else it would come back at the next start
+                except TaskpruneError as err:  # the atomic writer's one line about the plan file
+                    raise ServeError(500, f"could not save the plan: {err}") from None
                 except OSError as err:
                     raise ServeError(500, f"could not write the plan file {path}: {err.strerror}") from None
                 self._files[task] = path
@@ -271,13 +281,16 @@ class TaskService:
                     raise ServeError(422, f"inputs[{i}]: task {task!r} reads columns {list(t.columns)}; send an "
                                           "object with each of them")
                 raw = {t.columns[0]: raw}
+            # the limit counts what the client sent (every column's text), not the task's template around it:
+            # a client can check it before sending, and it means the same for every task
+            chars = sum(len(v) for v in raw.values() if isinstance(v, str))
+            if chars > self.limits.max_input_chars:
+                raise ServeError(413, f"inputs[{i}] is {chars} characters; the limit is "
+                                      f"{self.limits.max_input_chars} (the input's own text, all columns together)")
             try:
                 text = t.render(raw)
             except TaskpruneError as err:
                 raise ServeError(422, f"inputs[{i}]: {err}") from None
-            if len(text) > self.limits.max_input_chars:
-                raise ServeError(413, f"inputs[{i}] is {len(text)} characters; the limit is "
-                                      f"{self.limits.max_input_chars}")
             texts.append(text)
         return texts
 
@@ -302,6 +315,19 @@ class TaskService:
     def predict(self, task: str, inputs: list[str | dict[str, Any]], dense: bool = False) -> list[Prediction]:
         """Render, check and predict in one call (for direct use; the server splits render and predict)."""
         return self.predict_texts(task, self.render(task, inputs), dense)
+
+
+def check_plans_dir(folder: str | Path) -> Path:
+    """The plans folder: it must exist (plans are read from it at start) and be a writable folder (plans added or
+    removed through the API are written there). Checked by ``taskprune serve`` before the model loads."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise TaskpruneError(f"plans folder {folder} not found; create it (it may be empty) or point --plans at the "
+                             "folder of plan files")
+    if not folder.is_dir():
+        raise TaskpruneError(f"--plans {folder} is a file, not a folder: give the folder that holds the plan JSON "
+                             "files (one per task)")
+    return check_writable(folder, folder=True, update=True)
 
 
 def _key(name: str) -> str:
