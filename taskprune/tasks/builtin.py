@@ -55,8 +55,12 @@ _ENTAIL2 = ("entailment", "not_entailment")
 _ENTAIL3 = ("entailment", "contradiction", "neutral")
 
 def _ask(question: str, fields: str, words: tuple[str, ...]) -> str:
-    """A causal-LM instruction: the question, the row's fields, then the label words to answer with."""
-    return f"{question}\n{fields}\nAnswer with one word: {' or '.join(words)}."
+    """A causal-LM instruction: the question naming the label words to answer with, then the row's fields.
+
+    Measured on SmolLM2-135M-Instruct zero-shot (64 SST-2 dev examples): this order ("Classify ... as positive or
+    negative." then the review) predicted both classes (61 % accuracy); the review first, or a closing "Answer with
+    one word: ..." line, made it answer one class for every example (docs/method.md)."""
+    return f"{question} Answer {' or '.join(words)}.\n\n{fields}"
 
 
 _SST2 = ("negative", "positive")
@@ -64,8 +68,8 @@ _MRPC = ("not_equivalent", "equivalent")
 
 BUILTIN_TASKS: dict[str, Task] = {
     "sst2": Task("sst2", "sst2 sentence: {sentence}", _SST2, ("0", "1"),
-                 causal_template=_ask("Is the sentiment of this movie review positive or negative?",
-                                      "Review: {sentence}", _SST2)),
+                 causal_template="Classify the sentiment of the following movie review as positive or negative.\n\n"
+                                 "{sentence}"),
     "mrpc": Task(
         "mrpc",
         "mrpc sentence1: {sentence1} sentence2: {sentence2}",
@@ -87,7 +91,7 @@ BUILTIN_TASKS: dict[str, Task] = {
                              "Premise: {premise}\nHypothesis: {hypothesis}", _ENTAIL3),
     ),
     "boolq": Task("boolq", "boolq question: {question} passage: {passage}", ("false", "true"), ("false", "true"),
-                  causal_template=_ask("Read the passage and answer the question with true or false.",
+                  causal_template=_ask("Read the passage and answer the question.",
                                        "Passage: {passage}\nQuestion: {question}?", ("true", "false"))),
 }
 
