@@ -24,6 +24,7 @@ from torch import nn
 from .errors import TaskpruneError
 from .io import atomic_dir
 from .lowrank import LOWRANK_KEY, restore_lowrank
+from .model_sources import resolve_model
 from .models import get_adapter
 from .prune import record_widths, slice_model
 
@@ -70,7 +71,9 @@ def _weights_error(name_or_path: str | Path, err: Exception) -> TaskpruneError:
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a seq2seq model (a local folder, or a Hub id for users with internet), pruned or not."""
+    """Load a seq2seq or causal LM (a folder, a GGUF file, a short name such as ``smollm2-135m-instruct``, or a Hub
+    id for users with internet), pruned or not."""
+    name_or_path = resolve_model(name_or_path)
     path = Path(name_or_path)
     if path.exists() or str(name_or_path).startswith((".", "/")):
         path = _check_model_dir(path)
@@ -94,6 +97,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn
 def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as err:
