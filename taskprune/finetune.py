@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import IGNORE, LabelSpace, targets_for
+from .data import IGNORE, LabelSpace
+from .lm import label_space, model_kind, teacher_forced_logits
 from .errors import TaskpruneError
 from .evaluate import evaluate
 from .io import atomic_write, atomic_write_text, check_writable
-from .models import get_adapter
 from .tasks import Example, Task, get_task, load_examples
 from .validate import nonneg_float, nonneg_int, optional, positive_float, positive_int
 
@@ -161,23 +161,15 @@ def teacher_forcing_loss(
     tokenizer: Any,
     examples: Sequence[Example],
     labels: LabelSpace,
-    start_id: int,
     max_length: int,
 ) -> torch.Tensor:
-    """Mean cross-entropy over the gold targets' tokens (word-pieces + EOS) of ``examples``."""
-    enc = tokenizer(
-        [e.text for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    dec_in, target = targets_for(labels, [e.label for e in examples], start_id)
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=enc["input_ids"].to(device),
-        attention_mask=enc["attention_mask"].to(device),
-        decoder_input_ids=dec_in.to(device),
-        use_cache=False,
-    ).logits
+    """Mean cross-entropy over the gold targets' tokens (word-pieces + EOS / end of turn) of ``examples``, read
+    as the model's kind reads them (:mod:`taskprune.lm`: a causal LM's loss is on the continuation only)."""
+    kind = model_kind(model)
+    batch = kind.encode(tokenizer, examples, max_length).to(next(model.parameters()).device)
+    logits, target = teacher_forced_logits(model, batch, labels, [e.label for e in examples])
     return nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), target.to(device).reshape(-1), ignore_index=IGNORE
+        logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE
     )
 
 
@@ -218,7 +210,7 @@ class _TaskData:
     labels: LabelSpace
 
 
-def _load_tasks(cfg: FinetuneConfig, tokenizer: Any) -> list[_TaskData]:
+def _load_tasks(cfg: FinetuneConfig, tokenizer: Any, model: nn.Module) -> list[_TaskData]:
     out = []
     for name in cfg.tasks:
         task = get_task(name)
@@ -228,7 +220,7 @@ def _load_tasks(cfg: FinetuneConfig, tokenizer: Any) -> list[_TaskData]:
             raise TaskpruneError(f"task {task.name}: no {'fit' if not fit else 'eval'} examples found")
         n = min(cfg.eval_examples, len(ev))
         sub = sorted(random.Random(cfg.seed).sample(range(len(ev)), n))
-        out.append(_TaskData(task, fit, ev, [ev[i] for i in sub], LabelSpace.build(tokenizer, task)))
+        out.append(_TaskData(task, fit, ev, [ev[i] for i in sub], label_space(model, tokenizer, task)))
     return out
 
 
@@ -297,10 +289,9 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load_base(cfg)
-    data = _load_tasks(cfg, tokenizer)
+    data = _load_tasks(cfg, tokenizer, model)
     sizes = [len(d.fit) for d in data]
     schedule = task_schedule(sizes, cfg.mixing_cap, cfg.steps, cfg.seed)
-    start_id = get_adapter(model).decoder_start_token_id()
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
 
@@ -358,7 +349,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     for s in steps_iter:
         t, idx = batch_for_step(s, schedule, sizes, cfg.batch_size, cfg.seed)
         d = data[t]
-        loss = teacher_forcing_loss(model, tokenizer, [d.fit[i] for i in idx], d.labels, start_id,
+        loss = teacher_forcing_loss(model, tokenizer, [d.fit[i] for i in idx], d.labels,
                                     cfg.max_length_for(d.task.name))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -289,3 +289,15 @@ def test_pruning_scope_outside_a_decoder_only_model_is_refused() -> None:
         make_plan(model, random_scores(model), RateSpec(rate=0.5, modules=("encoder",)))
     with pytest.raises(TaskpruneError, match="rotary"):
         RateSpec(rate=0.5, head_granularity="dims")
+
+
+def test_finetuning_loss_is_the_continuation_cross_entropy(model_type: str) -> None:
+    """Fine-tuning reads causal examples through the same home: loss on the label continuation only."""
+    from taskprune.finetune import teacher_forcing_loss
+
+    model, tok = tiny_causal(model_type), tiny_causal_tokenizer()
+    labels = model_kind(model).label_space(tok, TASK)
+    exs = examples()
+    want = torch.cat([reference_probs(model, tok, e, labels.targets[e.label]).log() for e in exs]).mean()
+    got = teacher_forcing_loss(model, tok, exs, labels, 64)
+    torch.testing.assert_close(got.double(), -want, rtol=1e-5, atol=1e-6)
