@@ -301,3 +301,21 @@ def test_finetuning_loss_is_the_continuation_cross_entropy(model_type: str) -> N
     want = torch.cat([reference_probs(model, tok, e, labels.targets[e.label]).log() for e in exs]).mean()
     got = teacher_forcing_loss(model, tok, exs, labels, 64)
     torch.testing.assert_close(got.double(), -want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_server_predicts_with_a_causal_base() -> None:
+    """Serving cuts a causal model's plan like a seq2seq one and reads the task's causal prompt."""
+    from taskprune.serve import ServeLimits, TaskService
+
+    model, tok = tiny_causal("qwen2"), tiny_causal_tokenizer()
+    service = TaskService(model, tok, plans_dir=None, limits=ServeLimits(), model_name="tiny", extra_tasks=[TASK])
+    assert service.render("toy", ["good movie"]) == ["review good movie Answer:"]
+    plan = make_plan(model, random_scores(model), RateSpec(rate=0.5), task="toy")
+    service.register("toy", plan.to_dict())
+    got = service.predict_texts("toy", service.render("toy", ["good movie", "awful"]))
+    pruned = apply(plan, model)
+    kind = model_kind(model)
+    want = kind.rank_scores(pruned, batch(tok, kind, [Example("x", 0, prompt=p) for p in
+                                                      ["review good movie Answer:", "review awful Answer:"]]),
+                            kind.label_space(tok, TASK)).softmax(-1)
+    assert [p.label for p in got] == [TASK.label_words[i] for i in want.argmax(1).tolist()]
