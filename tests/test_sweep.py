@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_model, make_tokenizer
+from conftest import SHARED_DATA, make_model, make_tokenizer, needs_shared_data
 
 from taskprune.errors import TaskpruneError
 from taskprune.experiments import expand, load_config, load_rows, run_sweep
@@ -296,3 +296,34 @@ def test_bad_eval_caps(tmp_path: Path, caps: str, needle: str) -> None:
     (tmp_path / "c.yaml").write_text(f"eval_examples: {caps}\nexperiments:\n  - {{name: a, tasks: [sst2], rates: [0.5]}}\n")
     with pytest.raises(TaskpruneError, match=needle):
         load_config(tmp_path / "c.yaml")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_documented_example_config_exists_and_expands() -> None:
+    example = ROOT / "configs" / "example.yaml"
+    assert "configs/example.yaml" in (ROOT / "docs" / "sweeps.md").read_text()
+    cfg = load_config(example, n_layers=6)
+    assert cfg.model == "models/minilm-glue6" and len(cfg.runs) == 3 + 2 * 3  # attribution x 3 rates, random x 2 x 3
+
+
+@needs_shared_data
+def test_the_example_config_runs_on_real_data(space: dict[str, Path], tmp_path: Path) -> None:
+    """Integration: the example's first runs, on a tiny model (the config's model overridden) and real SST-2."""
+    out = tmp_path / "example.jsonl"
+    summary = run_sweep(ROOT / "configs" / "example.yaml", out, model=str(space["model"]), data_dir=str(SHARED_DATA),
+                        max_runs=3)
+    rows = load_rows(out)
+    assert summary.ran == 3 and summary.failed == 0 and len(rows) == 3
+    assert all(r["eval_examples"] == 200 for r in rows)
+    assert [r["n_fit"] for r in rows if r["method"] == "attribution"] in ([10], [10, 10])
+
+
+def test_rows_record_the_examples_actually_used(space: dict[str, Path]) -> None:
+    """Asking for more examples than the fit split holds uses all of them; the row says how many (n_fit)."""
+    cfg = _config(space, "more", [{"name": "more", "tasks": [str(space["task"])], "rates": [0.5], "samples": [100]}])
+    out = space["root"] / "more.jsonl"
+    run_sweep(cfg, out)
+    row = next(r for r in load_rows(out) if r["method"] == "attribution")
+    assert row["samples"] == 100 and row["n_fit"] == len(ROWS)

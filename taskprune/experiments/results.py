@@ -89,7 +89,8 @@ def latest_rows(path: str | Path) -> list[dict[str, Any]]:
     if not usable:
         failed = [r for r in by_id.values() if "error" in r]
         why = f"{len(failed)} failed, first: {failed[0]['error']}" if failed else f"none has metrics.{METRIC}"
-        raise TaskpruneError(f"{path} holds {len(by_id)} runs but none to report ({why})")
+        runs = f"{len(by_id)} run{'s' if len(by_id) != 1 else ''}"
+        raise TaskpruneError(f"{path} holds {runs} but none to report ({why})")
     return usable
 
 
