@@ -274,6 +274,32 @@ def test_demo_prints_the_before_after_table(workspace: dict[str, Path], capsys: 
     out = capsys.readouterr().out
     for row in ("accuracy", "parameters (prunable)", "size on disk", "latency ms/example", "scoring time"):
         assert row in out
+    assert "median of 9 pairs" in out and "order alternating" in out
+
+
+def test_timing_pairs_alternate_and_the_ratio_is_the_median_of_pairs() -> None:
+    from taskprune.timing import alternating_pairs, ratio_summary
+
+    calls: list[str] = []
+    a, b = alternating_pairs(lambda: calls.append("a") or 1.0, lambda: calls.append("b") or 2.0, 4)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"] and a == [1.0] * 4 and b == [2.0] * 4
+    summary = ratio_summary([1.0, 2.0, 3.0, 40.0, 5.0], [1.0] * 5)  # one pair hit by a burst of load
+    assert summary.median == 3.0 and summary.pairs == 5 and summary.low < 3.0 < summary.high < 40.0
+    assert str(ratio_summary([2.0, 2.0], [1.0, 1.0])) == "2.00 (2.00-2.00)"
+
+
+def test_demo_size_counts_what_the_files_hold(tmp_path: Path) -> None:
+    """A tied bert2bert's word embedding is one parameter tensor but is stored twice (encoder and decoder copies)."""
+    from taskprune.checkpoint import tie_embeddings
+    from taskprune.cli import _fp16_checkpoint
+    from taskprune.evaluate import count_parameters
+
+    model = make_model("bert2bert")
+    assert tie_embeddings(model, force=True)
+    size, values = _fp16_checkpoint(model, tmp_path / "fp16")
+    embedding = model.encoder.get_input_embeddings().weight.numel()
+    assert values == count_parameters(model)["total"] + embedding
+    assert size >= 2 * values  # fp16: two bytes per stored value, plus the header
 
 
 def test_demo_without_data_says_how_to_get_glue(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str],
