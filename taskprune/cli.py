@@ -373,12 +373,9 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
-    from .api import RANDOM_METHODS, compress_trials
+    from .api import compress_trials
     from .io import atomic_dir
 
-    if args.method not in RANDOM_METHODS:  # before the model loads: the method alone decides
-        raise TaskpruneError(f"--trials {args.trials}: trials are for the random methods ({', '.join(RANDOM_METHODS)}); "
-                             f"{args.method} is deterministic (drop --trials)")
     _, model, tok = _load(args)
     _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
