@@ -89,7 +89,7 @@ def memory_probe(args: argparse.Namespace) -> None:
     examples = _examples(args.task, args.data_dir, "fit", args.examples)
     job = scoring_job(model, tok, task, examples, batch_size=args.batch_size)
     first = next(iter(job.batches))
-    rank_scores(model, first, job.labels, get_adapter(model).decoder_start_token_id())  # allocator warm
+    rank_scores(model, first, job.labels)  # allocator warm
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
     base = _rss_kb("VmRSS")
     if args.memory_probe == "score":
@@ -97,7 +97,7 @@ def memory_probe(args: argparse.Namespace) -> None:
     else:
         with torch.no_grad():
             for b in job.batches:
-                rank_scores(model, b, job.labels, get_adapter(model).decoder_start_token_id())
+                rank_scores(model, b, job.labels)
     print(json.dumps({"base_kb": base, "peak_kb": _rss_kb("VmHWM")}))
 
 
@@ -136,7 +136,7 @@ def part_a(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
 
 
 # -- b. latency vs FLOP ideal -------------------------------------------------------------------------------
-def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace, start: int) -> int:
+def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> int:
     """FLOPs of rank classification, the attention kernels included.
 
     torch's counter has no formula for the CPU flash-attention op that SDPA dispatches to here, so without one the
@@ -152,7 +152,7 @@ def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace, start: 
         cpu_sdpa = {op: lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.no_grad():
         for b in batch_list:
-            rank_scores(model, b, labels, start)
+            rank_scores(model, b, labels)
     return counter.get_total_flops()
 
 
@@ -162,7 +162,6 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
     evals = _examples(args.task, args.data_dir, "eval", 16, seed=1)
     evals = [evals[i] for i in length_order(evals, tok)]
     labels = LabelSpace.build(tok, task)
-    start = get_adapter(model).decoder_start_token_id()
     inputs = {1: list(batches(evals, tok, 1)), 16: list(batches(evals, tok, 16))}
     print("\n## b. Pruned ÷ dense latency vs the FLOP ideal\n")
     print("Per batch size: the same 16 eval examples (16 calls at batch 1, one call at batch 16). Dense and pruned "
@@ -181,10 +180,10 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
                 def run(m: torch.nn.Module, bl: list = blist) -> None:
                     with torch.no_grad():
                         for b in bl:
-                            rank_scores(m, b, labels, start)
+                            rank_scores(m, b, labels)
                 d, q = paired_seconds(lambda: run(model), lambda: run(pruned), args.latency_repeats)
                 dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
-                ideal = _flops(model, blist, labels, start) / _flops(pruned, blist, labels, start)
+                ideal = _flops(model, blist, labels) / _flops(pruned, blist, labels)
                 speed = statistics.median(a / b for a, b in zip(d, q))
                 name = ("both" if len(modules) == 2 else modules[0]) + (f", widths x{multiple}" if multiple > 1 else "")
                 print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "

@@ -38,7 +38,6 @@ from timing import median_seconds, rerun_with_steady_allocator  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
 from taskprune.data import LabelSpace, batches  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
-from taskprune.models import get_adapter  # noqa: E402
 from taskprune.prune import apply  # noqa: E402
 from taskprune.serve import ServeLimits, TaskService  # noqa: E402
 from taskprune.tasks import Example, get_task  # noqa: E402
@@ -84,9 +83,8 @@ def ratios(service: TaskService, tasks: list[str], inputs: dict[str, list[dict]]
         text = service.render(task, inputs[task][:1])
         t = get_task(task)
         labels = LabelSpace.build(service.tok, t)
-        start = get_adapter(model).decoder_start_token_id()
         with torch.no_grad():
-            direct = lambda: [rank_scores(model, b, labels, start).softmax(-1).tolist()  # noqa: E731
+            direct = lambda: [rank_scores(model, b, labels).softmax(-1).tolist()  # noqa: E731
                               for b in batches([Example(text[0], 0)], service.tok, 1)]
             via = lambda: service.predict_texts(task, text)  # noqa: E731
             for _ in range(3):

@@ -18,7 +18,6 @@ from taskprune.api import score
 from taskprune.checkpoint import load_model, load_tokenizer
 from taskprune.data import LabelSpace, batches, length_order
 from taskprune.evaluate import rank_scores
-from taskprune.models import get_adapter
 from taskprune.plan import RateSpec, make_plan
 from taskprune.prune import apply
 from taskprune.tasks import get_task, load_examples, sample_k_shot
@@ -46,14 +45,14 @@ ev = sample_k_shot(load_examples(t, "eval", args.data_dir), args.batch, seed=1)
 ev = [ev[i] for i in length_order(ev, tok)]
 s = score(m, tok, t, fit)
 p = apply(make_plan(m, s, RateSpec(rate=args.rate, modules=tuple(args.modules))), m, check=False).eval()
-labels, start = LabelSpace.build(tok, t), get_adapter(m).decoder_start_token_id()
+labels = LabelSpace.build(tok, t)
 b = next(batches(ev, tok, args.batch))
 
 
 def run(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for _ in range(args.passes):
-            rank_scores(model, b, labels, start)
+            rank_scores(model, b, labels)
 
 
 rows = {}

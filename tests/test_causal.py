@@ -319,3 +319,17 @@ def test_the_server_predicts_with_a_causal_base() -> None:
                                                       ["review good movie Answer:", "review awful Answer:"]]),
                             kind.label_space(tok, TASK)).softmax(-1)
     assert [p.label for p in got] == [TASK.label_words[i] for i in want.argmax(1).tolist()]
+
+
+@pytest.mark.parametrize("method", ["svd", "smp-unstructured"])
+def test_methods_without_a_plan_save_and_reload_on_a_causal_model(method: str, tmp_path) -> None:  # noqa: ANN001
+    from taskprune.api import compress, save_compressed
+
+    model, tok = tiny_causal("qwen3"), tiny_causal_tokenizer()
+    res = compress(model, tok, TASK, examples(), RateSpec(rate=0.5), method=method,
+                   config=ScoreConfig(smp={"steps": 3}))
+    b = batch(tok, model_kind(model))
+    want = logits(res.model, b)
+    assert torch.isfinite(want).all() and not torch.allclose(want, logits(model, b))
+    torch.testing.assert_close(logits(load_pruned(save_compressed(res, tok, tmp_path / "m")), b), want,
+                               rtol=1e-5, atol=1e-5)
