@@ -333,3 +333,32 @@ def test_methods_without_a_plan_save_and_reload_on_a_causal_model(method: str, t
     assert torch.isfinite(want).all() and not torch.allclose(want, logits(model, b))
     torch.testing.assert_close(logits(load_pruned(save_compressed(res, tok, tmp_path / "m")), b), want,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_sweep_and_its_report_run_on_a_causal_model(tmp_path) -> None:  # noqa: ANN001
+    """sweep -> report on a decoder-only model: layer types, methods with trials, svd; no run fails."""
+    import json
+
+    import yaml
+
+    from taskprune.experiments import load_rows, run_sweep
+    from taskprune.experiments.report import write_report
+
+    tiny_causal("llama").save_pretrained(tmp_path / "model")
+    tiny_causal_tokenizer().save_pretrained(tmp_path / "model")
+    rows = "\n".join(json.dumps({"text": e.text, "label": e.label}) for e in examples()) + "\n"
+    (tmp_path / "data.jsonl").write_text(rows)
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump({
+        "name": "toy", "template": "{text}", "causal_template": "review {text} Answer:",
+        "label_words": ["negative", "positive"], "label_values": ["0", "1"],
+        "files": {"fit": "data.jsonl", "eval": "data.jsonl"}}))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tmp_path / "model"), "batch_size": 4, "experiments": [
+        {"name": "types", "tasks": [str(tmp_path / "toy.yaml")], "methods": ["attribution", "random", "svd"],
+         "trial_seeds": [0, 1], "modules": ["decoder"], "layer_types": ["self_attn", "ffn"], "rates": [0.5],
+         "samples": [4]}]}))
+    summary = run_sweep(config, tmp_path / "r.jsonl")
+    assert summary.failed == 0 and summary.ran == summary.total > 0
+    assert all("error" not in row for row in load_rows(tmp_path / "r.jsonl"))
+    out = write_report(tmp_path / "r.jsonl", tmp_path / "report")
+    assert (out / "README.md").is_file() and list(out.glob("*.png"))
