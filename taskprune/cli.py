@@ -106,8 +106,11 @@ def RATE(text: str) -> float:  # noqa: N802 - reads like the other flag types
 # ----------------------------------------------------------------------------------------------------
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--model", required=required, default=None,
-                   help="model folder (or Hub id); default: the project's default model "
-                        "($TASKPRUNE_MODEL or models/minilm-glue6)")
+                   help="model folder, GGUF file, short name (smollm2-135m-instruct) or Hub id; default: the "
+                        "project's default model ($TASKPRUNE_MODEL or models/minilm-glue6)")
+    p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
+                   help="decoder-only models: wrap prompts in the tokenizer's chat template (auto: when it has one; "
+                        "on: refuse a tokenizer without one; off: plain prompt ending in 'Answer:')")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="compute dtype (default float32: fp16 checkpoints are slow and lossy on CPU); auto keeps "
                         "the stored dtype")
@@ -183,6 +186,9 @@ def _add_rates(p: argparse.ArgumentParser) -> None:
                         "the model does not have are refused)")
     p.add_argument("--multiple-of", type=POSITIVE_INT, default=1, metavar="N",
                    help="round every kept width up to a multiple of N, e.g. 8 for faster matrix kernels (default 1)")
+    p.add_argument("--head-granularity", default="query", choices=["query", "kv"],
+                   help="decoder-only attention (whole heads): remove query heads, as many in every key/value group "
+                        "(query, default), or whole key/value groups with their query heads (kv: smaller KV cache)")
 
 
 def _add_out(p: argparse.ArgumentParser, what: str) -> None:
@@ -237,6 +243,7 @@ def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
         layer_type_rates=_pairs(args.layer_type_rate, "--layer-type-rate"),
         depth_rates=depth,
         multiple_of=args.multiple_of,
+        head_granularity=args.head_granularity,
     )
 
 
@@ -265,9 +272,14 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
     from .checkpoint import load_model, load_tokenizer
 
+    from .lm import use_chat_template
+
     path = _model_path(args)
     name = DTYPES[args.dtype]
-    return path, load_model(path, dtype=getattr(torch, name) if name else None), load_tokenizer(path)
+    model = load_model(path, dtype=getattr(torch, name) if name else None)
+    tokenizer = load_tokenizer(path)
+    use_chat_template(tokenizer, getattr(args, "chat_template", "auto"))
+    return path, model, tokenizer
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:
@@ -411,6 +423,8 @@ def _rate_text(rates) -> str:  # noqa: ANN001
         text += f" with overrides {extra} {rates.depth_rates or ''}".rstrip()
     if rates.multiple_of > 1:
         text += f", widths rounded up to multiples of {rates.multiple_of}"
+    if rates.head_granularity != "query":
+        text += ", whole key/value groups"
     return text
 
 

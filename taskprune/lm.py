@@ -241,6 +241,18 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else end_token_id(tokenizer))
 
 
+def use_chat_template(tokenizer: Any, mode: str) -> None:
+    """``--chat-template``: ``auto`` keeps the tokenizer as it is, ``off`` drops its chat template (prompts become
+    plain text ending in "Answer:"), ``on`` refuses a tokenizer that has none. The template lives on the tokenizer,
+    as in transformers, so a pruned checkpoint saved with this tokenizer keeps the choice."""
+    if mode == "off":
+        tokenizer.chat_template = None
+    elif mode == "on" and not has_chat_template(tokenizer):
+        raise TaskpruneError("--chat-template on: this tokenizer has no chat template (use auto or off)")
+    elif mode not in ("auto", "on", "off"):
+        raise TaskpruneError(f"chat template mode {mode!r} is not one of auto, on, off")
+
+
 def end_of_turn_id(tokenizer: Any) -> int:
     """The token that ends an assistant turn in the chat template (``<|im_end|>``, ``<|eot_id|>``...), else EOS."""
     if has_chat_template(tokenizer):

@@ -362,3 +362,44 @@ def test_a_sweep_and_its_report_run_on_a_causal_model(tmp_path) -> None:  # noqa
     assert all("error" not in row for row in load_rows(tmp_path / "r.jsonl"))
     out = write_report(tmp_path / "r.jsonl", tmp_path / "report")
     assert (out / "README.md").is_file() and list(out.glob("*.png"))
+
+
+def _cli_space(tmp_path, chat: bool = True):  # noqa: ANN001, ANN202
+    import json
+
+    import yaml
+
+    tiny_causal("llama", heads=6, kv_heads=3, hidden=48).save_pretrained(tmp_path / "model")
+    tiny_causal_tokenizer(chat).save_pretrained(tmp_path / "model")
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps({"text": e.text, "label": e.label})
+                                                   for e in examples()) + "\n")
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump({
+        "name": "toy", "template": "{text}", "causal_template": "review {text} Answer:",
+        "label_words": ["negative", "positive"], "label_values": ["0", "1"],
+        "files": {"fit": "data.jsonl", "eval": "data.jsonl"}}))
+    return ["--model", str(tmp_path / "model"), "--task", str(tmp_path / "toy.yaml")]
+
+
+def test_cli_compress_with_kv_groups_and_without_the_chat_template(tmp_path, capsys) -> None:  # noqa: ANN001
+    from transformers import AutoModelForCausalLM
+
+    from taskprune.cli import main
+
+    common = _cli_space(tmp_path)
+    assert main(["compress", *common, "--samples", "4", "--rate", "0.34", "--layer-types", "self_attn",
+                 "--head-granularity", "kv", "--chat-template", "off", "--out", str(tmp_path / "out")]) == 0
+    assert "whole key/value groups" in capsys.readouterr().out
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert (plain.config.num_attention_heads, plain.config.num_key_value_heads) == (4, 2)
+    assert not (tmp_path / "out" / "chat_template.jinja").exists()  # the choice is saved with the tokenizer
+    assert main(["eval", "--model", str(tmp_path / "out"), "--task", str(tmp_path / "toy.yaml"), "--generate"]) == 0
+
+
+def test_cli_refuses_chat_template_on_without_one(tmp_path, capsys) -> None:  # noqa: ANN001
+    from taskprune.cli import main
+
+    common = _cli_space(tmp_path, chat=False)
+    assert main(["score", *common, "--chat-template", "on", "--out", str(tmp_path / "s.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("taskprune: error:") and "chat template" in err[0]
+    assert not (tmp_path / "s.safetensors").exists()
