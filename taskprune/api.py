@@ -27,7 +27,7 @@ from .data import LazyBatches, length_order
 from .errors import TaskpruneError
 from .lm import model_kind
 from .models import get_adapter
-from .plan import PruningPlan, RateSpec, make_plan
+from .plan import PruningPlan, RateSpec, check_rates_fit, make_plan
 from .prune import apply
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
 from .scoring.base import Progress, needs_examples, no_progress
@@ -168,6 +168,7 @@ def compress(
 
     ``scoring_seconds`` is the wall time of the method's own step (scoring, mask learning or factorising).
     """
+    check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     if method in TRANSFORMS:
         return TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length, progress)
@@ -236,6 +237,7 @@ def compress_trials(
         raise TaskpruneError(f"--trials must be at least 1, got {trials}")
     if not eval_examples:
         raise TaskpruneError("trials are compared by evaluation: no eval examples were given")
+    check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     seeds = [config.seed + i for i in range(trials)]
     metrics, plans, seconds = [], [], []

@@ -250,10 +250,9 @@ def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
 def _check_rates_fit(rates, model) -> None:  # noqa: ANN001
     """Rates that name parts of the model it does not have are refused once the model is loaded (cheap), before
     scoring: ``--depth-rate 50-60=0.2`` on a 6-block model would otherwise prune nothing, silently."""
-    from .models import get_adapter
+    from .plan import check_rates_fit
 
-    depths = [g.depth for g in get_adapter(model).groups() if g.module in rates.modules]
-    validate.check_depths(rates.depth_rates, 1 + max(depths, default=-1), "--depth-rate")
+    check_rates_fit(rates, model, "--depth-rate")
 
 
 def _model_path(args: argparse.Namespace) -> str:
@@ -295,22 +294,13 @@ def _task(name: str):  # noqa: ANN202
     """The task called ``name`` (built-in, or a task file)."""
     from .tasks import get_task
 
-    try:
-        return get_task(name)
-    except UnicodeDecodeError as err:  # the task-file reader lets this through; say which file and what
-        raise TaskpruneError(f"task file {name} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return get_task(name)
 
 
 def _examples(args: argparse.Namespace, task, split: str):  # noqa: ANN001, ANN202
     from .tasks import load_examples
 
-    try:
-        return load_examples(task, split, _data_dir(args), source=args.source)
-    except UnicodeDecodeError as err:  # the readers let this through; name what we know
-        named = task.file_map.get(split) if task.file_map else None
-        where = f"data file {named}" if named else f"{split} data"
-        raise TaskpruneError(f"task {task.name}: the {where} is not UTF-8 text ({err.reason} at byte "
-                             f"{err.start})") from None
+    return load_examples(task, split, _data_dir(args), source=args.source)
 
 
 def _fit_sample(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
@@ -487,17 +477,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .evaluate import count_parameters
     from .models import get_adapter
     from .plan import PruningPlan
-    from .prune import apply
+    from .prune import apply, validate_plan
 
     check_writable(args.out, args.overwrite, folder=True)
     plan = PruningPlan.load(args.plan)
     _, model, tok = _load(args)
     try:
         plan.check_model(model)  # another model's plan first: that is the likelier story than an edited one
-        plan.check_complete(get_adapter(model).groups())
+        validate_plan(plan, get_adapter(model))  # a lacking group, bad indices: named with the plan file
     except TaskpruneError as err:
         raise TaskpruneError(f"{args.plan}: {err}") from None
-    pruned = apply(plan, model, check=False)
+    pruned = apply(plan, model, check=False, validated=True)
     save_pruned(pruned, args.out, tok, extra_files={"plan.json": lambda p: plan.save(p)}, overwrite=args.overwrite)
     before, after = count_parameters(model), count_parameters(pruned)
     echo(render_table(["", "before", "after"], [["parameters (total)", before["total"], after["total"]],

@@ -236,6 +236,23 @@ class PruningPlan:
         return plan
 
 
+def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate") -> None:
+    """Refuse rates that name parts ``model`` lacks, which would silently prune nothing: a scope holding none of
+    its groups (an encoder or cross-attention in a decoder-only LM) or depth overrides beyond its blocks."""
+    from .validate import check_depths
+
+    adapter = get_adapter(model)
+    groups = adapter.groups()
+    if not any(g.module in rates.modules and g.layer_type in rates.layer_types for g in groups):
+        raise TaskpruneError(
+            f"the pruning scope (modules {'+'.join(rates.modules)}, layer types {'+'.join(rates.layer_types)}) holds "
+            f"no group of this {adapter.family} model, whose groups are in modules "
+            f"{'+'.join(sorted({g.module for g in groups}))} and layer types "
+            f"{'+'.join(sorted({g.layer_type for g in groups}))}")
+    depths = [g.depth for g in groups if g.module in rates.modules]
+    check_depths(rates.depth_rates, 1 + max(depths, default=-1), what)
+
+
 def make_plan(
     model: nn.Module,
     scores: dict[str, torch.Tensor],
@@ -257,12 +274,7 @@ def make_plan(
         raise TaskpruneError(f"scores for {bad[0]}{f' (and {len(bad) - 1} more groups)' if len(bad) > 1 else ''} are "
                              "not finite (NaN or inf): score again (with --dtype float32 if these came from float16)")
     all_groups = adapter.groups()
-    if not any(g.module in rates.modules and g.layer_type in rates.layer_types for g in all_groups):
-        raise TaskpruneError(
-            f"the pruning scope (modules {'+'.join(rates.modules)}, layer types {'+'.join(rates.layer_types)}) holds "
-            f"no group of this {adapter.family} model, whose groups are in modules "
-            f"{'+'.join(sorted({g.module for g in all_groups}))} and layer types "
-            f"{'+'.join(sorted({g.layer_type for g in all_groups}))}")
+    check_rates_fit(rates, model)
     groups: dict[str, dict[str, Any]] = {}
     for g in all_groups:
         rate = rates.rate_for(g)

@@ -74,6 +74,7 @@ def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> 
     masking does not, so hand-made plans that remove only one of them can still be studied with masks.
     """
     groups = adapter.group_by_name()
+    plan.check_complete(groups.values())
     per_head: dict[str, dict[str, int]] = {}
     for name, g in plan.groups.items():
         if name not in groups or groups[name].size != g["size"]:

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, logits, make_model, sample_inputs
+from conftest import FAMILIES, logits, make_model, make_tokenizer, sample_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -173,3 +173,34 @@ def test_a_shared_cut_leaves_the_base_untouched_and_shares_only_whole_tensors(fa
     torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
     assert not calls  # a hook on the cut is not a hook on the base
     torch.testing.assert_close(logits(shared, inputs), logits(apply(plan, model), inputs), rtol=0, atol=0)
+
+
+def test_a_plan_lacking_a_group_is_refused_by_apply_and_mask_naming_it() -> None:
+    from taskprune.errors import TaskpruneError
+    from taskprune.plan import RateSpec, make_plan
+    from taskprune.prune import apply, mask
+
+    model = make_model("t5-relu")
+    g = torch.Generator().manual_seed(0)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    plan = make_plan(model, scores, RateSpec(rate=0.5))
+    del plan.groups["encoder.0.self_attn.vo"]
+    for fn in (apply, mask):
+        with pytest.raises(TaskpruneError, match="lacks group encoder.0.self_attn.vo"):
+            fn(plan, model)
+
+
+def test_library_compress_refuses_depths_the_model_lacks_before_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskprune.api as api
+    from taskprune.errors import TaskpruneError
+    from taskprune.plan import RateSpec
+    from taskprune.tasks import Example, Task
+
+    def no_scoring(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("scored before refusing the rates")
+
+    monkeypatch.setattr(api, "score", no_scoring)
+    task = Task("toy", "{text}", ("negative", "positive"))
+    with pytest.raises(TaskpruneError, match="50-60 names blocks this model does not have"):
+        api.compress(make_model("t5-relu"), make_tokenizer("t5-relu"), task, [Example("good", 1)],
+                     RateSpec(rate=0.1, depth_rates=[(50, 60, 0.2)]))

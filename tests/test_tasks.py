@@ -248,7 +248,9 @@ class TestDirLoader:
 
     def test_mrpc_bom_and_quotes(self, glue_tree: Path):
         fit = load_examples(get_task("mrpc"), "fit", glue_tree)
-        assert fit[0] == Example('mrpc sentence1: he said " the witness sentence2: the witness " spoke', 1, fit[0].uid)
+        assert fit[0] == Example('mrpc sentence1: he said " the witness sentence2: the witness " spoke', 1, fit[0].uid,
+                                 fit[0].prompt)
+        assert fit[0].prompt.endswith('Sentence 1: he said " the witness\nSentence 2: the witness " spoke')
         assert [e.label for e in fit] == [1, 0]
         assert len(load_examples(get_task("mrpc"), "eval", glue_tree)) == 1
 
@@ -362,7 +364,8 @@ class TestDirLoader:
         fake.load_dataset = load_dataset
         monkeypatch.setitem(sys.modules, "datasets", fake)
         (ex,) = load_examples(get_task("qnli"), "eval", source="hf")
-        assert ex == Example("qnli question: q sentence: s", 1, "validation-5")
+        assert ex == Example("qnli question: q sentence: s", 1, "validation-5", ex.prompt)
+        assert ex.prompt.endswith("Question: q\nSentence: s")
         assert calls == [("nyu-mll/glue", "qnli", "validation")]
 
         def offline(path, config, split):

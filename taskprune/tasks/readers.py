@@ -111,4 +111,12 @@ def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
         raise TaskpruneError(f"unsupported data file type {path.name!r}; use one of {sorted(READERS)}")
     if not path.is_file():
         raise TaskpruneError(f"data file not found: {path}")
-    return reader(path)
+    return _utf8_checked(reader(path), path)
+
+
+def _utf8_checked(rows: Iterator[tuple[int, Row]], path: Path) -> Iterator[tuple[int, Row]]:
+    """The rows, with a file that is not UTF-8 text turned into one line naming it and the byte."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as err:
+        raise TaskpruneError(f"data file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None

@@ -55,7 +55,10 @@ def read_task_file(path: str | Path) -> Task:
         raise TaskpruneError(f"task file {path} must end in one of {list(TASK_FILE_SUFFIXES)}")
     if not path.is_file():
         raise TaskpruneError(f"task file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise TaskpruneError(f"task file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
