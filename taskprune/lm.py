@@ -75,9 +75,26 @@ class ModelKind(ABC):
     def rank_scores(self, model: nn.Module, batch: Batch, labels: LabelSpace, context: Any = None) -> torch.Tensor:
         """log P(candidate | input) of every candidate: ``[B, n_classes]`` (inference only)."""
 
-    @abstractmethod
+    @torch.inference_mode()
     def generate(self, model: nn.Module, batch: Batch, labels: LabelSpace, tokenizer: Any) -> list[int]:
         """Greedy generation; an output that is no label word counts as wrong (-1)."""
+        words = {tokenizer.decode(t[:n], skip_special_tokens=True).strip().lower(): c
+                 for c, (t, n) in enumerate(zip(labels.targets, labels.n_pieces))}
+        out = model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            max_new_tokens=max(len(t) for t in labels.targets) + 1, do_sample=False, num_beams=1,
+            eos_token_id=labels.targets[0][-1], **self.generation_kwargs(model, tokenizer),
+        )
+        texts = tokenizer.batch_decode(self.generated(out, batch), skip_special_tokens=True)
+        return [words.get(t.strip().lower(), -1) for t in texts]
+
+    @abstractmethod
+    def generation_kwargs(self, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+        """What ``generate()`` needs beyond the inputs for this kind (start token, padding id)."""
+
+    def generated(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The generated tokens of ``generate()``'s output."""
+        return out
 
     @abstractmethod
     def input_embeddings(self, model: nn.Module) -> list[nn.Module]:
@@ -100,11 +117,6 @@ def target_logp(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     picked = logits.gather(-1, target.clamp(min=0).transpose(1, 2)).transpose(1, 2)  # [B, k, T]
     return (picked - logits.logsumexp(-1).unsqueeze(1)) * (target != IGNORE)
-
-
-def _label_words(labels: LabelSpace, tokenizer: Any) -> dict[str, int]:
-    return {tokenizer.decode(t[:n], skip_special_tokens=True).strip().lower(): c
-            for c, (t, n) in enumerate(zip(labels.targets, labels.n_pieces))}
 
 
 def _cache_of(output: Any) -> Any:
@@ -196,17 +208,9 @@ class Seq2SeqKind(ModelKind):
                               .sum((1, 2)))
         return scores + torch.stack(own_scores, dim=1)
 
-    @torch.inference_mode()
-    def generate(self, model: nn.Module, batch: Batch, labels: LabelSpace, tokenizer: Any) -> list[int]:
-        words = _label_words(labels, tokenizer)
-        out = model.generate(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            max_new_tokens=max(len(t) for t in labels.targets) + 1, do_sample=False, num_beams=1,
-            decoder_start_token_id=get_adapter(model).decoder_start_token_id(), eos_token_id=labels.targets[0][-1],
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [words.get(t.strip().lower(), -1) for t in texts]
+    def generation_kwargs(self, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+        return {"decoder_start_token_id": get_adapter(model).decoder_start_token_id(),
+                "pad_token_id": tokenizer.pad_token_id}
 
     def input_embeddings(self, model: nn.Module) -> list[nn.Module]:
         out: list[nn.Module] = []
@@ -356,16 +360,11 @@ class CausalKind(ModelKind):
             scores.append(s)
         return torch.stack(scores, dim=1)
 
-    @torch.inference_mode()
-    def generate(self, model: nn.Module, batch: Batch, labels: LabelSpace, tokenizer: Any) -> list[int]:
-        words = _label_words(labels, tokenizer)
-        out = model.generate(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            max_new_tokens=max(len(t) for t in labels.targets) + 1, do_sample=False, num_beams=1,
-            eos_token_id=labels.targets[0][-1], pad_token_id=_pad_id(tokenizer),
-        )
-        texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
-        return [words.get(t.strip().lower(), -1) for t in texts]
+    def generation_kwargs(self, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+        return {"pad_token_id": _pad_id(tokenizer)}
+
+    def generated(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return out[:, batch.input_ids.shape[1]:]  # generate() returns the prompt too
 
     def input_embeddings(self, model: nn.Module) -> list[nn.Module]:
         return [model.get_input_embeddings()]
