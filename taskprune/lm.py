@@ -12,7 +12,7 @@ classification, greedy generation, serving and fine-tuning. Two kinds:
   changes nothing. Rank classification runs the prompt ONCE and scores every candidate on its KV cache
   (cropped back to the prompt after each candidate: no copies).
 
-A kind turns a batch and one class per example into ``TeacherForced`` inputs whose logits, once aligned, are
+A kind turns a batch and one class per example into ``TeacherForced`` inputs whose logits are
 ``[B, L, V]`` next to a target ``[B, L]`` (``IGNORE`` where padded): the same shape for both kinds, so the
 scorers and the fine-tuning loss never ask which kind they hold.
 """
@@ -40,7 +40,7 @@ CAUSAL_TAIL_TOKENS = 48
 @dataclass
 class TeacherForced:
     """Model inputs for one class per example: ``kwargs`` for ``model(**kwargs)``, the ``target`` ids
-    ``[B, L]`` (IGNORE-padded) that the aligned logits predict, and ``positions``, the ``[B, T]`` mask of the real
+    ``[B, L]`` (IGNORE-padded) that the logits predict, and ``positions``, the ``[B, T]`` mask of the real
     positions of the sequence the decoder-side activations live on (for scores that have no gradient to
     zero out padding)."""
 
@@ -65,11 +65,8 @@ class ModelKind(ABC):
     @abstractmethod
     def teacher_forced(self, model: nn.Module, batch: Batch, labels: LabelSpace, classes: Sequence[int],
                        pieces_only: bool = False) -> TeacherForced:
-        """Inputs that teacher-force class ``classes[i]`` for example i (``pieces_only``: EOS not a target)."""
-
-    def aligned_logits(self, logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
-        """The model's logits cut to ``[B, L, V]``, position j predicting ``tf.target[:, j]``."""
-        return logits
+        """Inputs that teacher-force class ``classes[i]`` for example i (``pieces_only``: EOS not a target); the
+        model's logits on them are ``[B, L, V]``, position j predicting ``target[:, j]``."""
 
     @abstractmethod
     def rank_scores(self, model: nn.Module, batch: Batch, labels: LabelSpace, context: Any = None) -> torch.Tensor:
@@ -313,7 +310,8 @@ class CausalKind(ModelKind):
     # -- teacher forcing -----------------------------------------------------------------------------
     def teacher_forced(self, model: nn.Module, batch: Batch, labels: LabelSpace, classes: Sequence[int],
                        pieces_only: bool = False) -> TeacherForced:
-        """prompt | continuation minus its last token; the last L+... logits predict the continuation."""
+        """prompt | the continuation without its last token; ``logits_to_keep`` = L keeps the L positions from the
+        prompt's last one on, which predict the L continuation tokens (and no vocabulary-wide logits elsewhere)."""
         device = batch.input_ids.device
         seqs = [labels.targets[c] for c in classes]
         width = max(len(s) for s in seqs)
@@ -389,6 +387,5 @@ def label_space(model: nn.Module, tokenizer: Any, task: Task) -> LabelSpace:
 def teacher_forced_logits(model: nn.Module, batch: Batch, labels: LabelSpace, classes: Sequence[int],
                           pieces_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, L, V]`` and target ``[B, L]`` of ``model`` teacher-forced on one class per example."""
-    kind = model_kind(model)
-    tf = kind.teacher_forced(model, batch, labels, classes, pieces_only)
-    return kind.aligned_logits(model(**tf.kwargs).logits, tf), tf.target
+    tf = model_kind(model).teacher_forced(model, batch, labels, classes, pieces_only)
+    return model(**tf.kwargs).logits, tf.target

@@ -86,7 +86,7 @@ def _optimise(
     """The SMP loop shared by both granularities; returns the loss of every step.
 
     ``forward(teacher_forced, masks)`` runs the model with the given (STE) masks applied and returns the logits
-    aligned with the target (:mod:`taskprune.lm`).
+    ``[B, L, V]`` next to ``teacher_forced.target`` (:mod:`taskprune.lm`).
     """
     model, config = job.model, job.config
     cfg = config.smp
@@ -148,12 +148,10 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     def hard(name: str, s: torch.Tensor, rate: float) -> torch.Tensor:
         return per_group[name](name, s, rate)
 
-    kind = model_kind(model)
-
     def forward(tf: TeacherForced, masks: Masks) -> torch.Tensor:
         masks_now.clear()
         masks_now.update(masks)
-        return kind.aligned_logits(model(**tf.kwargs).logits, tf)
+        return model(**tf.kwargs).logits
 
     def site_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         return lambda t: t * masks_now[name].to(t.dtype) if name in masks_now else None
@@ -210,11 +208,9 @@ def learn_weight_masks(job: ScoringJob) -> tuple[Masks, list[float]]:
     scores = {n: torch.zeros(lin.weight.shape, device=device, requires_grad=True) for n, (lin, _) in weights.items()}
     rate_of = {n: r for n, (_, r) in weights.items()}
 
-    kind = model_kind(model)
-
     def forward(tf: TeacherForced, masks: Masks) -> torch.Tensor:
         params = {n: weights[n][0].weight * m.to(weights[n][0].weight.dtype) for n, m in masks.items()}
-        return kind.aligned_logits(functional_call(model, params, args=(), kwargs=tf.kwargs, strict=False).logits, tf)
+        return functional_call(model, params, args=(), kwargs=tf.kwargs, strict=False).logits
 
     with recording(get_adapter(model), [], grad=False):
         losses = _optimise(job, scores, rate_of, _weight_mask, forward, "smp (unstructured)")
