@@ -10,6 +10,9 @@ b. pruned ÷ dense latency at p in {0.3, 0.5, 0.7} for encoder, decoder and both
    FLOP-ideal speed-up (FLOPs of both models counted by torch.utils.flop_counter on the same inputs);
 c. wall time of a 10-example `compress` of the model, model loading excluded.
 
+For a decoder-only LM (``--model smollm2-135m-instruct``) part b prunes the FFN only, or whole attention heads and the
+FFN, at p in {0.3, 0.5}, and part b2 adds greedy generation at batch 1 (tokens/s with the KV cache, pruned vs dense).
+
 Timings run with glibc's allocator told to keep freed memory (GLIBC_TUNABLES, set by re-running this script;
 --default-malloc opts out). By default every activation above 128 KiB gets fresh pages from the kernel, and the
 page faults cost more than the arithmetic on small VMs: one profile of the dense model spent 167 ms in GELU and
@@ -36,9 +39,9 @@ from timing import STEADY_MARK, median_seconds, paired_seconds, rerun_with_stead
 
 from taskprune.api import compress, score, scoring_job  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
-from taskprune.data import LabelSpace, batches, length_order, targets_for  # noqa: E402
+from taskprune.data import LabelSpace, batches, length_order  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
-from taskprune.models import get_adapter  # noqa: E402
+from taskprune.lm import model_kind  # noqa: E402
 from taskprune.plan import RateSpec, make_plan  # noqa: E402
 from taskprune.prune import apply  # noqa: E402
 from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
@@ -58,20 +61,22 @@ def _median(fn, repeats: int) -> float:  # noqa: ANN001
 
 
 def bare_forward_backward(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> None:
-    """Forward with gold targets, backward of the summed label probabilities to both input embeddings."""
-    adapter = get_adapter(model)
-    start = adapter.decoder_start_token_id()
-    emb = model.get_input_embeddings()
+    """Forward teacher-forced on the gold labels, backward of the summed label-piece probabilities to the input
+    embeddings (the cheapest pass that reaches every unit); no activation recording, no weight gradients."""
+    kind = model_kind(model)
+    hooks = [emb.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_())
+             for emb in kind.input_embeddings(model)]
     for p in model.parameters():
         p.requires_grad_(False)
-    for b in batch_list:
-        dec_in, target = targets_for(labels, b.gold.tolist(), start)
-        x = emb(b.input_ids).detach().requires_grad_()
-        y = emb(dec_in).detach().requires_grad_()
-        logits = model(inputs_embeds=x, attention_mask=b.attention_mask, decoder_inputs_embeds=y,
-                       use_cache=False).logits
-        probs = logits.float().softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        (probs * (target >= 0)).sum().backward()
+    try:
+        for b in batch_list:
+            tf = kind.teacher_forced(model, b, labels, b.gold.tolist(), pieces_only=True)
+            logits = model(**tf.kwargs).logits
+            probs = logits.float().softmax(-1).gather(-1, tf.target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            (probs * (tf.target >= 0)).sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # -- a. memory, in a fresh process --------------------------------------------------------------------------
@@ -136,8 +141,8 @@ def part_a(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
 
 
 # -- b. latency vs FLOP ideal -------------------------------------------------------------------------------
-def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> int:
-    """FLOPs of rank classification, the attention kernels included.
+def _flops(run) -> int:  # noqa: ANN001
+    """FLOPs of ``run()``, the attention kernels included.
 
     torch's counter has no formula for the CPU flash-attention op that SDPA dispatches to here, so without one the
     attention products (QK^T and PV, which shrink with the head widths) would be missing from both counts.
@@ -151,18 +156,31 @@ def _flops(model: torch.nn.Module, batch_list: list, labels: LabelSpace) -> int:
     else:
         cpu_sdpa = {op: lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.no_grad():
-        for b in batch_list:
-            rank_scores(model, b, labels)
+        run()
     return counter.get_total_flops()
+
+
+def _variants(model: torch.nn.Module) -> list[tuple[str, float, RateSpec]]:
+    """What part b prunes: per module (seq2seq) or FFN only / heads + FFN (decoder-only, whole heads under GQA)."""
+    if model_kind(model).name == "causal":
+        return [(name, p, RateSpec(rate=p, layer_types=types)) for p in (0.3, 0.5)
+                for name, types in (("ffn", ("ffn",)), ("heads+ffn", ("self_attn", "ffn")))]
+    out = []
+    for modules, multiple in [(("encoder",), 1), (("decoder",), 1), (("encoder", "decoder"), 1),
+                              (("encoder", "decoder"), 8)]:
+        name = ("both" if len(modules) == 2 else modules[0]) + (f", widths x{multiple}" if multiple > 1 else "")
+        out += [(name, p, RateSpec(rate=p, modules=modules, multiple_of=multiple)) for p in (0.3, 0.5, 0.7)]
+    return out
 
 
 def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:  # noqa: ANN001
     fit = _examples(args.task, args.data_dir, "fit", 10)
     scores = score(model, tok, task, fit)
     evals = _examples(args.task, args.data_dir, "eval", 16, seed=1)
-    evals = [evals[i] for i in length_order(evals, tok)]
-    labels = LabelSpace.build(tok, task)
-    inputs = {1: list(batches(evals, tok, 1)), 16: list(batches(evals, tok, 16))}
+    kind = model_kind(model)
+    evals = [evals[i] for i in length_order(evals, tok, kind=kind)]
+    labels = kind.label_space(tok, task)
+    inputs = {1: list(batches(evals, tok, 1, kind=kind)), 16: list(batches(evals, tok, 16, kind=kind))}
     print("\n## b. Pruned ÷ dense latency vs the FLOP ideal\n")
     print("Per batch size: the same 16 eval examples (16 calls at batch 1, one call at batch 16). Dense and pruned "
           f"are timed in {args.latency_repeats} adjacent pairs (order alternating); the latencies are the medians, "
@@ -171,23 +189,43 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
           "(goal >= 0.9 at batch 16).\n")
     print("| pruned | p | batch | dense ms | pruned ms | speed-up | ideal | efficiency |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    variants = [(("encoder",), 1), (("decoder",), 1), (("encoder", "decoder"), 1), (("encoder", "decoder"), 8)]
-    for modules, multiple in variants:
-        for p in (0.3, 0.5, 0.7):
-            rates = RateSpec(rate=p, modules=modules, multiple_of=multiple)
-            pruned = apply(make_plan(model, scores, rates), model, check=False).eval()
-            for bs, blist in inputs.items():
-                def run(m: torch.nn.Module, bl: list = blist) -> None:
-                    with torch.no_grad():
-                        for b in bl:
-                            rank_scores(m, b, labels)
-                d, q = paired_seconds(lambda: run(model), lambda: run(pruned), args.latency_repeats)
-                dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
-                ideal = _flops(model, blist, labels) / _flops(pruned, blist, labels)
-                speed = statistics.median(a / b for a, b in zip(d, q))
-                name = ("both" if len(modules) == 2 else modules[0]) + (f", widths x{multiple}" if multiple > 1 else "")
-                print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
-                      f"{speed / ideal:.2f} |")
+    pruned_models = []
+    for name, p, rates in _variants(model):
+        pruned = apply(make_plan(model, scores, rates), model, check=False).eval()
+        pruned_models.append((name, p, pruned))
+        for bs, blist in inputs.items():
+            def run(m: torch.nn.Module, bl: list = blist) -> None:
+                with torch.no_grad():
+                    for b in bl:
+                        rank_scores(m, b, labels)
+            d, q = paired_seconds(lambda: run(model), lambda: run(pruned), args.latency_repeats)
+            dense_ms, pruned_ms = statistics.median(d) * 1e3, statistics.median(q) * 1e3
+            ideal = _flops(lambda: run(model)) / _flops(lambda: run(pruned))
+            speed = statistics.median(a / b for a, b in zip(d, q))
+            print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
+                  f"{speed / ideal:.2f} |")
+    if kind.name == "causal":
+        _generation(args, model, pruned_models, inputs[1][0])
+
+
+def _generation(args: argparse.Namespace, model: torch.nn.Module, pruned_models: list, batch) -> None:  # noqa: ANN001
+    """Greedy generation at batch 1 with the KV cache: tokens/s of pruned vs dense, paired, next to the FLOP ideal."""
+    n = args.new_tokens
+
+    def gen(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            m.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=n,
+                       min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    print(f"\n## b2. Greedy generation, batch 1, {n} new tokens with the KV cache\n")
+    print("| pruned | p | dense tokens/s | pruned tokens/s | speed-up | ideal | efficiency |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, p, pruned in pruned_models:
+        d, q = paired_seconds(lambda: gen(model), lambda: gen(pruned), args.latency_repeats)
+        speed = statistics.median(a / b for a, b in zip(d, q))
+        ideal = _flops(lambda: gen(model)) / _flops(lambda: gen(pruned))
+        print(f"| {name} | {p} | {n / statistics.median(d):.1f} | {n / statistics.median(q):.1f} | {speed:.2f} | "
+              f"{ideal:.2f} | {speed / ideal:.2f} |")
 
 
 # -- c. compress wall time ----------------------------------------------------------------------------------
@@ -208,6 +246,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--latency-repeats", type=int, default=15, help="dense/pruned pairs per row of part b")
     ap.add_argument("--only", choices=["a", "b", "c"], nargs="+", default=["a", "b", "c"])
+    ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per call in part b2 (causal LMs)")
     ap.add_argument("--default-malloc", action="store_true", help="time with the allocator as configured")
     ap.add_argument("--memory-probe", choices=["score", "infer"], help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -52,3 +52,15 @@ def test_load_serve_runs_and_reports(tiny: Path) -> None:
     row = next(line for line in out.split("## Load")[1].splitlines() if line.startswith("| ") and line[2].isdigit())
     requests, errors = row.split("|")[1:3]
     assert int(requests) > 0 and errors.strip() == "0"
+
+
+def test_bench_runs_on_a_decoder_only_model(tmp_path: Path) -> None:
+    from tiny import tiny_causal, tiny_causal_tokenizer
+
+    tiny_causal("llama", heads=6, kv_heads=3, hidden=48).save_pretrained(tmp_path / "causal")
+    tiny_causal_tokenizer().save_pretrained(tmp_path / "causal")
+    out = _run("benchmarks/bench.py", "--model", str(tmp_path / "causal"), "--data-dir", str(tmp_path / "none"),
+               "--examples", "8", "--batch-size", "4", "--repeats", "1", "--latency-repeats", "2", "--new-tokens", "4")
+    for needle in ("throughput ratio", "| ffn | 0.3 | 16 |", "| heads+ffn | 0.5 | 1 |", "## b2. Greedy generation",
+                   "| heads+ffn | 0.5 |", "## c. compress"):
+        assert needle in out
