@@ -1,4 +1,4 @@
-"""Does attribution pick the FFN units a real decoder-only LM needs? Attribution vs random (RP) vs activation (FPP).
+"""Does attribution pick the FFN units (or heads) a real decoder-only LM needs? Attribution vs random (RP) vs activation (FPP).
 
 Scores SmolLM2-135M-Instruct (or --model) once per method on k class-balanced fit examples, prunes the FFN of
 every layer at each rate with masks (equal to slicing, tested in tests/test_causal.py) and evaluates rank
@@ -32,6 +32,11 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     ap.add_argument("--random-seeds", type=int, default=3)
     ap.add_argument("--eval-examples", type=int, default=256, help="fixed random subset of the eval split")
+    ap.add_argument("--layer-types", nargs="+", default=["ffn"], help="what is pruned (default: the FFN)")
+    ap.add_argument("--head-granularity", default="query", choices=["query", "kv"])
+    ap.add_argument("--depths", default=None, metavar="LO-HI", help="prune only these layers (inclusive)")
+    ap.add_argument("--methods", nargs="+", default=["attribution", "activation"],
+                    help="scored methods besides the random trials")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -43,11 +48,14 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["id"] for line in args.out.read_text().splitlines()} if args.out.exists() else set()
     runs = [("dense", None, 0.0)] + [(m, s, r) for r in args.rates for m, s in
-                                     [("attribution", 0), ("activation", 0)]
+                                     [(m, 0) for m in args.methods]
                                      + [("random", s) for s in range(args.random_seeds)]]
+    scope = "+".join(args.layer_types) + ("" if args.head_granularity == "query" else "-kv")
+    lo, hi = (int(x) for x in args.depths.split("-")) if args.depths else (None, None)
+    scope += f"@{lo}-{hi}" if args.depths else ""
     scores: dict[tuple[str, int | None], dict] = {}
     for method, seed, rate in runs:
-        rid = f"{args.task}-{method}-{seed}-{rate}"
+        rid = f"{args.task}-{method}-{seed}-{rate}" + ("" if scope == "ffn" else f"-{scope}")
         if rid in done:
             continue
         t0 = time.perf_counter()
@@ -57,22 +65,27 @@ def main() -> None:
             if (method, seed) not in scores:
                 cfg = tp.ScoreConfig(seed=seed or 0)
                 scores[(method, seed)] = tp.score(model, tok, task, fit, method=method, config=cfg, batch_size=5)
-            plan = tp.make_plan(model, scores[(method, seed)], tp.RateSpec(rate=rate, layer_types=("ffn",)))
+            rates = tp.RateSpec(rate=0.0 if args.depths else rate, layer_types=tuple(args.layer_types),
+                                head_granularity=args.head_granularity,
+                                depth_rates=[(lo, hi, rate)] if args.depths else [])
+            plan = tp.make_plan(model, scores[(method, seed)], rates)
             with tp.masked(plan, model):
                 res = tp.evaluate(model, tok, task, ev, batch_size=16)
-        row = {"id": rid, "task": args.task, "method": method, "seed": seed, "rate": rate, **res.metrics,
+        row = {"id": rid, "task": args.task, "method": method, "seed": seed, "rate": rate, "scope": scope,
+               **res.metrics,
                "eval_examples": len(ev), "samples": args.samples, "seconds": time.perf_counter() - t0,
                "machine": f"{platform.machine()} {torch.get_num_threads()} threads"}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
-    print(f"\n{args.task} accuracy, FFN of every layer pruned, {args.samples} fit examples, {len(ev)} eval examples")
+    rows = [r for r in rows if r.get("scope", "ffn") == scope or r["method"] == "dense"]
+    print(f"\n{args.task} accuracy, {scope} of every layer pruned, {args.samples} fit examples, {len(ev)} eval examples")
     dense = [r["accuracy"] for r in rows if r["method"] == "dense"]
     print(f"dense: {dense[0]:.2f}" if dense else "dense: -")
     for rate in args.rates:
         cells = []
-        for method in ("attribution", "activation", "random"):
+        for method in (*args.methods, "random"):
             acc = [r["accuracy"] for r in rows if r["method"] == method and r["rate"] == rate]
             sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
             cells.append(f"{method} {statistics.mean(acc):.2f}{sd} (n={len(acc)})" if acc else f"{method} -")
