@@ -403,3 +403,22 @@ def test_cli_refuses_chat_template_on_without_one(tmp_path, capsys) -> None:  # 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("taskprune: error:") and "chat template" in err[0]
     assert not (tmp_path / "s.safetensors").exists()
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "phi3", "gemma"])
+def test_other_decoder_only_layouts_are_refused_in_one_line_naming_what_is_supported(model_type: str) -> None:
+    """GPT-2 (fused Conv1D qkv), Phi-3 (fused qkv_proj) and Gemma (scaled embeddings, GeGLU) are not the Llama
+    layout: get_adapter says so instead of pruning them wrongly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from taskprune.errors import TaskpruneError
+
+    kw = {"gpt2": dict(n_embd=32, n_layer=1, n_head=4, vocab_size=50),
+          "phi3": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+                       vocab_size=50, pad_token_id=0),
+          "gemma": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=48, vocab_size=50, head_dim=8)}[model_type]
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw))
+    with pytest.raises(TaskpruneError, match="Llama layout") as err:
+        get_adapter(model)
+    assert "\n" not in str(err.value)
