@@ -143,9 +143,8 @@ def length_order(examples: Sequence[Example], tokenizer, max_length: int = 256, 
     """
     if not examples:
         return []
-    causal = kind is not None and kind.name == "causal"  # causal models read the prompt (in a fixed wrapper)
-    texts = [(e.prompt or e.text) if causal else e.text for e in examples]
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    kind = _kind(kind)  # what that kind reads (a causal prompt's chat wrapper is the same for every example)
+    ids = tokenizer([kind.text(e) for e in examples], truncation=True, max_length=max_length)["input_ids"]
     return sorted(range(len(examples)), key=lambda i: len(ids[i]))
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from .data import Batch, LabelSpace, batches, length_order, n_batches
 from .errors import TaskpruneError
-from .lm import ModelKind, Seq2SeqKind, label_space, model_kind
+from .lm import ModelKind, Seq2SeqKind, model_kind
 from .lowrank import LowRankLinear
 from .models import Adapter, NeuronGroup, get_adapter
 from .scoring.base import Progress, no_progress
@@ -52,7 +52,8 @@ def generate_predictions(model: nn.Module, batch: Batch, labels: LabelSpace, tok
 def _prepare(model: nn.Module, tokenizer: Any, task: Task) -> tuple[LabelSpace, torch.device, ModelKind]:
     """Eval mode, the task's label targets, the model's device and its kind."""
     model.eval()
-    return label_space(model, tokenizer, task), next(model.parameters()).device, model_kind(model)
+    kind = model_kind(model)
+    return kind.label_space(tokenizer, task), next(model.parameters()).device, kind
 
 
 def evaluate(

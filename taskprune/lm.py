@@ -54,6 +54,10 @@ class ModelKind(ABC):
 
     name: ClassVar[str]
 
+    def text(self, example: Example) -> str:
+        """The text of ``example`` that a model of this kind reads (before any wrapping)."""
+        return example.text
+
     @abstractmethod
     def encode(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> Batch:
         """Tokenised, padded inputs of ``examples`` with their gold classes."""
@@ -132,7 +136,7 @@ class Seq2SeqKind(ModelKind):
     name = "seq2seq"
 
     def encode(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> Batch:
-        enc = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length,
+        enc = tokenizer([self.text(e) for e in examples], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
         return Batch(enc["input_ids"], enc["attention_mask"], torch.tensor([e.label for e in examples]))
 
@@ -271,10 +275,14 @@ class CausalKind(ModelKind):
     name = "causal"
 
     # -- inputs --------------------------------------------------------------------------------------
+    def text(self, example: Example) -> str:
+        """The causal prompt where the task has one, else the seq2seq rendering."""
+        return example.prompt or example.text
+
     def prompt_ids(self, tokenizer: Any, example: Example, max_length: int) -> list[int]:
         """The prompt's token ids: chat-wrapped where the tokenizer has a chat template, cut in the middle when
         longer than ``max_length`` (its start and its last ``CAUSAL_TAIL_TOKENS`` tokens are kept)."""
-        content = example.prompt or example.text
+        content = self.text(example)
         if has_chat_template(tokenizer):
             text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                  add_generation_prompt=True)
