@@ -142,10 +142,10 @@ class LlamaAdapter(Adapter):
         ffn = {w for n, w in widths.items() if groups[n].kind == "ffn"}
         if len(ffn) == 1 and min(ffn) > 0:
             config.intermediate_size = min(ffn)
-        heads = {self._heads(self._layer(groups[n]).self_attn) for n, w in widths.items() if groups[n].kind == "heads"}
-        setattr(config, KV_WIDTHS_KEY, {n: self._heads(self._layer(groups[n]).self_attn)[1]
-                                        for n in widths if groups[n].kind == "heads"})
-        zero = any(w == 0 for n, w in widths.items() if groups[n].kind == "heads")
+        per_layer = {n: self._heads(self._layer(groups[n]).self_attn) for n in widths if groups[n].kind == "heads"}
+        setattr(config, KV_WIDTHS_KEY, {n: n_kv for n, (_, n_kv) in per_layer.items()})
+        heads = set(per_layer.values())
+        zero = any(widths[n] == 0 for n in per_layer)
         # transformers' LlamaConfig validates hidden_size % num_attention_heads == 0 even with an explicit head_dim:
         # a head count that breaks it is recorded (taskprune_widths) and loads through load_pruned
         if len(heads) == 1 and not zero and config.hidden_size % next(iter(heads))[0] == 0:
