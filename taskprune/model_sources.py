@@ -118,7 +118,9 @@ def resolve_model(name_or_path: str | Path) -> str:
     if name in SHORT_NAMES and not Path(name).exists():
         return str(convert_gguf(packaged_file(SHORT_NAMES[name])))
     path = Path(name)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.suffix.lower() == ".gguf":  # never a Hub id: a missing file is the user's typo, not a download
+        if not path.is_file():
+            raise TaskpruneError(f"GGUF file {path} not found")
         return str(convert_gguf(path))
     if path.is_dir():
         found = _gguf_in(path)

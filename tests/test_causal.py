@@ -422,3 +422,14 @@ def test_other_decoder_only_layouts_are_refused_in_one_line_naming_what_is_suppo
     with pytest.raises(TaskpruneError, match="Llama layout") as err:
         get_adapter(model)
     assert "\n" not in str(err.value)
+
+
+def test_a_missing_or_broken_gguf_file_is_one_line(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from taskprune.cli import main
+
+    monkeypatch.setenv("TASKPRUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "bad.gguf").write_text("garbage")
+    for name, says in (("missing.gguf", "GGUF file"), ("bad.gguf", "cannot read GGUF file")):
+        assert main(["info", "--model", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("taskprune: error:") and says in err[0]
