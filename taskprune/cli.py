@@ -881,10 +881,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .finetune import DTYPES as TRAIN_DTYPES
 
     d = FinetuneConfig(model="", out_dir="")
-    p = command("finetune", help="multi-task fine-tuning of a seq2seq model (T5 or bert2bert)",
+    p = command("finetune", help="multi-task fine-tuning of a seq2seq model or a decoder-only LM (full or LoRA)",
                        description="Examples-proportional multi-task fine-tuning with AdamW, warm-up and linear "
                                    "decay, clipping, periodic evaluation and resumable checkpoints (docs/finetune.md).")
-    p.add_argument("--model", required=True, help="seq2seq model folder to start from (e.g. from init-seq2seq)")
+    p.add_argument("--model", required=True, help="model to start from: a seq2seq folder (e.g. from init-seq2seq) "
+                                                  "or a decoder-only LM (folder, GGUF, smollm2-135m-instruct)")
     p.add_argument("--out-dir", required=True, help="run folder: config.json, log.jsonl, checkpoint/, final/")
     p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder (default: $TASKPRUNE_DATA)")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to mix (default: all six)")
@@ -913,6 +914,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final model: the last step or the best periodic evaluation")
     p.add_argument("--dtype", choices=tuple(TRAIN_DTYPES), default=d.dtype, help="dtype of the exported model")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--lora-rank", type=NONNEG_INT, default=d.lora_rank,
+                   help="train a LoRA adapter of this rank on every linear layer instead of every weight; the "
+                        "export is then the adapter (0: full fine-tuning, the default)")
+    p.add_argument("--lora-alpha", type=POSITIVE_FLOAT, default=None, help="LoRA scaling alpha (default 2 x rank)")
+    p.add_argument("--lora-dropout", type=NONNEG_FLOAT, default=d.lora_dropout, help="LoRA dropout")
+    p.add_argument("--autocast", choices=("none", "bfloat16"), default=d.autocast,
+                   help="run forward and backward in bf16 (float32 master weights; default none)")
+    p.add_argument("--bucket", type=POSITIVE_INT, default=d.bucket,
+                   help="length bucketing: pool this many batches of a task and cut them by length (default 1: off)")
     p.set_defaults(func=cmd_finetune)
 
     p = command("init-seq2seq", help="warm-start a bert2bert EncoderDecoderModel from a BERT-family folder",

