@@ -22,13 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .allocate import ALLOCATIONS, global_rates, removed_fraction, search_rates
 from .checkpoint import save_pruned
 from .data import LazyBatches, length_order
 from .errors import TaskpruneError
+from .fingerprint import fingerprint
 from .lm import model_kind
 from .models import get_adapter
 from .plan import PruningPlan, RateSpec, check_rates_fit, make_plan
 from .prune import apply
+from .repair import RepairConfig
+from .repair import repair as repair_model
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
 from .scoring.base import Progress, needs_examples, no_progress
 from .tasks import Example, Task
@@ -53,7 +57,7 @@ def default_data_dir() -> Path | None:
 
 #: scorers whose score of a group does not depend on which other groups are scored (no shared random stream):
 #: ``compress`` scores only the groups its rates prune, so a decoder-only plan never back-propagates into the encoder
-GROUP_LOCAL = ("attribution", "attribution-unsupervised", "activation", "random-attribution")
+GROUP_LOCAL = ("attribution", "attribution-unsupervised", "activation", "random-attribution", "fisher", "flap")
 
 
 def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
@@ -146,8 +150,52 @@ RANDOM_METHODS = ("random", "random-attribution")
 
 
 def list_methods() -> list[str]:
-    """Every method ``compress`` accepts: the registered scorers and the transforms."""
-    return sorted([*list_scorers(), *TRANSFORMS])
+    """Every method ``compress`` accepts: the registered scorers, the peers' presets and the transforms."""
+    return sorted([*list_scorers(), *TRANSFORMS, *(p for p in PRESETS if p not in list_scorers())])
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A peer method as a combination of this engine's parts: its scorer, its allocation and its repair."""
+
+    scorer: str
+    allocate: str
+    repair: str
+
+
+#: taskprune's own recipe, the default of ``compress``: the paper's attribution scores, then the allocation and the
+#: repair that measured best together (reports/beyond); ``--method attribution`` is the paper's method alone
+DEFAULT_METHOD = "taskprune"
+#: calibration inputs for repair and the search allocation (scoring examples + unlabelled fit examples)
+DEFAULT_CALIBRATION = 128
+#: calibration inputs the search allocation judges each candidate on (one masked forward over them per candidate)
+SEARCH_EXAMPLES = 64
+
+#: recipes that combine this engine's parts: ours, and peers implemented from their papers (docs/method.md)
+PRESETS: dict[str, Preset] = {
+    DEFAULT_METHOD: Preset("attribution", "uniform", "ls"),
+    "flap": Preset("flap", "global", "bias"),  # An et al. 2024: fluctuation, adaptive structure, bias compensation
+    "kwon": Preset("fisher", "global-raw", "scale"),  # Kwon et al. 2022: Fisher mask, global search, rescaling
+}
+
+
+def calibration_examples(pool: list[Example], scoring: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """``n`` calibration inputs: the scoring examples first, then others drawn (seeded) from ``pool`` (labels are
+    not used, so any task input will do: repair needs inputs, not answers)."""
+    import random
+
+    chosen = list(scoring[:n])
+    taken = {(e.text, e.prompt) for e in chosen}
+    rest = [e for e in pool if (e.text, e.prompt) not in taken]
+    return chosen + random.Random(seed).sample(rest, min(len(rest), n - len(chosen)))
+
+
+def resolve_method(method: str, allocate: str | None, repair: str | None) -> tuple[str, str, str]:
+    """(scorer, allocation, repair mode) for ``method``; explicit ``allocate``/``repair`` override a preset's."""
+    preset = PRESETS.get(method)
+    scorer = preset.scorer if preset else method
+    return (scorer, allocate or (preset.allocate if preset else "uniform"),
+            repair or (preset.repair if preset else "none"))
 
 
 def compress(
@@ -163,24 +211,65 @@ def compress(
     batch_size: int = 8,
     max_length: int = 256,
     progress: Progress = no_progress,
+    allocate: str | None = None,
+    repair: RepairConfig | str | None = None,
+    calibration: list[Example] | None = None,
+    search_iterations: int = 40,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
 
-    ``scoring_seconds`` is the wall time of the method's own step (scoring, mask learning or factorising).
+    ``allocate`` spreads ``rates.rate`` as a budget of prunable parameters over the groups (:mod:`.allocate`);
+    ``repair`` re-solves the kept weights (:mod:`.repair`) on ``calibration`` inputs (labels unused; default: the
+    scoring examples), which the ``search`` allocation also judges its candidates on. ``scoring_seconds`` is the
+    wall time of the method's own steps (scoring, allocation, repair; mask learning or factorising).
     """
     check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     if method in TRANSFORMS:
+        if allocate not in (None, "uniform") or repair not in (None, "none"):
+            raise TaskpruneError(f"{method} does not select units: it takes no allocation or repair")
         return TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length, progress)
-    if method not in list_scorers():
+    repair_cfg = repair if isinstance(repair, RepairConfig) else None
+    scorer, allocation, repair_mode = resolve_method(method, allocate, repair_cfg.mode if repair_cfg else repair)
+    repair_cfg = replace(repair_cfg, mode=repair_mode) if repair_cfg else RepairConfig(mode=repair_mode)
+    if allocation not in ALLOCATIONS:
+        raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+    if scorer not in list_scorers():
         raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
     t0 = time.perf_counter()
-    scores = score(model, tokenizer, task, examples, method=method, config=config, batch_size=batch_size,
-                   max_length=max_length, progress=progress, only=rates if method in GROUP_LOCAL else None)
+    scores = score(model, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
+                   max_length=max_length, progress=progress, only=rates if scorer in GROUP_LOCAL else None)
+    kind = model_kind(model)
+    labels = kind.label_space(tokenizer, task)
+    calib = calibration if calibration else examples
+    calib_batches = list(LazyBatches([calib[i] for i in length_order(calib, tokenizer, max_length, kind)],
+                                     tokenizer, max(batch_size, 32), max_length, kind))
+
+    base_fingerprint = fingerprint(model)
+
+    def plan_for(r: RateSpec) -> PruningPlan:
+        return make_plan(model, scores, r, task=task.name, method=method, samples=len(examples), seed=seed,
+                         options=config.to_dict(), base_fingerprint=base_fingerprint)
+
+    allocation_info: dict[str, Any] | None = None
+    if allocation in ("global", "global-raw"):
+        rates = global_rates(model, scores, rates, rates.rate, standardise=allocation == "global")
+        allocation_info = {"method": allocation, "budget": config.target_rates["rate"]}
+    elif allocation == "search":
+        fitness_batches = calib_batches[: max(1, SEARCH_EXAMPLES // calib_batches[0].input_ids.shape[0])]
+        rates, info = search_rates(model, scores, rates, rates.rate, fitness_batches, labels, plan_for,
+                                   iterations=search_iterations, seed=config.seed, progress=progress)
+        allocation_info = {"method": "search", "budget": config.target_rates["rate"], **info}
+    if allocation_info is not None:
+        allocation_info["removed_fraction"] = round(removed_fraction(model, rates), 6)
+    plan = plan_for(rates)
+    plan.allocation = allocation_info
+    pruned: nn.Module = model
+    if repair_cfg.mode != "none":
+        pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
     seconds = time.perf_counter() - t0
-    plan = make_plan(model, scores, rates, task=task.name, method=method, samples=len(examples), seed=seed,
-                     options=config.to_dict())
-    return CompressResult(apply(plan, model, check=False), plan, scores, seconds, method)
+    return CompressResult(apply(plan, pruned, check=False, inplace=pruned is not model), plan, scores, seconds,
+                          method)
 
 
 @dataclass

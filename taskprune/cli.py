@@ -137,9 +137,16 @@ def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
         methods = list_methods()
     else:
         methods = list_scorers()
-    p.add_argument("--method", default="attribution", choices=methods,
-                   help="attribution (supervised, eqs. 4-6, default), attribution-unsupervised (eq. 10), the "
-                        "baselines activation (FPP), random-attribution (RAP), random (RP)"
+    if compress:
+        from .api import DEFAULT_METHOD
+    p.add_argument("--method", default=DEFAULT_METHOD if compress else "attribution", choices=methods,
+                   help=(f"{DEFAULT_METHOD} (default: attribution + the best measured allocation and repair, see "
+                         "--allocate/--repair), " if compress else "")
+                        + "attribution (supervised, eqs. 4-6: the paper" + ("" if compress else ", default") + "), "
+                        "attribution-unsupervised (eq. 10), the baselines activation (FPP), random-attribution (RAP), "
+                        "random (RP), fisher (Kwon et al.'s Fisher scores), flap (FLAP's fluctuation"
+                        + (": with its global allocation and bias compensation), kwon (Fisher + global ranking + "
+                           "rescaling)" if compress else ")")
                         + (", svd (low-rank)" if compress else "") + ", smp (Static Model Pruning, learnt "
                         "per-unit masks)" + (", smp-unstructured (per-weight masks: zeros, no speed-up)"
                                               if compress else ""))
@@ -169,6 +176,53 @@ def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
                    help="weight in [0, 1] of distillation from the dense model (default %(default)s: task loss only)")
     g.add_argument("--smp-temperature", type=POSITIVE_FLOAT, default=d.temperature,
                    help="distillation temperature (default %(default)s)")
+
+
+def _add_beyond(p: argparse.ArgumentParser) -> None:
+    from .allocate import ALLOCATIONS
+    from .api import DEFAULT_CALIBRATION, DEFAULT_METHOD, PRESETS
+    from .repair import REPAIR_MODES, RepairConfig
+
+    ours = PRESETS[DEFAULT_METHOD]
+    g = p.add_argument_group("beyond the paper: layer-adaptive rates and weight repair (docs/method.md)")
+    g.add_argument("--allocate", default=None, choices=ALLOCATIONS,
+                   help="how --rate (then the fraction of the scope's prunable parameters removed) is spread: "
+                        "uniform (every group at --rate: the paper, stock widths), global (one ranking of "
+                        "standardised scores, FLAP), global-raw (of raw scores), search (moves budget between groups "
+                        f"by the KL to the dense model on calibration inputs); default: the method's own "
+                        f"({DEFAULT_METHOD}: {ours.allocate}; attribution and the baselines: uniform)")
+    g.add_argument("--repair", default=None, choices=REPAIR_MODES,
+                   help="re-solve the kept weights on unlabelled calibration inputs: ls (ridge least squares), bias "
+                        "(FLAP's bias compensation), scale (Kwon et al.'s per-unit rescaling), none; default: the "
+                        f"method's own ({DEFAULT_METHOD}: {ours.repair}; attribution and the baselines: none)")
+    g.add_argument("--repair-alpha", type=NONNEG_FLOAT, default=RepairConfig.alpha,
+                   help="ridge strength toward the original kept weights, relative to the mean input energy "
+                        "(default %(default)s)")
+    g.add_argument("--repair-order", default="one-shot", choices=["one-shot", "sequential"],
+                   help="solve every group on the dense model's inputs (one-shot, default) or group after group on "
+                        "the pruned, already repaired model's (sequential: slower)")
+    g.add_argument("--calibration", type=POSITIVE_INT, default=DEFAULT_CALIBRATION, metavar="N",
+                   help="inputs (labels unused) for repair and the search allocation: the scoring examples plus more "
+                        "from the fit split, N in all (default %(default)s)")
+    g.add_argument("--search-iterations", type=POSITIVE_INT, default=40,
+                   help="candidate moves of --allocate search (default %(default)s)")
+
+
+def _recipe(args: argparse.Namespace, fit: list) -> dict[str, Any]:  # noqa: ANN401
+    """compress() keyword arguments for the allocation, repair and calibration flags (a method's own recipe where
+    they are not given)."""
+    from .api import TRANSFORMS, calibration_examples, resolve_method
+    from .repair import RepairConfig
+
+    if args.method in TRANSFORMS:
+        return {"allocate": args.allocate, "repair": args.repair}
+    _, allocation, repair = resolve_method(args.method, args.allocate, args.repair)
+    extra: dict[str, Any] = {"allocate": allocation, "search_iterations": args.search_iterations,
+                             "repair": RepairConfig(repair, args.repair_alpha, args.repair_order == "sequential")}
+    if repair != "none" or allocation == "search":
+        extra["calibration"] = calibration_examples(_examples(args, _task(args.task), "fit"), fit, args.calibration,
+                                                    args.seed)
+    return extra
 
 
 def _add_rates(p: argparse.ArgumentParser) -> None:
@@ -347,7 +401,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
     result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
-                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress)
+                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
+                      **_recipe(args, fit))
     out = save_compressed(result, tok, args.out, overwrite=args.overwrite)
     before, after = count_parameters(model), count_parameters(result.model)
     rows = [["parameters (total)", before["total"], after["total"]],
@@ -369,9 +424,26 @@ def cmd_compress(args: argparse.Namespace) -> None:
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:
         echo(f"note: {result.note}")
+    _explain_recipe(result.plan)
     if (result.plan is not None and getattr(result.model.config, "model_type", "") == "encoder-decoder"
             and _attention_pruned(result.plan)):
         echo("note: BERT attention widths have no stock config field: load this checkpoint with taskprune.load_pruned")
+
+
+def _explain_recipe(plan) -> None:  # noqa: ANN001
+    """One line each on how the rates were spread and the weights repaired, and what that means for loading."""
+    if plan is None:
+        return
+    if plan.allocation:
+        a = plan.allocation
+        widths = {n: len(g["keep"]) for n, g in plan.groups.items()}
+        echo(f"allocation: {a['method']}, {a['removed_fraction']:.1%} of the prunable parameters removed; widths "
+             f"range {min(widths.values())}-{max(widths.values())} per group")
+        echo("note: per-layer widths have no stock config field: load this checkpoint with taskprune.load_pruned "
+             "(for a checkpoint plain from_pretrained loads, pass --allocate uniform)")
+    if plan.repair and plan.repair.get("mode", "none") != "none":
+        r = plan.repair
+        echo(f"repair: {r['mode']} on {r['calibration_examples']} calibration inputs ({r['groups']} groups re-solved)")
 
 
 def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
@@ -764,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_task(p)
     _add_scoring(p, compress=True)
+    _add_beyond(p)
     p.add_argument("--trials", type=POSITIVE_INT, default=1,
                    help="random methods only: run N trials (trial seeds --trial-seed ...) and report mean ± std; "
                         "writes the trials' plans and metrics to --out instead of a checkpoint")

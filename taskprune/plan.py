@@ -51,6 +51,8 @@ class RateSpec:
     ``head_granularity`` says what a whole-head group (decoder-only LMs, ``heads``) removes: ``query`` heads, as
     many in every key/value group, or whole ``kv`` groups with their query heads (which also shrinks the KV cache).
     Dims inside a rotary head are never removed (rotary pairs and per-head q/k norms would break).
+    ``group_rates`` (group name -> rate, inside the scope) override everything: what a layer-adaptive allocation
+    (:mod:`taskprune.allocate`) produces and a plan records.
     """
 
     rate: float = 0.0
@@ -61,6 +63,7 @@ class RateSpec:
     depth_rates: list[tuple[int, int, float]] = field(default_factory=list)
     multiple_of: int = 1
     head_granularity: str = "query"
+    group_rates: dict[str, float] = field(default_factory=dict)  # per group, most specific (layer-adaptive rates)
 
     def __post_init__(self) -> None:
         if self.head_granularity not in HEAD_GRANULARITIES:
@@ -87,6 +90,7 @@ class RateSpec:
                 f"a rate is given for {', '.join(outside)}, which lies outside the pruned scope (modules "
                 f"{'+'.join(self.modules)}, layer types {'+'.join(self.layer_types)}); widen --modules/--layer-types"
             )
+        self.group_rates = {str(k): check_rate(v, f"rate for group {k}") for k, v in dict(self.group_rates).items()}
         for item in self.depth_rates:
             if len(item) != 3 or int(item[0]) > int(item[1]) or int(item[0]) < 0:
                 raise TaskpruneError(f"depth rate {item!r} must be (lo, hi, rate) with 0 <= lo <= hi")
@@ -100,7 +104,7 @@ class RateSpec:
         for lo, hi, r in self.depth_rates:
             if lo <= group.depth <= hi:
                 rate = r
-        return rate
+        return self.group_rates.get(group.name, rate)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,6 +114,8 @@ class RateSpec:
             del d["multiple_of"]
         if self.head_granularity == "query":
             del d["head_granularity"]
+        if not self.group_rates:
+            del d["group_rates"]
         return d
 
     @classmethod
@@ -167,6 +173,8 @@ class PruningPlan:
     samples: int | None = None
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    allocation: dict[str, Any] | None = None  # how the rates were spread (taskprune.allocate), None: as given
+    repair: dict[str, Any] | None = None  # how kept weights were re-solved (taskprune.repair), None: not repaired
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: str = PLAN_FORMAT
 
@@ -251,6 +259,10 @@ def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate")
             f"{'+'.join(sorted({g.layer_type for g in groups}))}")
     depths = [g.depth for g in groups if g.module in rates.modules]
     check_depths(rates.depth_rates, 1 + max(depths, default=-1), what)
+    names = {g.name for g in groups}
+    unknown = [n for n in rates.group_rates if n not in names]
+    if unknown:
+        raise TaskpruneError(f"a rate is given for group {unknown[0]}, which this {adapter.family} model does not have")
 
 
 def make_plan(
@@ -263,10 +275,13 @@ def make_plan(
     samples: int | None = None,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
+    base_fingerprint: str | None = None,
 ) -> PruningPlan:
     """Select the units to keep in every group of ``model`` from ``scores`` at ``rates``.
 
     Groups pruned at rate 0 (and empty groups) need no score; every other group must have one of matching size.
+    ``base_fingerprint``: ``model``'s fingerprint when the caller has it (hashing the weights costs a pass over
+    them, which a search making many plans of one model should pay once).
     """
     adapter = get_adapter(model)
     bad = [name for name, s in scores.items() if not bool(torch.isfinite(s).all())]
@@ -295,7 +310,7 @@ def make_plan(
                 keep = select_units(s, g.n_heads, rate, 1 if g.kind == "heads" else rates.multiple_of)
         groups[g.name] = {"size": g.size, "n_heads": g.n_heads, "rate": rate, "keep": keep.tolist()}
     return PruningPlan(
-        base_fingerprint=fingerprint(model),
+        base_fingerprint=base_fingerprint or fingerprint(model),
         family=adapter.family,
         groups=groups,
         task=task,

@@ -223,7 +223,7 @@ CASES: dict[str, tuple[list[str], str]] = {
                            "the plan lacks group encoder.0.self_attn.vo of this model"),
     "trials 0": (["compress", *M, *T, "--trials", "0", "--out", "{root}/new"], "argument --trials: must be a positive"),
     "trials of a deterministic method": (["compress", *M, *T, "--trials", "3", "--out", "{root}/new"],
-                                         "attribution is deterministic"),
+                                         "taskprune is deterministic"),
     "report missing file": (["report", "{root}/MISSING.jsonl", "--out", "{root}/new"], "MISSING.jsonl not found"),
     "serve port in use": ([*SERVE, "--port", "{busy_port}"], "cannot listen on 127.0.0.1:{busy_port}"),
     "serve unknown host": ([*SERVE, "--host", "no.such.host.invalid"], "--host no.such.host.invalid: cannot resolve"),

@@ -59,6 +59,8 @@ def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureF
     text = capsys.readouterr().out
     assert code == 0, text
     assert "parameters (prunable)" in text and "accuracy" in text and "kept 50.0%" in text
+    assert "repair: ls on 8 calibration inputs" in text  # the default recipe: attribution + least-squares repair
+    assert json.loads((out / "plan.json").read_text())["repair"]["mode"] == "ls"
     assert {"config.json", "model.safetensors", "plan.json", "scores.safetensors"} <= {p.name for p in out.iterdir()}
     plain = AutoModelForSeq2SeqLM.from_pretrained(out)  # uniform rate on T5: a stock checkpoint
     assert plain.config.d_ff == 24 and plain.config.d_kv == 4
@@ -81,10 +83,10 @@ def test_score_plan_prune_chain_equals_compress(workspace: dict[str, Path], caps
     assert run("info", *common) == 0
     assert run("eval", "--model", root / "pruned", "--task", workspace["task"], "--json") == 0
     assert "accuracy" in capsys.readouterr().out
-    compressed = root / "compressed"
-    if not compressed.exists():
-        assert run("compress", *common, "--task", workspace["task"], "--samples", 4, "--rate", 0.5,
-                   "--out", compressed, "--batch-size", 2, "--no-eval") == 0
+    compressed = root / "compressed-paper"  # the chain is the paper's method: compress's default also repairs
+    assert run("compress", *common, "--task", workspace["task"], "--samples", 4, "--rate", 0.5, "--method",
+               "attribution", "--out", compressed, "--batch-size", 2, "--no-eval") == 0
+    assert json.loads((compressed / "plan.json").read_text())["repair"] is None
     inputs = sample_inputs(0)
     torch.testing.assert_close(logits(load_pruned(root / "pruned"), inputs), logits(load_pruned(compressed), inputs))
 

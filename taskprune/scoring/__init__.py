@@ -1,6 +1,6 @@
 """Importance methods behind one interface, registered by name (see :mod:`.base`)."""
 
-from . import activation, attribution, random_attribution, random_scores, smp  # noqa: F401  (register methods)
+from . import activation, attribution, flap, random_attribution, random_scores, smp  # noqa: F401  (register methods)
 from .base import (
     ScoreConfig,
     Scorer,

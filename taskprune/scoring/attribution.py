@@ -55,6 +55,29 @@ def supervised_attribution(job: ScoringJob) -> Scores:
     return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
 
 
+@register_scorer("fisher")
+def fisher(job: ScoringJob) -> Scores:
+    """Kwon et al. (2022): the diagonal Fisher information of a unit's mask, ``sum_x (sum_pos h * d log P(y|x) / d h)^2``
+    — each example's attribution of the gold label's log-likelihood, squared, then summed (instead of the paper's
+    |sum a*g| over probabilities). Activations, not weights, are differentiated: a row's gradient is that example's."""
+    model, labels = job.model, job.labels
+
+    def per_batch(rec: ActivationRecorder, batch: Batch, scores: Scores) -> None:
+        logits, target = teacher_forced_logits(model, batch, labels, batch.gold.tolist(), pieces_only=True)
+        logp = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        objective = (logp * (target != IGNORE)).sum()
+        names, tensors = rec.flat()
+        grads = torch.autograd.grad(objective, tensors, allow_unused=True)
+        per_example: dict[str, torch.Tensor] = {}
+        for name, h, g in zip(names, tensors, grads):
+            a = _per_example(h, g, "sum")
+            per_example[name] = per_example[name] + a if name in per_example else a
+        for name, a in per_example.items():
+            scores[name] += a.pow(2).sum(0)
+
+    return run_scoring(job, "fisher", per_batch)
+
+
 @register_scorer("attribution-unsupervised")
 def unsupervised_attribution(job: ScoringJob) -> Scores:
     """Label-free attribution over every candidate label with absolute values (eq. 10)."""

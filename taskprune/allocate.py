@@ -1,0 +1,172 @@
+"""Layer-adaptive rates: spread a global budget of removed parameters over the groups unevenly.
+
+The paper prunes every group at one rate. Layers do not matter equally (on minilm-glue6 almost all the loss at
+p = 0.5 is in the encoder), so a global budget — the fraction of the scope's prunable parameters removed — is
+allocated per group:
+
+- ``uniform``: every group at the budget (the paper; stock widths, plain ``from_pretrained``).
+- ``global``: FLAP's adaptive structure. Scores are standardised within each group (z-scores: groups' raw scales
+  differ by orders of magnitude) and ranked together; one threshold removes every unit below it, found by bisection
+  so that the removed parameters (each unit weighted by the parameters it owns) meet the budget. An attention's Q/K
+  and V/O share one rate (one head size), and no group loses more than ``max_rate``.
+- ``global-raw``: the same ranking on the raw scores, for scores on one scale across groups (Kwon et al.'s Fisher
+  information: a loss sensitivity, comparable between layers).
+- ``search``: starts from ``global`` and moves budget between pairs of groups, keeping a move when a forward-only
+  fitness on held-out fit examples improves: the KL divergence from the dense model's label distribution (no
+  labels needed). Masks on the one model, so each candidate costs one forward pass over the held-out examples.
+
+The result is a :class:`~taskprune.plan.RateSpec` with per-group rates (``group_rates``), recorded in the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .data import Batch, LabelSpace
+from .errors import TaskpruneError
+from .lm import model_kind
+from .models import Adapter, NeuronGroup, get_adapter
+from .plan import RateSpec
+from .scoring.base import Progress, Scores, no_progress
+
+ALLOCATIONS = ("uniform", "global", "global-raw", "search")
+MAX_RATE = 0.95
+
+
+def _pools(adapter: Adapter, rates: RateSpec) -> dict[str, list[NeuronGroup]]:
+    """Groups that share one rate: an attention's Q/K and V/O, else each group alone (in the scope only)."""
+    pools: dict[str, list[NeuronGroup]] = {}
+    for g in adapter.groups():
+        if g.size == 0 or g.module not in rates.modules or g.layer_type not in rates.layer_types:
+            continue
+        key = g.attention if g.kind in ("qk", "vo") else g.name
+        pools.setdefault(key, []).append(g)
+    return pools
+
+
+def _removed(adapter: Adapter, group: NeuronGroup, rate: float) -> int:
+    """Parameters removed from ``group`` at ``rate`` (per-head floor rounding as :func:`plan.select_units`)."""
+    head = group.size // group.n_heads
+    gone = math.floor(head * rate + 1e-9) * group.n_heads
+    return adapter.prunable_parameters(group, gone)
+
+
+def budget_parameters(model: nn.Module, rates: RateSpec, budget: float) -> tuple[int, int]:
+    """(parameters to remove, prunable parameters in the scope) for a budget fraction."""
+    adapter = get_adapter(model)
+    total = sum(adapter.prunable_parameters(g) for pool in _pools(adapter, rates).values() for g in pool)
+    return int(round(budget * total)), total
+
+
+def removed_fraction(model: nn.Module, rates: RateSpec) -> float:
+    """Fraction of the scope's prunable parameters that ``rates`` remove."""
+    adapter = get_adapter(model)
+    pools = _pools(adapter, rates)
+    total = sum(adapter.prunable_parameters(g) for pool in pools.values() for g in pool)
+    gone = sum(_removed(adapter, g, rates.rate_for(g)) for pool in pools.values() for g in pool)
+    return gone / max(total, 1)
+
+
+def _standardised(scores: torch.Tensor) -> torch.Tensor:
+    s = scores.double()
+    std = s.std() if s.numel() > 1 else torch.tensor(1.0, dtype=s.dtype)
+    return (s - s.mean()) / (std if std > 0 else 1.0)
+
+
+def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: float,
+                 max_rate: float = MAX_RATE, standardise: bool = True) -> RateSpec:
+    """FLAP-style allocation: one threshold on within-group z-scores meets ``budget`` (see the module docstring)."""
+    adapter = get_adapter(model)
+    pools = _pools(adapter, rates)
+    missing = [g.name for pool in pools.values() for g in pool if g.name not in scores]
+    if missing:
+        raise TaskpruneError(f"global allocation needs scores for every group in the scope; {missing[0]} has none")
+    z = {g.name: _standardised(scores[g.name]) if standardise else scores[g.name].double()
+         for pool in pools.values() for g in pool}
+    target, _ = budget_parameters(model, rates, budget)
+
+    def rates_at(tau: float) -> dict[str, float]:
+        out = {}
+        for key, pool in pools.items():
+            below = sum(int((z[g.name] < tau).sum()) for g in pool)
+            out[key] = min(max_rate, below / sum(g.size for g in pool))
+        return out
+
+    def removed(r: dict[str, float]) -> int:
+        return sum(_removed(adapter, g, r[key]) for key, pool in pools.items() for g in pool)
+
+    every = torch.cat([v.flatten() for v in z.values()])
+    lo, hi = float(every.min()) - 1.0, float(every.max()) + 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if removed(rates_at(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    chosen = rates_at(hi)
+    group_rates = {g.name: round(chosen[key], 6) for key, pool in pools.items() for g in pool}
+    return replace(rates, group_rates=group_rates)
+
+
+def label_distributions(model: nn.Module, batches: Sequence[Batch], labels: LabelSpace) -> torch.Tensor:
+    """log P(label | input) over the candidates, renormalised: ``[N, classes]``."""
+    kind = model_kind(model)
+    with torch.inference_mode():
+        out = [kind.rank_scores(model, b, labels).float().log_softmax(-1) for b in batches]
+    return torch.cat(out)
+
+
+def search_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: float, batches: Sequence[Batch],
+                 labels: LabelSpace, make_plan: Callable[[RateSpec], object], iterations: int = 40,
+                 step: float = 0.1, seed: int = 0, progress: Progress = no_progress,
+                 max_rate: float = MAX_RATE) -> tuple[RateSpec, dict[str, float]]:
+    """Local search over per-pool rates from the global allocation, judged by KL to the dense label distribution
+    on ``batches`` (held-out fit examples). Each move raises one pool's rate by ``step`` and lowers another's so the
+    removed parameters stay at the budget; it is kept when the fitness improves."""
+    from .prune import masked
+
+    adapter = get_adapter(model)
+    pools = _pools(adapter, rates)
+    keys = list(pools)
+    start = global_rates(model, scores, rates, budget, max_rate)
+    current = {k: start.group_rates[pool[0].name] for k, pool in pools.items()}
+    dense = label_distributions(model, batches, labels)
+
+    def spec(r: dict[str, float]) -> RateSpec:
+        return replace(rates, group_rates={g.name: round(r[k], 6) for k, pool in pools.items() for g in pool})
+
+    def fitness(r: dict[str, float]) -> float:
+        with masked(make_plan(spec(r)), model, check=False):
+            pruned = label_distributions(model, batches, labels)
+        return float((dense.exp() * (dense - pruned)).sum(-1).mean())
+
+    def params_per_rate(k: str) -> float:
+        return sum(adapter.prunable_parameters(g) for g in pools[k])
+
+    best = fitness(current)
+    first = best
+    rng = random.Random(seed)
+    accepted = 0
+    for _ in progress(range(iterations), "allocation search", iterations):
+        up, down = rng.sample(keys, 2)
+        d_up = min(step, max_rate - current[up])
+        if d_up <= 0:
+            continue
+        d_down = d_up * params_per_rate(up) / params_per_rate(down)  # same parameters moved
+        if current[down] - d_down < 0:
+            continue
+        cand = dict(current)
+        cand[up] += d_up
+        cand[down] -= d_down
+        f = fitness(cand)
+        if f < best:
+            best, current = f, cand
+            accepted += 1
+    return spec(current), {"kl_start": round(first, 6), "kl_end": round(best, 6), "accepted": accepted,
+                           "iterations": iterations}

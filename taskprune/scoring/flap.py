@@ -1,0 +1,64 @@
+"""FLAP's fluctuation metric (An et al., AAAI 2024), the peer's importance in this engine.
+
+A unit whose input to the consumer barely varies over tokens can be replaced by its mean (FLAP's bias
+compensation, :mod:`taskprune.repair` ``bias``), so its importance is how much it fluctuates, weighted by how
+strongly the consumer reads it: ``score_j = sum over the unit's channels of Var_t(x_c) * ||W[:, c]||^2``. No labels:
+the decoder (a causal LM's answer) is teacher-forced over every candidate label, as in repair's calibration.
+FLAP removes whole heads; for the per-dim Q/K units of T5/BERT attentions, which feed a softmax rather than a
+linear consumer, the score is ``Var(q_j) * Var(k_j)`` (our extension: a dim matters when both sides vary).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import Batch
+from ..lm import model_kind
+from ..models import get_adapter
+from .base import Scores, ScoringJob, register_scorer
+from .hooks import ActivationRecorder, run_scoring
+
+
+@register_scorer("flap")
+def flap_scores(job: ScoringJob) -> Scores:
+    model, labels = job.model, job.labels
+    kind = model_kind(model)
+    adapter = get_adapter(model)
+    groups = {g.name: g for g in job.groups}
+    sums: dict[str, list[list[torch.Tensor | float]]] = {}  # per group and site: [n, Σx, Σx²] over tokens
+
+    def per_batch(rec: ActivationRecorder, batch: Batch, _scores: Scores) -> None:
+        for c in range(len(labels)):
+            tf = kind.teacher_forced(model, batch, labels, [c] * len(batch))
+            model(**tf.kwargs)
+            masks = rec.position_masks(batch, tf)
+            for name, tensors in rec.captured.items():
+                acc = sums.setdefault(name, [])
+                for i, (h, m) in enumerate(zip([t for t in tensors if t is not None], masks[name])):
+                    # [B, T, (w,) units] -> real tokens x channels (a whole head's w dims are channels too)
+                    x = h.float().reshape(m.shape[0], m.shape[1], -1)[m.bool()].double()
+                    while len(acc) <= i:
+                        acc.append([0.0, 0.0, 0.0])
+                    acc[i][0] += x.shape[0]
+                    acc[i][1] = acc[i][1] + x.sum(0)
+                    acc[i][2] = acc[i][2] + x.pow(2).sum(0)
+            rec.clear()
+
+    run_scoring(job, "flap", per_batch, grad=False)
+    out: Scores = {}
+    for name, sites in sums.items():
+        g = groups[name]
+        var = []
+        for n, s1, s2 in sites:
+            n = max(float(n), 1.0)
+            var.append((s2 / n - (s1 / n) ** 2).clamp(min=0).float())  # type: ignore[operator]
+        if g.kind == "qk":
+            out[name] = var[0] * var[1] if len(var) > 1 else var[0]
+            continue
+        col = adapter.parts(g).consumers[0].weight.detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2
+        w = g.unit_width  # the site showed a whole head as [w, units]; the consumer's columns are [units, w]
+        v = var[0].cpu().reshape(w, g.size).T.reshape(-1) if w > 1 else var[0].cpu()
+        out[name] = (v * col).reshape(g.size, w).sum(1)
+    for name, g in groups.items():
+        out.setdefault(name, torch.zeros(g.size))
+    return out

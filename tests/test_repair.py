@@ -1,0 +1,221 @@
+"""Beyond the paper: weight repair, layer-adaptive allocation, Fisher and FLAP scores, the peers' presets.
+
+Each promise is checked against an independent computation: a duplicated unit is merged back exactly by
+least squares; a constant unit is absorbed exactly by bias compensation; a repaired model's masks equal its
+slices and survive save -> load; an allocation removes the budget it was given; Fisher equals the squared
+per-example attribution of the log-likelihood.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import logits, make_model, make_tokenizer, sample_inputs
+from tiny import tiny_causal, tiny_causal_tokenizer
+
+from taskprune.allocate import global_rates, removed_fraction, search_rates
+from taskprune.api import compress
+from taskprune.checkpoint import load_pruned, save_pruned
+from taskprune.data import batches
+from taskprune.errors import TaskpruneError
+from taskprune.lm import label_space, model_kind, teacher_forced_logits
+from taskprune.models import get_adapter
+from taskprune.plan import RateSpec, make_plan
+from taskprune.prune import apply, masked
+from taskprune.repair import RepairConfig, repair
+from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
+from taskprune.tasks import Example, Task
+
+TASK = Task("toy", "{text}", ("negative", "positive"), ("0", "1"), causal_template="review {text} Answer:")
+TEXTS = ["good movie", "the film was very bad", "a great film and a good movie", "awful", "it is good",
+         "this was a bad and awful film", "a very good film", "the movie was awful and bad", "great great film",
+         "it was a bad movie", "good and great", "a film that was awful"]
+EXAMPLES = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(TEXTS)]
+SEQ2SEQ = ("t5-relu", "t5-gated", "bert2bert")
+
+
+def _batches(model, tok, exs=EXAMPLES, size=4):  # noqa: ANN001, ANN202
+    return list(batches(exs, tok, size, 64, model_kind(model)))
+
+
+def _ffn_parts(model, group):  # noqa: ANN001, ANN202
+    return get_adapter(model).parts(group)
+
+
+def _only(model, name: str, n_removed: int) -> RateSpec:  # noqa: ANN001
+    size = get_adapter(model).group_by_name()[name].size
+    return RateSpec(rate=0.0, group_rates={name: n_removed / size})
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ)
+@pytest.mark.parametrize("sequential", [True, False])
+def test_least_squares_merges_a_duplicated_unit_back_exactly(family: str, sequential: bool) -> None:
+    model, tok = make_model(family).double(), make_tokenizer(family)
+    adapter = get_adapter(model)
+    group = next(g for g in adapter.groups() if g.kind == "ffn" and g.module == "encoder")
+    with torch.no_grad():  # unit 7 becomes a copy of unit 3: removing it loses nothing a re-solve cannot restore
+        for lin in _ffn_parts(model, group).producers:
+            lin.weight[7] = lin.weight[3]
+            if lin.bias is not None:
+                lin.bias[7] = lin.bias[3]
+    scores = {group.name: torch.ones(group.size)}
+    scores[group.name][7] = -1.0
+    plan = make_plan(model, scores, _only(model, group.name, 1))
+    assert plan.groups[group.name]["keep"] == [i for i in range(group.size) if i != 7]
+    labels = label_space(model, tok, TASK)
+    fixed, info = repair(model, plan, _batches(model, tok), labels, RepairConfig("ls", alpha=1e-9, sequential=sequential))
+    pruned, unrepaired = apply(plan, fixed, check=False), apply(plan, model, check=False)
+    inputs = sample_inputs()
+    dense = logits(model, inputs)
+    repaired_err = (logits(pruned, inputs) - dense).abs().max()
+    unrepaired_err = (logits(unrepaired, inputs) - dense).abs().max()
+    assert unrepaired_err > 1e-6 and repaired_err < 1e-3 * unrepaired_err
+    assert info["groups"] == 1 and info["tokens"] > group.size
+
+
+def test_bias_compensation_absorbs_a_constant_unit_exactly() -> None:
+    model, tok = make_model("bert2bert").double(), make_tokenizer("bert2bert")
+    adapter = get_adapter(model)
+    group = next(g for g in adapter.groups() if g.kind == "ffn" and g.module == "decoder")
+    with torch.no_grad():  # unit 5 reads nothing: its activation is gelu(bias), the same at every token
+        producer = _ffn_parts(model, group).producers[0]
+        producer.weight[5] = 0.0
+        producer.bias[5] = 1.5
+    scores = {group.name: torch.ones(group.size)}
+    scores[group.name][5] = -1.0
+    plan = make_plan(model, scores, _only(model, group.name, 1))
+    labels = label_space(model, tok, TASK)
+    fixed, _ = repair(model, plan, _batches(model, tok), labels, RepairConfig("bias"))
+    inputs = sample_inputs()
+    torch.testing.assert_close(logits(apply(plan, fixed, check=False), inputs), logits(model, inputs),
+                               atol=1e-9, rtol=1e-9)
+    flap = get_scorer("flap")(ScoringJob(model, _batches(model, tok), labels, [group]))[group.name]
+    assert flap[5] == 0 and bool((flap[torch.arange(group.size) != 5] > 0).all())
+
+
+@pytest.mark.parametrize("family", [*SEQ2SEQ, "llama", "qwen3"])
+@pytest.mark.parametrize("mode", ["ls", "bias", "scale"])
+def test_repaired_masks_equal_slices_and_survive_save_load(family: str, mode: str, tmp_path) -> None:  # noqa: ANN001
+    if family in SEQ2SEQ:
+        model, tok = make_model(family), make_tokenizer(family)
+    else:
+        model, tok = tiny_causal(family), tiny_causal_tokenizer()
+    labels = label_space(model, tok, TASK)
+    g = torch.Generator().manual_seed(1)
+    scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
+    plan = make_plan(model, scores, RateSpec(rate=0.5))
+    fixed, info = repair(model, plan, _batches(model, tok), labels, RepairConfig(mode))
+    assert info["groups"] > 0
+    b = _batches(model, tok)[0]
+    tf = model_kind(model).teacher_forced(model, b, labels, b.gold.tolist())
+    with torch.no_grad(), masked(plan, fixed, check=False):
+        via_mask = fixed(**tf.kwargs).logits
+    pruned = apply(plan, fixed, check=False)
+    with torch.no_grad():
+        via_slice = pruned(**tf.kwargs).logits
+    torch.testing.assert_close(via_slice, via_mask, atol=1e-5, rtol=1e-5)
+    save_pruned(pruned, tmp_path / "m", tok)
+    with torch.no_grad():
+        reloaded = load_pruned(tmp_path / "m")(**tf.kwargs).logits
+    torch.testing.assert_close(reloaded, via_slice.to(reloaded.dtype), atol=2e-3, rtol=2e-3)  # fp16 on disk
+
+
+def test_repair_makes_a_new_model_and_leaves_the_base_alone() -> None:
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    before = copy.deepcopy(model.state_dict())
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    fixed, _ = repair(model, plan, _batches(model, tok), label_space(model, tok, TASK), RepairConfig("ls"))
+    assert fixed is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in [*model.modules(), *fixed.modules()])
+
+
+def test_repair_settings_are_checked() -> None:
+    with pytest.raises(TaskpruneError, match="repair 'magic'"):
+        RepairConfig("magic")
+    with pytest.raises(TaskpruneError, match="alpha"):
+        RepairConfig("ls", alpha=-1.0)
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama"])
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.7])
+def test_global_allocation_removes_the_budget(family: str, budget: float) -> None:
+    model = make_model(family) if family in SEQ2SEQ else tiny_causal(family, layers=3)
+    g = torch.Generator().manual_seed(2)
+    scores = {grp.name: torch.rand(grp.size, generator=g) * (1 + 10 * i)
+              for i, grp in enumerate(get_adapter(model).groups())}
+    rates = global_rates(model, scores, RateSpec(rate=budget), budget)
+    adapter = get_adapter(model)
+    per_unit = max(adapter.prunable_parameters(grp, grp.n_heads) for grp in adapter.groups())
+    total = sum(adapter.prunable_parameters(grp) for grp in adapter.groups())
+    assert abs(removed_fraction(model, rates) - budget) <= len(adapter.groups()) * per_unit / total
+    assert len(set(rates.group_rates.values())) > 1  # not uniform
+    for grp in adapter.groups():  # an attention's Q/K and V/O share one rate
+        if grp.kind == "qk":
+            vo = grp.name.removesuffix("qk") + "vo"
+            assert rates.group_rates[grp.name] == rates.group_rates[vo]
+    plan = make_plan(model, scores, rates)
+    apply(plan, model)  # a valid plan: every head keeps one width
+    assert RateSpec.from_dict(plan.rates) == rates
+
+
+def test_search_keeps_the_budget_and_never_worsens_its_fitness() -> None:
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    labels = label_space(model, tok, TASK)
+    scores = {grp.name: torch.rand(grp.size) for grp in get_adapter(model).groups()}
+    spec, info = search_rates(model, scores, RateSpec(rate=0.5), 0.5, _batches(model, tok), labels,
+                              lambda r: make_plan(model, scores, r), iterations=12)
+    assert info["kl_end"] <= info["kl_start"]
+    assert abs(removed_fraction(model, spec) - 0.5) < 0.08
+
+
+def test_fisher_is_the_squared_attribution_of_the_log_likelihood() -> None:
+    model, tok = make_model("t5-relu").double(), make_tokenizer("t5-relu")
+    labels = label_space(model, tok, TASK)
+    groups = get_adapter(model).groups()
+    exs = EXAMPLES[:3]
+    fisher = get_scorer("fisher")(ScoringJob(model, _batches(model, tok, exs, 3), labels, groups))
+    expected = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for e in exs:  # one example at a time: signed attribution of P, divided by P, squared (single-piece labels)
+        b = _batches(model, tok, [e], 1)
+        signed = get_scorer("attribution")(ScoringJob(model, b, labels, groups, ScoreConfig(example_agg="signed")))
+        with torch.no_grad():
+            lg, target = teacher_forced_logits(model, b[0], labels, [e.label], pieces_only=True)
+            p = lg.double().softmax(-1)[0, 0, target[0, 0]]
+        for name in expected:
+            expected[name] += (signed[name].double() / p) ** 2
+    for name in expected:
+        torch.testing.assert_close(fisher[name].double(), expected[name], rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama"])
+@pytest.mark.parametrize("method", ["flap", "kwon"])
+def test_peer_presets_compress_and_record_what_they_did(family: str, method: str) -> None:
+    if family in SEQ2SEQ:
+        model, tok = make_model(family), make_tokenizer(family)
+    else:
+        model, tok = tiny_causal(family, layers=3), tiny_causal_tokenizer()
+    res = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), method=method, calibration=EXAMPLES)
+    assert res.plan.allocation["method"] == ("global" if method == "flap" else "global-raw")
+    assert res.plan.repair["mode"] == ("bias" if method == "flap" else "scale")
+    assert abs(res.plan.allocation["removed_fraction"] - 0.5) < 0.1
+    assert sum(p.numel() for p in res.model.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_cached_generation_equals_full_recomputation_after_repair() -> None:
+    model, tok = tiny_causal("llama", layers=3), tiny_causal_tokenizer()
+    pruned = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), allocate="global", repair="ls",
+                      calibration=EXAMPLES).model
+    b = _batches(model, tok, EXAMPLES[:4], 4)[0]
+    out = pruned.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=5, do_sample=False,
+                          min_new_tokens=5, pad_token_id=0, eos_token_id=None)
+    ids, mask = b.input_ids, b.attention_mask
+    for _ in range(5):
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            nxt = pruned(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+        nxt = nxt.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    assert torch.equal(out, ids)
