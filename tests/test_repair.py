@@ -219,3 +219,18 @@ def test_cached_generation_equals_full_recomputation_after_repair() -> None:
         nxt = nxt.argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
     assert torch.equal(out, ids)
+
+
+def test_the_server_refuses_a_repaired_plan_in_one_line() -> None:
+    pytest.importorskip("fastapi")
+    from taskprune.serve import TaskService
+    from taskprune.serve.service import ServeError
+
+    model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    plan.repair = {"mode": "ls"}
+    service = TaskService(model, tok)
+    with pytest.raises(ServeError, match="weight repair"):
+        service.register("sst2", plan.to_dict())
+    plan.repair = None
+    service.register("sst2", plan.to_dict())  # the same plan unrepaired is served
