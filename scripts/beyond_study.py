@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import taskprune as tp
+import taskprune.api
 from taskprune.api import calibration_examples, compress
 from taskprune.plan import RateSpec
 from taskprune.repair import RepairConfig
@@ -196,7 +197,7 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(tp.default_model_dir() or "minilm-glue6"))
+    ap.add_argument("--model", default=str(tp.api.default_model_dir() or "minilm-glue6"))
     ap.add_argument("--tasks", nargs="+", default=["sst2", "rte", "mrpc"])
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
