@@ -39,7 +39,8 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "FLAP": ("flap", None, None),
     "Kwon": ("kwon", None, None),
     "AP+global": ("attribution", "global", "none"),
-    "taskprune": ("taskprune", None, None),  # the default: AP + uniform rates + least-squares repair
+    "taskprune": ("taskprune", None, None),  # the default: AP + global-raw allocation + least-squares repair
+    "AP+repair": ("attribution", "uniform", "ls"),
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
 }

@@ -173,7 +173,7 @@ SEARCH_EXAMPLES = 64
 
 #: recipes that combine this engine's parts: ours, and peers implemented from their papers (docs/method.md)
 PRESETS: dict[str, Preset] = {
-    DEFAULT_METHOD: Preset("attribution", "uniform", "ls"),
+    DEFAULT_METHOD: Preset("attribution", "global-raw", "ls"),
     "flap": Preset("flap", "global", "bias"),  # An et al. 2024: fluctuation, adaptive structure, bias compensation
     "kwon": Preset("fisher", "global-raw", "scale"),  # Kwon et al. 2022: Fisher mask, global search, rescaling
 }

@@ -387,7 +387,7 @@ def test_cli_compress_with_kv_groups_and_without_the_chat_template(tmp_path, cap
 
     common = _cli_space(tmp_path)
     assert main(["compress", *common, "--samples", "4", "--rate", "0.34", "--layer-types", "self_attn",
-                 "--head-granularity", "kv", "--chat-template", "off", "--out", str(tmp_path / "out")]) == 0
+                 "--head-granularity", "kv", "--chat-template", "off", "--allocate", "uniform", "--out", str(tmp_path / "out")]) == 0
     assert "whole key/value groups" in capsys.readouterr().out
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert (plain.config.num_attention_heads, plain.config.num_key_value_heads) == (4, 2)

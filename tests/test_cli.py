@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,12 +59,21 @@ def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureF
                "--rate", 0.5, "--out", out, "--batch-size", 2)
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "parameters (prunable)" in text and "accuracy" in text and "kept 50.0%" in text
-    assert "repair: ls on 8 calibration inputs" in text  # the default recipe: attribution + least-squares repair
+    assert "parameters (prunable)" in text and "accuracy" in text
+    kept = float(re.search(r"kept ([0-9.]+)% of prunable", text).group(1))
+    assert abs(kept - 50.0) < 6  # a budget of parameters, met up to the granularity of a tiny model's units
+    # the default recipe: attribution, one ranking of raw scores across groups, least-squares repair
+    assert "allocation: global-raw" in text and "plain from_pretrained" in text
+    assert "repair: ls on 8 calibration inputs" in text
     assert json.loads((out / "plan.json").read_text())["repair"]["mode"] == "ls"
     assert {"config.json", "model.safetensors", "plan.json", "scores.safetensors"} <= {p.name for p in out.iterdir()}
-    plain = AutoModelForSeq2SeqLM.from_pretrained(out)  # uniform rate on T5: a stock checkpoint
+    assert load_pruned(out) is not None  # per-layer widths: taskprune.load_pruned reads them
+    stock = workspace["root"] / "compressed-uniform"  # the flag the note names: uniform rates, a stock checkpoint
+    assert run("compress", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4, "--rate", 0.5,
+               "--allocate", "uniform", "--out", stock, "--batch-size", 2, "--no-eval") == 0
+    plain = AutoModelForSeq2SeqLM.from_pretrained(stock)  # uniform rate on T5: a stock checkpoint
     assert plain.config.d_ff == 24 and plain.config.d_kv == 4
+    assert json.loads((stock / "plan.json").read_text())["repair"]["mode"] == "ls"  # repaired, still stock
 
 
 def test_score_plan_prune_chain_equals_compress(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,7 +243,7 @@ def test_minilm_bert2bert_compress_on_real_sst2(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("taskprune")
     proc = subprocess.run([str(exe), "compress", "--model", str(tmp_path / "b2b"), "--task", "sst2", "--data-dir",
                            str(SHARED_DATA), "--samples", "10", "--rate", "0.5", "--out", str(tmp_path / "out"),
-                           "--eval-examples", "64"], capture_output=True, text=True, check=False)
+                           "--eval-examples", "64", "--allocate", "uniform"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kept 50.0% of prunable parameters" in proc.stdout
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
@@ -258,7 +268,7 @@ def test_done_when_t5_small_shapes_half_prunable_and_plain_loading(tmp_path: Pat
     exe = Path(sys.executable).with_name("taskprune")
     proc = subprocess.run([str(exe), "compress", "--model", str(tmp_path / "t5"), "--task", "sst2", "--data-dir",
                            str(SHARED_DATA), "--samples", "10", "--rate", "0.5", "--out", str(tmp_path / "out"),
-                           "--no-eval"], capture_output=True, text=True, check=False)
+                           "--no-eval", "--allocate", "uniform"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kept 50.0% of prunable parameters" in proc.stdout
     plain = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")

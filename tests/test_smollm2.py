@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, needs_shared_data, needs_smollm2]
 
 def compress(out: Path, *extra: str) -> None:
     args = ["compress", "--model", "smollm2-135m-instruct", "--task", "sst2", "--data-dir", str(SHARED_DATA),
-            "--samples", "10", "--batch-size", "5", "--no-eval", "--out", str(out), *extra]
+            "--samples", "10", "--batch-size", "5", "--no-eval", "--method", "attribution", "--out", str(out), *extra]
     assert main(args) == 0
 
 
