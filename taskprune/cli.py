@@ -1109,8 +1109,9 @@ def _debug_wanted(args: argparse.Namespace | None) -> bool:
 
 def _error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
     """Print the one error line (in a job of several processes: the first failing rank's, naming it)."""
-    from .distributed import claim_error_report, current
+    from .distributed import claim_error_report, current, quiet_sigterm
 
+    quiet_sigterm(ignore=True)  # the launcher stopping this rank now must not cut its one line, nor add one
     if debug:
         traceback.print_exc()
     if claim_error_report():

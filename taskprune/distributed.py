@@ -139,10 +139,18 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
     raise Stopped("stopped by the launcher: another process of this job failed")
 
 
+def quiet_sigterm(ignore: bool = False) -> None:
+    """From now on the launcher's SIGTERM ends this process silently (``ignore``: not at all, while it prints its
+    error line): its one line is printed or left to another rank, and no second message may follow."""
+    if launched_world_size() > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore else signal.SIG_DFL)
+
+
 def shutdown() -> None:
     """Leave the job (no collective: a rank that is done may leave before the others)."""
     import torch.distributed as dist
 
+    quiet_sigterm()
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
@@ -162,8 +170,16 @@ def _collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuntimeError as err:
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise PeerLost(f"another process of this job stopped (killed, crashed or failed): {first}") from None
+        raise PeerLost(f"another process of this job stopped (killed, crashed or failed): {_gist(err)}") from None
+
+
+def _gist(err: Exception) -> str:
+    """The backend's message without its source location and advice: ``Connection closed by peer [addr]:port``."""
+    import re
+
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # "[.../gloo/transport/tcp/pair.cc:553] "
+    return first.split(". ")[0].rstrip(".")
 
 
 def all_reduce_sum(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
