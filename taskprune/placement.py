@@ -9,7 +9,9 @@ Everything else in taskprune reaches weights through this module where they may 
 
 - :func:`execution_device`: where inputs and score accumulators go (never ``meta``);
 - :func:`weight_value` / :func:`set_weight`: read and replace a parameter whether it is resident or offloaded
-  (slicing and fingerprints use them, so a dispatched model prunes and hashes exactly like an in-memory one).
+  (slicing and fingerprints use them, so a dispatched model prunes and hashes exactly like an in-memory one);
+- :func:`offloaded_weights_refetched`: scoring's backward pass reads offloaded weights again instead of keeping
+  every one of them alive in the autograd graph.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import atexit
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
@@ -37,6 +41,10 @@ def parse_device_map(text: str) -> DeviceMap:
     Devices: a GPU index (``0``), ``"cuda:N"``, ``"cpu"`` (CPU RAM; with GPUs present, offloaded there and run on
     the GPU) or ``"disk"`` (offloaded to ``--offload-folder``). Checked here, before any weight is read.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise TaskpruneError("--device-map needs the accelerate package: pip install accelerate")
     text = text.strip()
     if text in NAMED_MAPS:
         return text
@@ -196,3 +204,72 @@ def set_weight(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def has_offloaded(model: nn.Module) -> bool:
     return any(p.device.type == "meta" for p in model.parameters())
+
+
+class _Refetch:
+    """Marker of a saved weight that the backward pass reads again from where it is offloaded."""
+
+
+@contextmanager
+def offloaded_weights_refetched(model: nn.Module) -> Iterator[None]:
+    """Within the block, the autograd graph does not keep offloaded weights alive for the backward pass.
+
+    A backward through ``y = x W^T`` needs W (for the gradient w.r.t. x, which attribution needs even with every
+    weight frozen), so by default the graph would hold every weight that accelerate loaded for the forward pass:
+    at the peak, the whole model would sit on the execution device and offloading would buy nothing. Here a saved
+    tensor that IS an offloaded layer's weight (its storage, while that layer's forward runs) is saved as a
+    reference and read again from accelerate's weights map (CPU RAM or disk) when the backward needs it.
+    """
+    owners = [m for m in model.modules() if getattr(m, _HOME, None) is not None
+              and any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        yield
+        return
+    live: dict[int, tuple[Any, str]] = {}  # storage address -> (weights map, key), only during that layer's forward
+
+    def enter(module: nn.Module) -> None:
+        weights_map, prefix, _ = getattr(module, _HOME)
+        for name, p in module.named_parameters(recurse=False):
+            if p.device.type != "meta":
+                live[p.untyped_storage().data_ptr()] = (weights_map, prefix + name)
+
+    def leave(module: nn.Module) -> None:
+        for p in module.parameters(recurse=False):
+            if p.device.type != "meta":
+                live.pop(p.untyped_storage().data_ptr(), None)
+
+    def pack(t: torch.Tensor) -> Any:
+        if t.device.type != "meta" and live:
+            home = live.get(t.untyped_storage().data_ptr())
+            if home is not None:
+                return (_Refetch, *home, t.device, t.dtype, t.size(), t.stride(), t.storage_offset())
+        return t
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if isinstance(saved, tuple) and saved and saved[0] is _Refetch:
+            _, weights_map, key, device, dtype, size, stride, offset = saved
+            return weights_map[key].to(device, dtype).contiguous().as_strided(size, stride, offset)
+        return saved
+
+    def around(module: nn.Module, forward: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            enter(module)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                leave(module)
+
+        return run
+
+    # accelerate loads a layer's weights inside the forward it wraps (module._old_forward runs between its
+    # pre_forward and post_forward): torch's module hooks run outside that window and see meta tensors
+    wrapped = [(m, m._old_forward) for m in owners if hasattr(m, "_old_forward")]
+    for m, forward in wrapped:
+        m._old_forward = around(m, forward)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        for m, forward in wrapped:
+            m._old_forward = forward
+        live.clear()

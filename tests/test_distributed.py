@@ -236,6 +236,22 @@ def test_cli_score_under_torchrun_writes_once_and_records_the_processes(space: d
     assert not [p for p in root.iterdir() if p.name.startswith(".s2.")]  # no temp file left by any rank
 
 
+def test_accelerate_launch_runs_the_same_job(space: dict[str, Path]) -> None:
+    """``accelerate launch --multi_gpu`` starts the processes through torchrun: the command runs unchanged (gloo
+    here, no GPU needed)."""
+    root = space["root"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "taskprune.cli"]
+    args = ["score", "--model", space["t5"], "--task", space["task"], "--samples", "10", "--batch-size", "3"]
+    one = _run([sys.executable, "-m", "taskprune.cli", *args, "--out", root / "a1.safetensors"], root)
+    two = subprocess.run([*launch, *map(str, args), "--out", str(root / "a2.safetensors")], cwd=root,
+                         env={**_env(), "HF_HOME": str(root / "hf")}, capture_output=True, text=True,
+                         timeout=HANG_GUARD_S, check=False)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes: 6 + 4 examples" in two.stdout
+    _assert_close(load_file(str(root / "a1.safetensors")), load_file(str(root / "a2.safetensors")), 1e-5)
+
+
 # rank 1 fails (HOLD=raise) or blocks until killed (HOLD=block) when it starts scoring
 FAIL_RANK_1 = """
 import os, sys, threading
@@ -410,6 +426,25 @@ def test_device_map_with_disk_offload_scores_prunes_and_saves_like_the_model_in_
     assert tp.evaluate(reloaded, tok, task, fit).predictions == tp.evaluate(a.model, tok, task, fit).predictions
     with pytest.raises(tp.TaskpruneError, match="pruned in place"):
         tp.apply(a.plan, tp.load_model(space[family], device_map=MAPS[family], offload_folder=str(tmp_path / "o3")))
+
+
+def test_backward_reads_offloaded_weights_again_instead_of_keeping_them(space: dict[str, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring's backward needs each layer's weight; an offloaded one is read again from disk then, so the graph
+    never holds the whole model on the execution device (twice the reads, not twice the memory)."""
+    from accelerate.utils.offload import OffloadedWeightsLoader
+
+    placed = tp.load_model(space["llama"], device_map=MAPS["llama"], offload_folder=str(tmp_path / "offload"))
+    tok = tp.load_tokenizer(space["llama"])
+    task = tp.get_task(str(space["task"]))
+    reads: list[str] = []
+    real = OffloadedWeightsLoader.__getitem__
+    monkeypatch.setattr(OffloadedWeightsLoader, "__getitem__", lambda self, key: reads.append(key) or real(self, key))
+    tp.score(placed, tok, task, tp.load_examples(task, "fit", None)[:3], batch_size=3)  # one batch
+    assert reads.count("model.layers.0.mlp.down_proj.weight") == 2  # forward, then backward
+    reads.clear()
+    tp.score(placed, tok, task, tp.load_examples(task, "fit", None)[:3], method="activation", batch_size=3)
+    assert reads.count("model.layers.0.mlp.down_proj.weight") == 1  # no backward, no second read
 
 
 def test_cli_device_map_scores_equal_and_bad_maps_are_one_line(space: dict[str, Path], tmp_path: Path,

@@ -109,13 +109,14 @@ def run_scoring(
 
     Only this process's batches are scored (all of them in one process; see :attr:`ScoringJob.shard`).
     """
-    from ..placement import execution_device
+    from ..placement import execution_device, offloaded_weights_refetched
 
     adapter = get_adapter(job.model)
     device = execution_device(job.model)
     scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
     mine = job.my_batches()
-    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec:
+    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec, \
+            offloaded_weights_refetched(job.model):
         for i in job.progress(mine, desc, len(mine)):
             per_batch(rec, job.batches[i].to(device), scores)
             rec.clear()

@@ -28,7 +28,7 @@ from ..data import IGNORE
 from ..errors import TaskpruneError
 from ..lm import TeacherForced, model_kind
 from ..models import NeuronGroup, get_adapter
-from ..placement import execution_device
+from ..placement import execution_device, offloaded_weights_refetched
 from ..plan import RateSpec, select_units
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
@@ -117,7 +117,8 @@ def _optimise(
     order = torch.Generator().manual_seed(config.seed)
     queue: list[int] = []
     losses: list[float] = []
-    with torch.enable_grad():  # callers may run under no_grad; only the scores get gradients
+    # callers may run under no_grad; only the scores get gradients
+    with torch.enable_grad(), offloaded_weights_refetched(model):
         for step in job.progress(range(cfg.steps), desc, cfg.steps):
             if not queue:
                 queue = torch.randperm(len(prepared), generator=order).tolist()
