@@ -234,6 +234,14 @@ def test_cli_score_under_torchrun_writes_once_and_records_the_processes(space: d
         meta = f.metadata()
     assert meta["world_size"] == "2" and meta["examples_per_rank"] == "6,4" and meta["samples"] == "10"
     assert not [p for p in root.iterdir() if p.name.startswith(".s2.")]  # no temp file left by any rank
+    comp = _run(_torchrun("-m", "taskprune.cli", "compress", "--model", space["t5"], "--task", space["task"],
+                          "--samples", "10", "--batch-size", "3", "--rate", "0.5", "--eval-examples", "4",
+                          "--out", root / "c2"), root)
+    assert comp.returncode == 0, comp.stderr[-3000:]
+    assert comp.stdout.count("kept 50.0% of prunable parameters") == 1 and "2 processes: 6 + 4 examples" in comp.stdout
+    with safe_open(str(root / "c2" / "scores.safetensors"), "pt") as f:
+        assert f.metadata()["examples_per_rank"] == "6,4"
+    assert tp.load_pruned(root / "c2").config.d_ff == 24
 
 
 def test_accelerate_launch_runs_the_same_job(space: dict[str, Path]) -> None:
