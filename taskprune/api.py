@@ -25,18 +25,18 @@ from torch import nn
 from .allocate import ALLOCATIONS, global_rates, removed_fraction, search_rates
 from .checkpoint import save_pruned
 from .data import LazyBatches, length_order
+from .distributed import SINGLE, Shard
 from .errors import TaskpruneError
 from .fingerprint import fingerprint
 from .lm import model_kind
 from .models import get_adapter
+from .placement import has_offloaded, is_dispatched
 from .plan import PruningPlan, RateSpec, check_rates_fit, make_plan
 from .prune import apply
 from .repair import RepairConfig
 from .repair import repair as repair_model
-from .distributed import SINGLE, Shard
-from .placement import has_offloaded, is_dispatched
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
-from .scoring.base import Progress, combine_mode, needs_examples, no_progress, run_scorer
+from .scoring.base import Progress, needs_examples, no_progress, run_scorer
 from .tasks import Example, Task
 
 DEFAULT_MODEL_NAME = "minilm-glue6"
@@ -105,10 +105,8 @@ def score(
 def examples_per_rank(method: str, n_examples: int, batch_size: int, shard: Shard | None) -> list[int]:
     """How many examples each process reads for ``method`` (its length is the number of processes)."""
     shard = shard or SINGLE
-    if method in TRANSFORMS and method != "smp-unstructured" or not needs_examples(method):
+    if method == "svd" or (method in list_scorers() and not needs_examples(method)):
         return [0] * shard.world_size  # svd and random scores read no example
-    if combine_mode(method) == "same":
-        return [n_examples] + [0] * (shard.world_size - 1)
     return shard.examples_per_rank(n_examples, batch_size)
 
 

@@ -427,9 +427,8 @@ def _quiet_transformers() -> None:
 def cmd_compress(args: argparse.Namespace) -> None:
     from .api import compress, save_compressed
     from .checkpoint import load_pruned
-    from .evaluate import count_parameters, evaluate
-
     from .distributed import current
+    from .evaluate import count_parameters, evaluate
 
     check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
     task = _task(args.task)
@@ -1151,6 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_transformers()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
+        distributed.finish()  # the other ranks wait here for rank 0's writing and printing
     except TaskpruneError as err:
         return _error(_one_line(str(err), limit=2000), debug)
     except OSError as err:  # permissions, a file where a folder should be, a full disk: the user's to fix

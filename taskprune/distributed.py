@@ -146,8 +146,19 @@ def quiet_sigterm(ignore: bool = False) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore else signal.SIG_DFL)
 
 
+def finish() -> None:
+    """Leave a job that succeeded: wait until every rank is done, then leave. Tearing gloo down while a peer still
+    talks to it can abort the process (seen once under heavy load: SIGABRT, "terminate called without an active
+    exception"); the barrier makes every rank leave together."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+    shutdown()
+
+
 def shutdown() -> None:
-    """Leave the job (no collective: a rank that is done may leave before the others)."""
+    """Leave the job at once (after a failure: no collective, the peers may be gone)."""
     import torch.distributed as dist
 
     quiet_sigterm()

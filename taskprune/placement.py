@@ -159,6 +159,9 @@ def mark_offloaded(model: nn.Module, folder: str | None) -> None:
 
 def _offload_home(module: nn.Module, name: str) -> tuple[Any, str, str | None] | None:
     home = getattr(module, _HOME, None)
+    if home is None and getattr(getattr(module, "_hf_hook", None), "offload", False):
+        raise TaskpruneError("this model was dispatched with offloading outside taskprune: load it with "
+                             "taskprune.load_model(..., device_map=...) (or call taskprune.placement.mark_offloaded)")
     return None if home is None else (home[0], home[1] + name, home[2])
 
 
