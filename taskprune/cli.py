@@ -467,8 +467,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
                 else:
                     row.append(value)
     used = "no examples" if args.method == "svd" else _used(fit, args.samples)
-    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s{_ranks_text(result.examples_per_rank)}), "
-         f"plan {_rate_text(rates)}")
+    ranks = _ranks_text(result.examples_per_rank)
+    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s{ranks}), plan {_rate_text(rates)}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:
@@ -594,9 +594,19 @@ _WHOLE_MODEL_METHODS = ("svd", "smp-unstructured")
 
 def _check_placement(args: argparse.Namespace) -> None:
     """Refuse, before anything loads, what cannot run on a model placed by --device-map."""
-    if getattr(args, "device_map", None) is not None and getattr(args, "method", None) in _WHOLE_MODEL_METHODS:
-        raise TaskpruneError(f"--method {args.method} needs the whole model in memory: it does not run with "
+    from .api import TRANSFORMS, resolve_method
+
+    if getattr(args, "device_map", None) is None:
+        return
+    method = getattr(args, "method", None)
+    if method in _WHOLE_MODEL_METHODS:
+        raise TaskpruneError(f"--method {method} needs the whole model in memory: it does not run with "
                              "--device-map (leave --device-map out)")
+    if method is not None and method not in TRANSFORMS and hasattr(args, "repair"):
+        repair = resolve_method(method, getattr(args, "allocate", None), args.repair)[2]
+        if repair != "none":
+            raise TaskpruneError(f"repair {repair} (the default of --method {method}) works on a copy of the whole "
+                                 "model: with --device-map add --repair none")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

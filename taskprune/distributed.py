@@ -246,6 +246,15 @@ def sum_ints(values: list[int]) -> list[int]:
     return [int(v) for v in t]
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    _collective(dist.all_gather_object, out, obj)
+    return out
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

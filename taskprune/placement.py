@@ -142,12 +142,16 @@ _HOME = "_taskprune_offload"  # on each module of an offloaded block: (accelerat
 
 
 def mark_offloaded(model: nn.Module, folder: str | None) -> None:
-    """Tell every module inside an offloaded block where accelerate keeps its weights.
+    """Tell every module inside an offloaded block where accelerate keeps its weights, and freeze every weight.
 
-    Accelerate hooks the offloaded BLOCK (its weights map is prefixed by the block's name), not each layer; slicing
-    works on layers, so each layer is given the map and its key prefix once, after loading. ``folder`` receives
-    sliced copies of disk-offloaded weights.
+    Accelerate hooks the offloaded block or layer (its weights map is prefixed by that module's name); slicing works
+    on layers, so each layer is given the map and its key prefix once, after loading. ``folder`` receives sliced
+    copies of disk-offloaded weights. A placed model is scored, evaluated and pruned, never trained: its weights are
+    frozen for good (accelerate re-creates offloaded placeholders after every forward pass, under
+    ``inference_mode`` too, and such tensors cannot be made to require grad again).
     """
+    for p in model.parameters():
+        p.requires_grad_(False)
     for module in model.modules():
         hook = getattr(module, "_hf_hook", None)
         weights_map = getattr(hook, "weights_map", None)

@@ -43,7 +43,7 @@ CASES = [("abs", "attribution", {}), ("signed", "attribution", {"example_agg": "
          ("abs_sum", "attribution", {"example_agg": "abs_sum"}), ("pos_abs", "attribution", {"position_agg": "abs"}),
          ("unsup", "attribution-unsupervised", {}), ("fpp", "activation", {}),
          ("rap", "random-attribution", {"seed": 3}), ("rap_abs_sum", "random-attribution", {"example_agg": "abs_sum"}),
-         ("rp", "random", {"seed": 1})]
+         ("rp", "random", {"seed": 1}), ("fisher", "fisher", {}), ("flap", "flap", {})]
 
 
 @pytest.fixture(scope="module")
@@ -105,25 +105,29 @@ def test_shard_strides_batches_and_counts_examples() -> None:
 @pytest.mark.parametrize("name, method, cfg", CASES, ids=[c[0] for c in CASES])
 def test_ranks_partial_sums_add_up_to_one_process(space: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                    name: str, method: str, cfg: dict) -> None:
-    """Each rank scores its own batches and ``run_scorer`` all-reduces: emulated here in one process (rank 1's
-    partial recorded first, then handed to rank 0's reduction), so every method's sharding is checked fast. RAP
-    draws the same random labels for every example however the batches are shared; abs_sum takes |.| after the sum."""
+    """Each rank scores its own batches and ``run_scorer`` all-reduces (FLAP pools its moment sums): emulated here
+    in one process (rank 1's part recorded first, then handed to rank 0's collective), so every method's sharding is
+    checked fast. RAP draws the same random labels for every example however the batches are shared; abs_sum takes
+    |.| after the sum."""
     model, tok = tp.load_model(space["t5"]), tp.load_tokenizer(space["t5"])
     task = tp.get_task(str(space["task"]))
     fit = tp.load_examples(task, "fit", None)
     config = ScoreConfig(**cfg)
     whole = tp.score(model, tok, task, fit, method=method, config=config, batch_size=3)
     partial: dict[str, torch.Tensor] = {}
+    gathered: list = []
 
     def record(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         partial.update(scores)
         return scores
 
     monkeypatch.setattr("taskprune.distributed.all_reduce_sum", record)
+    monkeypatch.setattr("taskprune.distributed.all_gather_objects", lambda obj: gathered.append(obj) or [obj])
     job1 = scoring_job(model, tok, task, fit, config, batch_size=3, method=method, shard=Shard(1, 2))
     scoring_base.run_scorer(method, job1)
     monkeypatch.setattr("taskprune.distributed.all_reduce_sum",
                         lambda scores: {k: v + partial[k] for k, v in scores.items()})
+    monkeypatch.setattr("taskprune.distributed.all_gather_objects", lambda obj: [obj, *gathered])
     job0 = scoring_job(model, tok, task, fit, config, batch_size=3, method=method, shard=Shard(0, 2))
     _assert_close(whole, scoring_base.run_scorer(method, job0), 1e-5)
 
@@ -475,6 +479,14 @@ def test_cli_device_map_scores_equal_and_bad_maps_are_one_line(space: dict[str, 
                  "--device-map", "auto", "--out", str(tmp_path / "svd")]) == 2
     assert "needs the whole model in memory" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "svd").exists()
+    comp = ["compress", "--model", str(space["t5"]), "--task", str(space["task"]), "--samples", "10",
+            "--batch-size", "3", "--eval-examples", "4", "--device-map", json.dumps(MAPS["t5"]),
+            "--offload-folder", str(tmp_path / "off2"), "--out", str(tmp_path / "c")]
+    assert main(comp) == 2  # the default recipe repairs weights on a copy of the model
+    assert "with --device-map add --repair none" in capsys.readouterr().err
+    assert main([*comp, "--repair", "none"]) == 0  # pruned in place where the weights are, evaluated before/after
+    assert "kept 50.0% of prunable parameters" in capsys.readouterr().out
+    assert tp.load_pruned(tmp_path / "c").config.d_ff == 24
 
 
 # ----------------------------------------------------------------------------------------------------

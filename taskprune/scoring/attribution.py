@@ -73,7 +73,7 @@ def fisher(job: ScoringJob) -> Scores:
             a = _per_example(h, g, "sum")
             per_example[name] = per_example[name] + a if name in per_example else a
         for name, a in per_example.items():
-            scores[name] += a.pow(2).sum(0)
+            scores[name] += a.pow(2).sum(0).to(scores[name].device)
 
     return run_scoring(job, "fisher", per_batch)
 
