@@ -25,16 +25,18 @@ from torch import nn
 from .allocate import ALLOCATIONS, global_rates, removed_fraction, search_rates
 from .checkpoint import save_pruned
 from .data import LazyBatches, length_order
+from .distributed import SINGLE, Shard
 from .errors import TaskpruneError
 from .fingerprint import fingerprint
 from .lm import model_kind
 from .models import get_adapter
+from .placement import has_offloaded, is_dispatched
 from .plan import PruningPlan, RateSpec, check_rates_fit, make_plan
 from .prune import apply
 from .repair import RepairConfig
 from .repair import repair as repair_model
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
-from .scoring.base import Progress, needs_examples, no_progress
+from .scoring.base import Progress, needs_examples, no_progress, run_scorer
 from .tasks import Example, Task
 
 DEFAULT_MODEL_NAME = "minilm-glue6"
@@ -62,16 +64,16 @@ GROUP_LOCAL = ("attribution", "attribution-unsupervised", "activation", "random-
 
 def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
                 batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress,
-                method: str | None = None, only: RateSpec | None = None) -> ScoringJob:
+                method: str | None = None, only: RateSpec | None = None, shard: Shard = SINGLE) -> ScoringJob:
     """Tokenise ``examples`` and gather what every scoring method is given: every non-empty group, or with
-    ``only`` just those it prunes (rate > 0)."""
+    ``only`` just those it prunes (rate > 0). ``shard``: this process's part when several share the work."""
     if not examples and (method is None or needs_examples(method)):
         raise TaskpruneError(f"no examples to score task {task.name} with")
     groups = [g for g in get_adapter(model).groups() if g.size > 0 and (only is None or only.rate_for(g) > 0)]
     kind = model_kind(model)
     ordered = [examples[i] for i in length_order(examples, tokenizer, max_length, kind)]  # less padding, same sums
     return ScoringJob(model, LazyBatches(ordered, tokenizer, batch_size, max_length, kind),
-                      kind.label_space(tokenizer, task), groups, config or ScoreConfig(), progress)
+                      kind.label_space(tokenizer, task), groups, config or ScoreConfig(), progress, shard)
 
 
 def score(
@@ -86,12 +88,26 @@ def score(
     max_length: int = 256,
     progress: Progress = no_progress,
     only: RateSpec | None = None,
+    shard: Shard | None = None,
 ) -> Scores:
     """Importance of every unit of every group of ``model`` for ``task``, from ``examples`` (with ``only``: of the
-    groups those rates prune)."""
-    scorer = get_scorer(method)
-    job = scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress, method, only)
-    return scorer(job) if job.groups else {}  # rates that prune nothing need no scores
+    groups those rates prune).
+
+    ``shard`` (e.g. :func:`taskprune.distributed.current` under torchrun): this process scores its share of the
+    batches and every process returns the sum over all of them (see :func:`~taskprune.scoring.base.run_scorer`).
+    """
+    get_scorer(method)  # an unknown method is refused before any tokenising
+    job = scoring_job(model, tokenizer, task, examples, config, batch_size, max_length, progress, method, only,
+                      shard or SINGLE)
+    return run_scorer(method, job) if job.groups else {}  # rates that prune nothing need no scores
+
+
+def examples_per_rank(method: str, n_examples: int, batch_size: int, shard: Shard | None) -> list[int]:
+    """How many examples each process reads for ``method`` (its length is the number of processes)."""
+    shard = shard or SINGLE
+    if method == "svd" or (method in list_scorers() and not needs_examples(method)):
+        return [0] * shard.world_size  # svd and random scores read no example
+    return shard.examples_per_rank(n_examples, batch_size)
 
 
 @dataclass
@@ -106,12 +122,17 @@ class CompressResult:
     method: str = "attribution"
     note: str | None = None
     extra_files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
+    examples_per_rank: list[int] | None = None  # how many examples each process scored (None: one process)
 
 
 def _compress_svd(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], rates: RateSpec,
-                  config: ScoreConfig, batch_size: int, max_length: int, progress: Progress) -> CompressResult:
+                  config: ScoreConfig, batch_size: int, max_length: int, progress: Progress,
+                  shard: Shard) -> CompressResult:
     from .lowrank import factorize
 
+    if has_offloaded(model):
+        raise TaskpruneError("svd factorises every weight in memory: it does not run on a model with offloaded "
+                             "weights (--device-map with cpu/disk offload); load the model whole")
     t0 = time.perf_counter()
     out = factorize(model, rates)
     return CompressResult(out, None, {}, time.perf_counter() - t0, "svd",
@@ -120,17 +141,20 @@ def _compress_svd(model: nn.Module, tokenizer: Any, task: Task, examples: list[E
 
 def _compress_smp_unstructured(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example],
                                rates: RateSpec, config: ScoreConfig, batch_size: int, max_length: int,
-                               progress: Progress) -> CompressResult:
+                               progress: Progress, shard: Shard) -> CompressResult:
     from safetensors.torch import save_file
 
     from .scoring.smp import apply_weight_masks, learn_weight_masks
 
+    if is_dispatched(model):
+        raise TaskpruneError("smp-unstructured learns a mask per weight through a functional call of the whole "
+                             "model: it does not run on a model placed by --device-map; load the model whole")
     if rates.multiple_of != 1:
         raise TaskpruneError("multiple_of rounds the widths of pruned units; smp-unstructured zeroes single weights "
                              "in dense shapes: leave multiple_of at 1 for it")
     t0 = time.perf_counter()
     masks, _ = learn_weight_masks(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length,
-                                              progress))
+                                              progress, shard=shard))
     out = apply_weight_masks(model, masks)
     tensors = {k: v.to(dtype=torch.uint8).contiguous() for k, v in masks.items()}
     return CompressResult(
@@ -215,6 +239,8 @@ def compress(
     repair: RepairConfig | str | None = None,
     calibration: list[Example] | None = None,
     search_iterations: int = 40,
+    shard: Shard | None = None,
+    inplace: bool = False,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
 
@@ -222,13 +248,20 @@ def compress(
     ``repair`` re-solves the kept weights (:mod:`.repair`) on ``calibration`` inputs (labels unused; default: the
     scoring examples), which the ``search`` allocation also judges its candidates on. ``scoring_seconds`` is the
     wall time of the method's own steps (scoring, allocation, repair; mask learning or factorising).
+    ``shard``: score across processes (see :func:`score`); every process gets the same plan and model.
+    ``inplace``: prune ``model`` itself instead of a copy (what a model placed by a device map needs: a copy of
+    a model bigger than memory is no option).
     """
     check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
+    shard = shard or SINGLE
+    counts = examples_per_rank(method, len(examples), batch_size, shard) if shard.active else None
     if method in TRANSFORMS:
         if allocate not in (None, "uniform") or repair not in (None, "none"):
             raise TaskpruneError(f"{method} does not select units: it takes no allocation or repair")
-        return TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length, progress)
+        result = TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length,
+                                    progress, shard)
+        return replace(result, examples_per_rank=counts)
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     scorer, allocation, repair_mode = resolve_method(method, allocate, repair_cfg.mode if repair_cfg else repair)
     repair_cfg = replace(repair_cfg, mode=repair_mode) if repair_cfg else RepairConfig(mode=repair_mode)
@@ -236,9 +269,13 @@ def compress(
         raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
     if scorer not in list_scorers():
         raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
+    if repair_cfg.mode != "none" and is_dispatched(model):
+        raise TaskpruneError(f"repair {repair_cfg.mode} works on a copy of the whole model: it does not run on a model "
+                             "placed by a device map; use repair none (--repair none)")
     t0 = time.perf_counter()
     scores = score(model, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
-                   max_length=max_length, progress=progress, only=rates if scorer in GROUP_LOCAL else None)
+                   max_length=max_length, progress=progress, only=rates if scorer in GROUP_LOCAL else None,
+                   shard=shard)
     kind = model_kind(model)
     labels = kind.label_space(tokenizer, task)
     calib = calibration if calibration else examples
@@ -268,8 +305,8 @@ def compress(
     if repair_cfg.mode != "none":
         pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
     seconds = time.perf_counter() - t0
-    return CompressResult(apply(plan, pruned, check=False, inplace=pruned is not model), plan, scores, seconds,
-                          method)
+    return CompressResult(apply(plan, pruned, check=False, inplace=inplace or pruned is not model), plan, scores,
+                          seconds, method, examples_per_rank=counts)
 
 
 @dataclass
@@ -311,6 +348,7 @@ def compress_trials(
     eval_batch_size: int = 32,
     max_length: int = 256,
     progress: Progress = no_progress,
+    shard: Shard | None = None,
 ) -> TrialsResult:
     """Run a random method ``trials`` times (trial seeds ``config.seed`` + 0..trials-1) and evaluate each.
 
@@ -334,7 +372,7 @@ def compress_trials(
         cfg = replace(config, seed=s)
         t0 = time.perf_counter()
         scores = score(model, tokenizer, task, examples, method=method, config=cfg, batch_size=batch_size,
-                       max_length=max_length)
+                       max_length=max_length, shard=shard)
         seconds.append(time.perf_counter() - t0)
         plan = make_plan(model, scores, rates, task=task.name, method=method, samples=len(examples), seed=seed,
                          options=cfg.to_dict())
@@ -346,9 +384,9 @@ def compress_trials(
     return TrialsResult(method, seeds, metrics, plans, seconds)
 
 
-def _meta(plan: PruningPlan) -> dict[str, str]:
+def _meta(plan: PruningPlan, examples_per_rank: list[int] | None = None) -> dict[str, str]:
     return score_metadata(plan.task or "", plan.method or "", plan.samples or 0, plan.seed,
-                          ScoreConfig.from_dict(plan.options))
+                          ScoreConfig.from_dict(plan.options), examples_per_rank)
 
 
 def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -357,5 +395,5 @@ def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path,
     if result.plan is not None:
         plan = result.plan
         extra["plan.json"] = lambda p: plan.save(p)
-        extra["scores.safetensors"] = lambda p: save_scores(result.scores, p, meta=_meta(plan))
+        extra["scores.safetensors"] = lambda p: save_scores(result.scores, p, meta=_meta(plan, result.examples_per_rank))
     return save_pruned(result.model, out_dir, tokenizer, extra_files=extra, overwrite=overwrite)

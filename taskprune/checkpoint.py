@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from . import placement
 from .errors import TaskpruneError
 from .io import atomic_dir
 from .lowrank import LOWRANK_KEY, restore_lowrank
 from .model_sources import resolve_model
 from .models import get_adapter
+from .placement import DeviceMap
 from .prune import record_widths, slice_model
 
 
@@ -70,26 +73,40 @@ def _weights_error(name_or_path: str | Path, err: Exception) -> TaskpruneError:
     return TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}")
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, device_map: DeviceMap | None = None,
+               offload_folder: str | None = None, max_memory: dict[Any, Any] | None = None) -> nn.Module:
     """Load a seq2seq or causal LM (a folder, a GGUF file, a short name such as ``smollm2-135m-instruct``, or a Hub
-    id for users with internet), pruned or not."""
+    id for users with internet), pruned or not.
+
+    ``device_map`` (see :mod:`taskprune.placement`) spreads a model too big for one device over GPUs, CPU RAM and
+    disk (``offload_folder``) with accelerate's big-model dispatch; ``max_memory`` caps what each device takes.
+    """
     name_or_path = resolve_model(name_or_path)
     path = Path(name_or_path)
     if path.exists() or str(name_or_path).startswith((".", "/")):
         path = _check_model_dir(path)
         config = json.loads((path / "config.json").read_text())
         if config.get("taskprune_widths") or config.get(LOWRANK_KEY):
-            return load_pruned(path, dtype=dtype)
+            return load_pruned(path, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
+                               max_memory=max_memory)
+    placed: dict[str, Any] = {}
+    if device_map is not None:
+        offload_folder = placement.offload_folder(offload_folder, device_map)
+        placed = {"device_map": device_map, "offload_folder": offload_folder}
+        if max_memory is not None:
+            placed["max_memory"] = max_memory
     try:
         from transformers import AutoConfig
 
         model_class = _auto_model_class(AutoConfig.from_pretrained(str(name_or_path)))
-        model = model_class.from_pretrained(str(name_or_path), dtype=dtype)
-    except (OSError, ValueError) as err:
+        model = model_class.from_pretrained(str(name_or_path), dtype=dtype, **placed)
+    except (OSError, ValueError, KeyError) as err:
         raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
     except SafetensorError as err:
         raise _weights_error(name_or_path, err) from None
     get_adapter(model)  # refuse unsupported architectures here, with one clear line
+    if device_map is not None:
+        placement.mark_offloaded(model, offload_folder)
     tie_embeddings(model)
     return model.eval()
 
@@ -121,8 +138,13 @@ def _state_dict_files(path: Path) -> dict[str, torch.Tensor]:
     raise TaskpruneError(f"{path} holds no safetensors weights (model.safetensors)")
 
 
-def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load any pruned checkpoint (uniform or not, T5 or BERT attention widths) or factorised one, with exact shapes."""
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None, *, device_map: DeviceMap | None = None,
+                offload_folder: str | None = None, max_memory: dict[Any, Any] | None = None) -> nn.Module:
+    """Load any pruned checkpoint (uniform or not, T5 or BERT attention widths) or factorised one, with exact shapes.
+
+    With ``device_map`` the sliced skeleton is built on the meta device (no memory) and accelerate's
+    ``load_checkpoint_and_dispatch`` reads the weights straight to their devices (as :func:`load_model` does).
+    """
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
@@ -131,9 +153,18 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
     widths: dict[str, int] | None = getattr(config, "taskprune_widths", None)
     ranks: dict[str, int] | None = getattr(config, LOWRANK_KEY, None)
     if not widths and not ranks:
-        return load_model(path, dtype=dtype)
-    with no_init_weights():
-        model = _auto_model_class(config).from_config(config)
+        return load_model(path, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
+                          max_memory=max_memory)
+    if device_map is not None and ranks:
+        raise TaskpruneError(f"{path} is a low-rank (svd) checkpoint: it loads into memory only, without --device-map")
+    if device_map is not None:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = _auto_model_class(config).from_config(config)
+    else:
+        with no_init_weights():
+            model = _auto_model_class(config).from_config(config)
     adapter = get_adapter(model)
     if widths:
         keep: dict[str, torch.Tensor] = {}
@@ -152,6 +183,8 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
         restore_lowrank(model, ranks)
     recorded = "recorded " + ("widths and low-rank layers" if widths and ranks
                               else "low-rank layers" if ranks else "widths")
+    if device_map is not None:
+        return _dispatch_pruned(model, path, recorded, dtype, device_map, offload_folder, max_memory)
     state = _state_dict_files(path)
     stored_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     model.to(stored_dtype)
@@ -170,6 +203,25 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
     tie_embeddings(model)
     if dtype is not None:
         model.to(dtype)
+    return model.eval()
+
+
+def _dispatch_pruned(model: nn.Module, path: Path, recorded: str, dtype: torch.dtype | None, device_map: DeviceMap,
+                     offload_folder: str | None, max_memory: dict[Any, Any] | None) -> nn.Module:
+    """Weights of a pruned checkpoint read into its (meta, already sliced) skeleton, placed by ``device_map``."""
+    from accelerate import load_checkpoint_and_dispatch
+
+    folder = placement.offload_folder(offload_folder, device_map)
+    model.tie_weights()  # tied tensors are stored once: the skeleton must share them before weights are read
+    try:
+        model = load_checkpoint_and_dispatch(model, str(path), device_map=device_map, max_memory=max_memory,
+                                             no_split_module_classes=getattr(model, "_no_split_modules", None),
+                                             offload_folder=folder, dtype=dtype, strict=True)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise TaskpruneError(f"{path} does not load with this device map or does not match its {recorded} "
+                             f"({str(err).splitlines()[0]})") from None
+    placement.mark_offloaded(model, folder)
+    tie_embeddings(model)
     return model.eval()
 
 
@@ -207,6 +259,8 @@ def tie_embeddings(model: nn.Module, force: bool = False) -> bool:
     enc, dec = _word_embeddings(model)
     if enc.weight is dec.weight:
         return True
+    if "meta" in (enc.weight.device.type, dec.weight.device.type):
+        return False  # offloaded by a device map: two copies (the checkpoint holds both), accelerate places them
     if not force and not getattr(model.config, TIE_MARK, False):
         return False
     if enc.weight.shape != dec.weight.shape or (not force and not torch.equal(enc.weight, dec.weight)):
@@ -260,7 +314,9 @@ def save_pruned(
     to_save = _savable(model, dtype)
 
     def write(tmp: Path) -> None:
-        to_save.save_pretrained(str(tmp))
+        with warnings.catch_warnings():  # a device-mapped model is saved shard by shard from where its weights are
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            to_save.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         for name, writer in (extra_files or {}).items():

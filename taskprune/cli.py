@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -35,6 +36,10 @@ DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "a
 def tqdm_progress(items: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
     from tqdm.auto import tqdm
 
+    from .distributed import current
+
+    if not current().is_main:  # one progress bar per job: rank 0's
+        return items
     return tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
@@ -55,7 +60,11 @@ def _fmt(value: Any) -> str:
 
 
 def echo(text: str = "") -> None:
-    print(text, flush=True)
+    """Print a result line; in a job of several processes only rank 0 prints."""
+    from .distributed import current
+
+    if current().is_main:
+        print(text, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,6 +98,15 @@ FRACTION = _flag(validate.fraction)
 PORT = _flag(validate.port)
 
 
+def _device_map(text: str) -> Any:
+    from .placement import parse_device_map
+
+    try:
+        return parse_device_map(text)
+    except TaskpruneError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def RATE(text: str) -> float:  # noqa: N802 - reads like the other flag types
     """A pruning rate, checked by the one rate check (:func:`taskprune.plan.check_rate`)."""
     from .plan import check_rate
@@ -104,10 +122,17 @@ def RATE(text: str) -> float:  # noqa: N802 - reads like the other flag types
 # ----------------------------------------------------------------------------------------------------
 # option groups shared by several commands
 # ----------------------------------------------------------------------------------------------------
-def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _add_model(p: argparse.ArgumentParser, required: bool = False, placement: bool = False) -> None:
     p.add_argument("--model", required=required, default=None,
                    help="model folder, GGUF file, short name (smollm2-135m-instruct) or Hub id; default: the "
                         "project's default model ($TASKPRUNE_MODEL or models/minilm-glue6)")
+    if placement:
+        p.add_argument("--device-map", default=None, type=_device_map, metavar="auto|balanced|sequential|JSON",
+                       help="spread a model bigger than one device over GPUs, CPU RAM and disk (accelerate's "
+                            "big-model dispatch): a strategy, a JSON object {\"module\": 0 | \"cpu\" | \"disk\"} "
+                            "or a .json file of one (docs/distributed.md); default: the whole model on one device")
+        p.add_argument("--offload-folder", default=None,
+                       help="where --device-map puts disk-offloaded weights (default: a temp folder, removed at exit)")
     p.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
                    help="decoder-only models: wrap prompts in the tokenizer's chat template (auto: when it has one; "
                         "on: refuse a tokenizer without one; off: plain prompt ending in 'Answer:')")
@@ -321,15 +346,28 @@ def _model_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
+    """The model (placed by --device-map, or on this rank's device) and its tokenizer."""
     import torch
 
     from .checkpoint import load_model, load_tokenizer
-
+    from .distributed import current, device_for
     from .lm import use_chat_template
+    from .placement import max_memory_for_rank
 
     path = _model_path(args)
     name = DTYPES[args.dtype]
-    model = load_model(path, dtype=getattr(torch, name) if name else None)
+    device_map = getattr(args, "device_map", None)
+    shard = current()
+    if device_map is None:
+        model = load_model(path, dtype=getattr(torch, name) if name else None)
+        device = device_for(shard)
+        if device.type != "cpu":
+            model.to(device)
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if shard.active else 1
+        memory = max_memory_for_rank(shard.local_rank, local_world) if isinstance(device_map, str) else None
+        model = load_model(path, dtype=getattr(torch, name) if name else None, device_map=device_map,
+                           offload_folder=args.offload_folder, max_memory=memory)
     tokenizer = load_tokenizer(path)
     use_chat_template(tokenizer, getattr(args, "chat_template", "auto"))
     return path, model, tokenizer
@@ -389,37 +427,48 @@ def _quiet_transformers() -> None:
 def cmd_compress(args: argparse.Namespace) -> None:
     from .api import compress, save_compressed
     from .checkpoint import load_pruned
+    from .distributed import current
     from .evaluate import count_parameters, evaluate
 
     check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
     task = _task(args.task)
     rates = rates_from_args(args)
+    _check_placement(args)
     if args.trials != 1:
         return _compress_trials(args, task, rates)
     path, model, tok = _load(args)
     _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
-    eval_set = _eval_examples(args, task)
+    eval_set = _eval_examples(args, task) if current().is_main else []  # rank 0 alone evaluates
+    placed = args.device_map is not None  # pruned in place: no copy of a model that needs a device map
+
+    def metrics_of(model_) -> dict[str, float]:  # noqa: ANN001
+        return evaluate(model_, tok, task, eval_set, batch_size=args.eval_batch_size, max_length=args.max_length,
+                        progress=tqdm_progress).metrics
+
+    dense_metrics = metrics_of(model) if eval_set and placed else None
+    before = count_parameters(model)
     result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
                       batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
-                      **_recipe(args, fit))
+                      shard=current(), inplace=placed, **_recipe(args, fit))
+    if not current().is_main:
+        return  # the other ranks helped score; rank 0 writes and reports
     out = save_compressed(result, tok, args.out, overwrite=args.overwrite)
-    before, after = count_parameters(model), count_parameters(result.model)
+    after = count_parameters(result.model)
     rows = [["parameters (total)", before["total"], after["total"]],
             ["parameters (prunable)", before["prunable"], after["prunable"]]]
     if eval_set:
-        reloaded = load_pruned(out)
-        for name, model_ in (("before", model), ("after", reloaded)):
-            res = evaluate(model_, tok, task, eval_set, batch_size=args.eval_batch_size, max_length=args.max_length,
-                           progress=tqdm_progress)
-            for metric, value in res.metrics.items():
+        columns = [dense_metrics or metrics_of(model), metrics_of(result.model if placed else load_pruned(out))]
+        for metrics in columns:
+            for metric, value in metrics.items():
                 row = next((r for r in rows if r[0] == metric), None)
                 if row is None:
                     rows.append([metric, value])
                 else:
                     row.append(value)
     used = "no examples" if args.method == "svd" else _used(fit, args.samples)
-    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s), plan {_rate_text(rates)}")
+    ranks = _ranks_text(result.examples_per_rank)
+    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s{ranks}), plan {_rate_text(rates)}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:
@@ -450,13 +499,18 @@ def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: AN
     from .api import compress_trials
     from .io import atomic_dir
 
+    from .distributed import current
+
     _, model, tok = _load(args)
     _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
     res = compress_trials(model, tok, task, fit, eval_set, rates, method=args.method, trials=args.trials,
                           config=_score_config(args), seed=args.seed, batch_size=args.batch_size,
-                          eval_batch_size=args.eval_batch_size, max_length=args.max_length, progress=tqdm_progress)
+                          eval_batch_size=args.eval_batch_size, max_length=args.max_length, progress=tqdm_progress,
+                          shard=current())
+    if not current().is_main:
+        return
 
     def write(tmp: Path) -> None:
         (tmp / "plans").mkdir()
@@ -502,18 +556,57 @@ def _eval_examples(args: argparse.Namespace, task):  # noqa: ANN001, ANN202
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from .api import score
+    import time
+
+    from .api import examples_per_rank, score
+    from .distributed import current
     from .scoring import save_scores, score_metadata
 
     check_writable(args.out, args.overwrite, folder=False)
     task = _task(args.task)
+    _check_placement(args)
+    shard = current()
     _, model, tok = _load(args)
     fit = _fit_sample(args, task)
+    t0 = time.perf_counter()
     scores = score(model, tok, task, fit, method=args.method, config=_score_config(args), batch_size=args.batch_size,
-                   max_length=args.max_length, progress=tqdm_progress)
-    meta = score_metadata(task.name, args.method, len(fit), args.seed, _score_config(args))
+                   max_length=args.max_length, progress=tqdm_progress, shard=shard)
+    seconds = time.perf_counter() - t0
+    if not shard.is_main:
+        return  # every rank holds the summed scores; rank 0 writes them
+    counts = examples_per_rank(args.method, len(fit), args.batch_size, shard)
+    meta = score_metadata(task.name, args.method, len(fit), args.seed, _score_config(args), counts)
     save_scores(scores, args.out, meta=meta, overwrite=args.overwrite)
-    echo(f"scored {len(scores)} groups of {task.name} on {_used(fit, args.samples)} -> {args.out}")
+    echo(f"scored {len(scores)} groups of {task.name} on {_used(fit, args.samples)} in {seconds:.1f} s"
+         f"{_ranks_text(counts)} -> {args.out}")
+
+
+def _ranks_text(counts: list[int] | None) -> str:
+    """``, 2 processes: 16 + 16 examples`` when several processes shared the work."""
+    if not counts or len(counts) == 1:
+        return ""
+    return f", {len(counts)} processes: {' + '.join(str(c) for c in counts)} examples"
+
+
+#: methods that need the whole model in memory (a functional call per weight, or a factorisation of every weight)
+_WHOLE_MODEL_METHODS = ("svd", "smp-unstructured")
+
+
+def _check_placement(args: argparse.Namespace) -> None:
+    """Refuse, before anything loads, what cannot run on a model placed by --device-map."""
+    from .api import TRANSFORMS, resolve_method
+
+    if getattr(args, "device_map", None) is None:
+        return
+    method = getattr(args, "method", None)
+    if method in _WHOLE_MODEL_METHODS:
+        raise TaskpruneError(f"--method {method} needs the whole model in memory: it does not run with "
+                             "--device-map (leave --device-map out)")
+    if method is not None and method not in TRANSFORMS and hasattr(args, "repair"):
+        repair = resolve_method(method, getattr(args, "allocate", None), args.repair)[2]
+        if repair != "none":
+            raise TaskpruneError(f"repair {repair} (the default of --method {method}) works on a copy of the whole "
+                                 "model: with --device-map add --repair none")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -559,9 +652,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         validate_plan(plan, get_adapter(model))  # a lacking group, bad indices: named with the plan file
     except TaskpruneError as err:
         raise TaskpruneError(f"{args.plan}: {err}") from None
-    pruned = apply(plan, model, check=False, validated=True)
+    before = count_parameters(model)  # before an in-place (--device-map) prune changes it
+    pruned = apply(plan, model, check=False, validated=True, inplace=args.device_map is not None)
+    after = count_parameters(pruned)
     save_pruned(pruned, args.out, tok, extra_files={"plan.json": lambda p: plan.save(p)}, overwrite=args.overwrite)
-    before, after = count_parameters(model), count_parameters(pruned)
     echo(render_table(["", "before", "after"], [["parameters (total)", before["total"], after["total"]],
                                                 ["parameters (prunable)", before["prunable"], after["prunable"]]]))
     echo(f"saved to {args.out}")
@@ -740,9 +834,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from .experiments import run_sweep
 
     out = Path(args.out) if args.out else Path(args.config).with_suffix(".results.jsonl")
-    summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress)
-    echo(f"{summary.ran} runs done now ({summary.failed} failed), {summary.already_done} of {summary.total} were "
-         f"already in {out}; {summary.seconds:.0f} s")
+    from .distributed import current
+
+    shard = current()
+    summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress,
+                        shard=shard)
+    ranks = f" by {shard.world_size} processes" if shard.active else ""
+    echo(f"{summary.ran} runs done now{ranks} ({summary.failed} failed), {summary.already_done} of {summary.total} "
+         f"were already in {out}; {summary.seconds:.0f} s")
     if summary.failed:
         echo("failed runs have an 'error' in their row and are retried by the next `taskprune sweep`")
 
@@ -833,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compress", help="score -> plan -> prune -> save, with before/after parameters and accuracy",
                        description="Score every neuron on a few task examples, remove the least important ones and "
                                    "save a physically smaller checkpoint (with plan.json and scores.safetensors).")
-    _add_model(p)
+    _add_model(p, placement=True)
     _add_task(p)
     _add_scoring(p, compress=True)
     _add_beyond(p)
@@ -849,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("score", help="compute importance scores and save them as safetensors",
                        description="Score every unit of every neuron group on a few task examples.")
-    _add_model(p)
+    _add_model(p, placement=True)
     _add_task(p)
     _add_scoring(p)
     _add_out(p, "output .safetensors file for the scores")
@@ -857,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("plan", help="turn scores into a pruning plan (JSON)",
                        description="Select the units to keep from saved scores at the given rates.")
-    _add_model(p)
+    _add_model(p, placement=True)
     p.add_argument("--scores", required=True, help="scores .safetensors written by `taskprune score`")
     _add_rates(p)
     _add_out(p, "output plan .json file")
@@ -865,14 +964,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("prune", help="apply a plan: slice the weights and save the smaller checkpoint",
                        description="Physically remove the units a plan drops; refuses a plan made for another model.")
-    _add_model(p)
+    _add_model(p, placement=True)
     p.add_argument("--plan", required=True, help="plan .json written by `taskprune plan` or `compress`")
     _add_out(p, "output folder for the pruned checkpoint")
     p.set_defaults(func=cmd_prune)
 
     p = command("eval", help="task metrics of a (pruned or dense) model",
                        description="Accuracy/F1 by rank classification of the label words (or greedy generation).")
-    _add_model(p)
+    _add_model(p, placement=True)
     _add_task(p)
     p.add_argument("--split", default="eval", choices=["eval", "fit"], help="which split to evaluate (default eval)")
     p.add_argument("--examples", type=POSITIVE_INT, default=None, help="evaluate on at most this many examples")
@@ -884,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("info", help="describe a model's neuron groups, or a plan",
                        description="List a model's neuron groups, widths, parameter counts and fingerprint, or a plan.")
-    _add_model(p)
+    _add_model(p, placement=True)
     p.add_argument("--plan", default=None, help="describe this plan file instead of a model")
     p.set_defaults(func=cmd_info)
 
@@ -1018,35 +1117,67 @@ def _debug_wanted(args: argparse.Namespace | None) -> bool:
 
 
 def _error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
+    """Print the one error line (in a job of several processes: the first failing rank's, naming it)."""
+    from .distributed import claim_error_report, current, quiet_sigterm
+
+    quiet_sigterm(ignore=True)  # the launcher stopping this rank now must not cut its one line, nor add one
     if debug:
         traceback.print_exc()
-    print(f"taskprune: error: {message}", file=sys.stderr)
+    if claim_error_report():
+        print(f"taskprune: error: {current().tag()}{message}", file=sys.stderr, flush=True)
     return code
 
 
+#: commands that share their work across the processes of torchrun / accelerate launch (docs/distributed.md)
+DISTRIBUTED_COMMANDS = ("score", "compress", "sweep")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code: 0, 2 for the user's mistakes, 1 for anything unexpected."""
+    """Run one command; returns the exit code: 0, 2 for the user's mistakes, 1 for anything unexpected.
+
+    Under torchrun (several processes) the command joins the job first; whatever fails, the job prints ONE
+    ``taskprune: error:`` line (:func:`taskprune.distributed.claim_error_report`), and every process leaves it.
+    """
+    from . import distributed
+
     parser = build_parser()
+    quiet = distributed.launched_world_size() > 1 and distributed.launched_rank() != 0
     try:
-        args = parser.parse_args(argv)
+        if quiet:  # argument errors are the same on every rank: rank 0 says it
+            with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+                args = parser.parse_args(argv)
+        else:
+            args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0), or a malformed flag value: its one line is already printed (2)
         return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     debug = _debug_wanted(args)
     try:
+        if distributed.launched_world_size() > 1:
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise TaskpruneError(f"`taskprune {args.command}` runs in one process; under torchrun or accelerate "
+                                     f"launch only {', '.join(DISTRIBUTED_COMMANDS)} share their work")
+            distributed.init_from_env()
         _quiet_transformers()
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
+        distributed.finish()  # the other ranks wait here for rank 0's writing and printing
     except TaskpruneError as err:
         return _error(_one_line(str(err), limit=2000), debug)
     except OSError as err:  # permissions, a file where a folder should be, a full disk: the user's to fix
         text = f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
         return _error(_one_line(text), debug)
+    except distributed.PeerLost as err:
+        return _error(_one_line(str(err)), debug, EXIT_UNEXPECTED)
+    except distributed.Stopped as err:
+        return _error(str(err), debug, EXIT_UNEXPECTED)
     except KeyboardInterrupt:
         print("taskprune: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a bare traceback by default
         hint = "" if debug else f" ({DEBUG_HINT})"
         return _error(f"{type(err).__name__}: {_one_line(str(err))}{hint}", debug, EXIT_UNEXPECTED)
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -21,6 +21,7 @@ from .errors import TaskpruneError
 from .lm import ModelKind, Seq2SeqKind, model_kind
 from .lowrank import LowRankLinear
 from .models import Adapter, NeuronGroup, get_adapter
+from .placement import execution_device
 from .scoring.base import Progress, no_progress
 from .tasks import Example, Task, compute_metrics
 
@@ -53,7 +54,7 @@ def _prepare(model: nn.Module, tokenizer: Any, task: Task) -> tuple[LabelSpace, 
     """Eval mode, the task's label targets, the model's device and its kind."""
     model.eval()
     kind = model_kind(model)
-    return kind.label_space(tokenizer, task), next(model.parameters()).device, kind
+    return kind.label_space(tokenizer, task), execution_device(model), kind
 
 
 def evaluate(

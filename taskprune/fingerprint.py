@@ -7,6 +7,8 @@ import hashlib
 import torch
 from torch import nn
 
+from .placement import weight_value
+
 _SAMPLES_PER_TENSOR = 4096
 
 
@@ -21,6 +23,9 @@ def fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256(type(model).__name__.encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(tensor.shape)}".encode())
+        if tensor.device.type == "meta":  # offloaded by a device map: hash the values where they are kept
+            owner, _, attr = name.rpartition(".")
+            tensor = weight_value(model.get_submodule(owner), attr)
         flat = tensor.detach().reshape(-1)
         if flat.numel():
             step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)

@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import TaskpruneError
 from .models import Adapter, NeuronGroup, get_adapter
+from .placement import has_offloaded
 from .plan import PruningPlan
 
 
@@ -107,6 +108,9 @@ def apply(plan: PruningPlan, model: nn.Module, *, inplace: bool = False, check: 
     if not validated:
         validate_plan(plan, adapter)
     if not inplace:
+        if has_offloaded(model):
+            raise TaskpruneError("this model has weights offloaded by a device map: it is pruned in place "
+                                 "(inplace=True), a copy would double what does not fit already")
         model = share_tensors_copy(model) if share else copy.deepcopy(model)
         adapter = get_adapter(model)
     widths = slice_model(adapter, {n: plan.keep(n) for n, g in plan.groups.items() if len(g["keep"]) < g["size"]})
@@ -185,10 +189,11 @@ def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHand
             continue
         group = groups[name]
         device = adapter.parts(group).producers[0].weight.device
+        device = torch.device("cpu") if device.type == "meta" else device  # offloaded: the hook moves it
         m = torch.zeros(g["size"], device=device)
         m[plan.keep(name).to(device)] = 1.0
         for site in adapter.sites(group):
-            handles.append(site.hook(lambda t, m=m: t * m.to(t.dtype)))
+            handles.append(site.hook(lambda t, m=m: t * m.to(t.device, t.dtype)))
     return MaskHandle(handles)
 
 

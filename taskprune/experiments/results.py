@@ -1,15 +1,18 @@
 """The results file of a sweep: one JSON object per finished run, appended one line at a time.
 
 Each row is written with a single ``write`` of one complete line, flushed and fsynced before the next run
-starts, so a kill -9 loses at most the run in flight. A kill in the middle of that write can leave a
+starts, so a kill -9 loses at most the run in flight. The processes of a distributed sweep (torchrun) append to the
+same file, each row under an exclusive lock (:func:`locked`). A kill in the middle of that write can leave a
 partial last line; :func:`load_rows` drops it (and truncates the file back to the last complete line) so
 the next append starts on a clean line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +55,35 @@ def load_rows(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row as one line, durable before returning."""
+def append_row(path: str | Path, row: dict[str, Any], lock: bool = False) -> None:
+    """Append one row as one line, durable before returning; ``lock`` when several processes append to it."""
     line = (json.dumps(row) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    with locked(path) if lock else contextlib.nullcontext():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block (the processes of a distributed sweep share one results file).
+
+    The lock is taken on a hidden sibling ``.<name>.lock``, not on the results file itself: POSIX record locks
+    (what NFS gives even to ``flock``) are dropped when the process closes ANY descriptor of the locked file, and
+    reading the rows opens and closes it.
+    """
+    import fcntl
+
+    path = Path(path)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
 #: the fields of a run (experiment.config.Run.to_dict) that every row has, failed or not

@@ -9,6 +9,7 @@ the encoder's outputs for the eval set are computed once and reused. A run that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..api import TRANSFORMS, compress, score
 from ..checkpoint import load_model, load_tokenizer
+from ..distributed import SINGLE, Shard, barrier, device_for, sum_ints
 from ..errors import TaskpruneError
 from ..evaluate import count_parameters, evaluate
 from ..fingerprint import fingerprint
@@ -32,7 +34,7 @@ from ..prune import masked
 from ..scoring import ScoreConfig, Scores
 from ..tasks import Example, get_task, load_examples, sample_k_shot
 from .config import ALL, Run, SweepConfig, load_config
-from .results import append_row, load_rows
+from .results import append_row, load_rows, locked
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 RATE_TARGETED = ("smp",)  # scorers whose scores depend on the target rates
@@ -168,8 +170,15 @@ def run_sweep(
     data_dir: str | None = None,
     progress: Progress = _no_progress,
     max_runs: int | None = None,
+    shard: Shard | None = None,
 ) -> SweepSummary:
-    """Run every run of ``config_path`` not yet in ``results_path``; ``max_runs`` stops early (for tests)."""
+    """Run every run of ``config_path`` not yet in ``results_path``; ``max_runs`` stops early (for tests).
+
+    With ``shard`` (several processes under torchrun) the runs to do are split across the ranks, each run done by
+    exactly one (:func:`split_runs`), all appending to ``results_path`` under a lock; the summary counts every
+    rank's runs. Scoring inside a run is not split: each rank runs its own runs alone.
+    """
+    shard = shard or SINGLE
     import yaml
 
     t_start = time.perf_counter()
@@ -188,13 +197,18 @@ def run_sweep(
         if model_path is None:
             raise TaskpruneError("no model: give model: in the sweep config or --model")
     m = load_model(model_path, dtype=torch.float32)
+    if device_for(shard).type != "cpu":
+        m.to(device_for(shard))  # one GPU per rank
     cfg = load_config(config_path, n_layers=_n_layers(m))
     data_dir = data_dir or cfg.data_dir
     tok = load_tokenizer(model_path)
     ctx = _Context(cfg, m, tok, data_dir)
     model_id = fingerprint(m)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    previous = load_rows(results_path, repair=True)
+    with locked(results_path) if shard.active else contextlib.nullcontext():
+        previous = load_rows(results_path, repair=True)
+    if shard.active:
+        barrier()  # every rank has read the same rows before any rank appends one: they agree on what is left
     _check_same_model(previous, model_id, str(model_path), results_path)
     # rows with an error are not "done": a re-run retries them (the report reads the last row of each id)
     done = {r.get("id") for r in previous if "error" not in r}
@@ -204,8 +218,9 @@ def run_sweep(
     todo.sort(key=lambda r: (r.method != "dense", json.dumps(r.score_key(), default=str)))
     if max_runs is not None:
         todo = todo[:max_runs]
+    mine = split_runs(todo, shard)
     failed = 0
-    for run in progress(todo, "sweep", len(todo)):
+    for run in progress(mine, "sweep", len(mine)):
         t0 = time.perf_counter()
         try:
             row = _execute(ctx, run)
@@ -214,6 +229,30 @@ def run_sweep(
             failed += 1
         row = {**run.to_dict(), **row, "seconds": round(time.perf_counter() - t0, 3), "model": str(model_path),
                "model_fingerprint": model_id}
-        append_row(results_path, row)
+        append_row(results_path, row, lock=shard.active)
+    if shard.active:
+        failed = sum_ints([failed])[0]  # waits for the slowest rank: the summary is the whole sweep's
     return SweepSummary(len(runs), len(runs) - len([r for r in runs if r.id not in done]), len(todo), failed,
                         time.perf_counter() - t_start)
+
+
+def split_runs(todo: list[Run], shard: Shard) -> list[Run]:
+    """This rank's runs: runs sharing a scoring (adjacent in ``todo``) stay together, and each group goes to the
+    rank with the fewest runs so far (ties: the lowest rank). Every rank computes the same split from the same
+    ``todo``, so each run is done exactly once."""
+    if not shard.active:
+        return todo
+    groups: list[list[Run]] = []
+    for run in todo:
+        if groups and groups[-1][0].score_key() == run.score_key():
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    load = [0] * shard.world_size
+    mine: list[Run] = []
+    for group in groups:
+        rank = min(range(shard.world_size), key=lambda r: (load[r], r))
+        load[rank] += len(group)
+        if rank == shard.rank:
+            mine.extend(group)
+    return mine

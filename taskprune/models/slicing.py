@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..placement import set_weight, weight_value
+
 _ZERO_MARK = "taskprune_zero_width"
 
 
@@ -19,25 +21,25 @@ def is_zero_width(linear: nn.Linear) -> bool:
     return bool(getattr(linear, _ZERO_MARK, False))
 
 
+def _sliced(linear: nn.Linear, name: str, dim: int, keep: torch.Tensor, zero: bool) -> None:
+    """``linear.<name>`` cut to ``keep`` along ``dim`` (a new tensor), resident or offloaded by a device map."""
+    value = weight_value(linear, name)
+    cut = value.index_select(dim, keep.to(value.device))  # a new tensor already
+    if zero:
+        cut.zero_()
+    set_weight(linear, name, cut)
+
+
 def slice_rows(linear: nn.Linear, keep: torch.Tensor, zero: bool = False) -> None:
     """Keep output units ``keep`` (weight rows and bias entries); ``zero`` makes them a placeholder."""
-    weight = linear.weight.data.index_select(0, keep.to(linear.weight.device))  # a new tensor already
-    bias = None if linear.bias is None else linear.bias.data.index_select(0, keep.to(linear.weight.device))
-    if zero:
-        weight.zero_()
-        if bias is not None:
-            bias.zero_()
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+    _sliced(linear, "weight", 0, keep, zero)
+    if linear.bias is not None:
+        _sliced(linear, "bias", 0, keep, zero)
     linear.out_features = int(keep.numel())
     setattr(linear, _ZERO_MARK, zero)
 
 
 def slice_cols(linear: nn.Linear, keep: torch.Tensor, zero: bool = False) -> None:
     """Keep input units ``keep`` (weight columns); the bias is the output's and stays whole."""
-    weight = linear.weight.data.index_select(1, keep.to(linear.weight.device))
-    if zero:
-        weight.zero_()
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    _sliced(linear, "weight", 1, keep, zero)
     linear.in_features = int(keep.numel())

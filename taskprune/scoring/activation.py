@@ -28,6 +28,7 @@ def activation_scores(job: ScoringJob) -> Scores:
         for name, tensors in rec.captured.items():
             for h, m in zip([t for t in tensors if t is not None], masks[name]):
                 m = m.to(torch.float32).reshape(*m.shape, *[1] * (h.dim() - m.dim()))  # [B, T, 1...] over h's units
-                scores[name] += (h.float().abs() * m).reshape(-1, h.shape[-1]).sum(0)
+                m = m.to(h.device)
+                scores[name] += (h.float().abs() * m).reshape(-1, h.shape[-1]).sum(0).to(scores[name].device)
 
     return run_scoring(job, "activation", per_batch, grad=False)

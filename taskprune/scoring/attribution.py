@@ -48,8 +48,8 @@ def supervised_attribution(job: ScoringJob) -> Scores:
         for name, h, g in zip(names, tensors, grads):
             a = _per_example(h, g, config.position_agg)
             per_example[name] = per_example[name] + a if name in per_example else a
-        for name, a in per_example.items():
-            scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0)
+        for name, a in per_example.items():  # .to(): with a device map, layers run on several devices
+            scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0).to(scores[name].device)
 
     scores = run_scoring(job, "attribution", per_batch)
     return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
@@ -73,7 +73,7 @@ def fisher(job: ScoringJob) -> Scores:
             a = _per_example(h, g, "sum")
             per_example[name] = per_example[name] + a if name in per_example else a
         for name, a in per_example.items():
-            scores[name] += a.pow(2).sum(0)
+            scores[name] += a.pow(2).sum(0).to(scores[name].device)
 
     return run_scoring(job, "fisher", per_batch)
 
@@ -94,7 +94,7 @@ def unsupervised_attribution(job: ScoringJob) -> Scores:
                     if g is not None:
                         acc += g.float().abs()
             for name, h, g in zip(names, tensors, grad_abs):
-                scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0)
+                scores[name] += (h.detach().float().abs() * g).reshape(-1, h.shape[-1]).sum(0).to(scores[name].device)
             rec.clear()
 
     return run_scoring(job, "attribution (unsupervised)", per_batch)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data import Batch, LabelSpace
+from ..distributed import SINGLE, Shard
 from ..errors import TaskpruneError
 from ..models import NeuronGroup
 
@@ -106,6 +107,8 @@ class ScoringJob:
     ``batches`` are the tokenised fit examples (any re-iterable sequence; :class:`~taskprune.data.LazyBatches`
     tokenises one batch at a time), ``labels`` the task's label targets, ``groups`` the neuron groups
     to score (a method may score only those it needs, e.g. SMP only those pruned at the target rates).
+    ``shard`` says which batches this process takes when several share the work (:mod:`taskprune.distributed`):
+    every rank is given ALL batches, in the same order, and scores those it :meth:`owns`.
     """
 
     model: nn.Module
@@ -114,25 +117,65 @@ class ScoringJob:
     groups: list[NeuronGroup]
     config: ScoreConfig = field(default_factory=lambda: ScoreConfig())
     progress: Progress = no_progress
+    shard: Shard = SINGLE
+
+    def owns(self, index: int) -> bool:
+        """True if batch ``index`` is this process's to score."""
+        return self.shard.owns(index)
+
+    def my_batches(self) -> list[int]:
+        """Indices of the batches this process scores (all of them in one process)."""
+        return self.shard.owned(len(self.batches))
 
 
 Scorer = Callable[[ScoringJob], Scores]
 
+#: How a method's work is shared by several processes (:func:`run_scorer`):
+#: ``sum``  — scores are sums over examples: each rank sums its batches, the partial sums are all-reduced;
+#: ``same`` — the method reads no examples: every rank computes the whole (identical) result;
+#: ``self`` — the method synchronises itself (SMP all-reduces its mask gradients every step, like DDP).
+Combine = Literal["sum", "same", "self"]
 
 _SCORERS: dict[str, Scorer] = {}
 _EXAMPLE_FREE: set[str] = set()
+_COMBINE: dict[str, Combine] = {}
 
 
-def register_scorer(name: str, needs_examples: bool = True) -> Callable[[Scorer], Scorer]:
-    """Register a method; ``needs_examples=False`` for those that never read the examples (random scores)."""
+def register_scorer(name: str, needs_examples: bool = True, combine: Combine = "sum") -> Callable[[Scorer], Scorer]:
+    """Register a method; ``needs_examples=False`` for those that never read the examples (random scores);
+    ``combine`` says how ranks share its work (see :data:`Combine`)."""
 
     def wrap(fn: Scorer) -> Scorer:
         _SCORERS[name] = fn
+        _COMBINE[name] = combine
         if not needs_examples:
             _EXAMPLE_FREE.add(name)
         return fn
 
     return wrap
+
+
+def combine_mode(name: str) -> Combine:
+    return _COMBINE.get(name, "sum")
+
+
+def run_scorer(name: str, job: ScoringJob) -> Scores:
+    """Run method ``name`` on ``job``, across the ranks of ``job.shard`` where there are several.
+
+    Summed methods score their own batches and the partial sums are all-reduced. ``abs_sum`` (= |sum over ALL
+    examples|) is therefore scored signed and its absolute value taken after the reduction, never per rank.
+    """
+    from dataclasses import replace
+
+    from ..distributed import all_reduce_sum
+
+    scorer = get_scorer(name)
+    if not job.shard.active or combine_mode(name) != "sum":
+        return scorer(job)
+    abs_after = job.config.example_agg == "abs_sum"
+    part = scorer(replace(job, config=replace(job.config, example_agg="signed")) if abs_after else job)
+    total = all_reduce_sum(part)
+    return {k: v.abs() for k, v in total.items()} if abs_after else total
 
 
 def get_scorer(name: str) -> Scorer:
@@ -149,12 +192,20 @@ def list_scorers() -> list[str]:
     return sorted(_SCORERS)
 
 
-def score_metadata(task: str, method: str, samples: int, seed: int | None, config: ScoreConfig) -> dict[str, str]:
-    """What a scores file records about its making (safetensors metadata is str -> str)."""
+def score_metadata(task: str, method: str, samples: int, seed: int | None, config: ScoreConfig,
+                   examples_per_rank: Sequence[int] | None = None) -> dict[str, str]:
+    """What a scores file records about its making (safetensors metadata is str -> str).
+
+    ``examples_per_rank``: how many examples each process scored (``world_size`` is its length; 1 process if
+    not given).
+    """
     meta = {"task": task, "method": method, "samples": str(samples), "example_agg": config.example_agg,
             "position_agg": config.position_agg, "trial_seed": str(config.seed)}
     if seed is not None:
         meta["seed"] = str(seed)  # the seed of the example sample
+    counts = list(examples_per_rank) if examples_per_rank is not None else [samples]
+    meta["world_size"] = str(len(counts))
+    meta["examples_per_rank"] = ",".join(str(c) for c in counts)
     return meta
 
 

@@ -15,11 +15,27 @@ import torch
 from ..data import Batch
 from ..lm import model_kind
 from ..models import get_adapter
+from ..placement import weight_value
 from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
-@register_scorer("flap")
+def _pooled(sums: dict[str, list[list]]) -> dict[str, list[list]]:
+    """Every rank's [n, Σx, Σx²] per group and site, added up (a rank that scored no batch adds nothing)."""
+    from ..distributed import all_gather_objects
+
+    pooled: dict[str, list[list]] = {}
+    for part in all_gather_objects({k: [[float(n), s1, s2] for n, s1, s2 in v] for k, v in sums.items()}):
+        for name, sites in part.items():
+            acc = pooled.setdefault(name, [])
+            for i, (n, s1, s2) in enumerate(sites):
+                while len(acc) <= i:
+                    acc.append([0.0, 0.0, 0.0])
+                acc[i] = [acc[i][0] + n, acc[i][1] + s1, acc[i][2] + s2]
+    return pooled
+
+
+@register_scorer("flap", combine="self")
 def flap_scores(job: ScoringJob) -> Scores:
     model, labels = job.model, job.labels
     kind = model_kind(model)
@@ -45,6 +61,8 @@ def flap_scores(job: ScoringJob) -> Scores:
             rec.clear()
 
     run_scoring(job, "flap", per_batch, grad=False)
+    if job.shard.active:  # variances are not sums: pool every rank's token counts and moment sums first
+        sums = _pooled(sums)
     out: Scores = {}
     for name, sites in sums.items():
         g = groups[name]
@@ -55,7 +73,7 @@ def flap_scores(job: ScoringJob) -> Scores:
         if g.kind == "qk":
             out[name] = var[0] * var[1] if len(var) > 1 else var[0]
             continue
-        col = adapter.parts(g).consumers[0].weight.detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2
+        col = weight_value(adapter.parts(g).consumers[0], "weight").detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2
         w = g.unit_width  # the site showed a whole head as [w, units]; the consumer's columns are [units, w]
         v = var[0].cpu().reshape(w, g.size).T.reshape(-1) if w > 1 else var[0].cpu()
         out[name] = (v * col).reshape(g.size, w).sum(1)

@@ -105,12 +105,19 @@ def run_scoring(
     per_batch: Callable[[ActivationRecorder, Batch, Scores], None],
     grad: bool = True,
 ) -> Scores:
-    """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores."""
+    """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores.
+
+    Only this process's batches are scored (all of them in one process; see :attr:`ScoringJob.shard`).
+    """
+    from ..placement import execution_device, offloaded_weights_refetched
+
     adapter = get_adapter(job.model)
-    device = next(job.model.parameters()).device
+    device = execution_device(job.model)
     scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
-    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec:
-        for batch in job.progress(job.batches, desc, len(job.batches)):
-            per_batch(rec, batch.to(device), scores)
+    mine = job.my_batches()
+    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec, \
+            offloaded_weights_refetched(job.model):
+        for i in job.progress(mine, desc, len(mine)):
+            per_batch(rec, job.batches[i].to(device), scores)
             rec.clear()
     return {k: v.cpu() for k, v in scores.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch, LabelSpace
+from ..distributed import SINGLE
 from ..models import get_adapter
 from .attribution import supervised_attribution
 from .base import Scores, ScoringJob, no_progress, register_scorer
@@ -42,13 +43,16 @@ def random_attribution(job: ScoringJob) -> Scores:
     avoid = {t for target in labels.targets for t in target}
     if get_adapter(model).kind == "seq2seq":
         avoid.add(get_adapter(model).decoder_start_token_id())
-    total: Scores = {}
-    for batch in job.progress(job.batches, "random attribution", len(job.batches)):
+    total: Scores = {grp.name: torch.zeros(grp.size) for grp in job.groups}
+    for i, batch in enumerate(job.progress(job.batches, "random attribution", len(job.batches))):
         gold = batch.gold.tolist()
+        # every rank draws for EVERY batch, in order, so each example gets the draw it gets in one process
         random_labels = random_label_space(labels, gold, vocab, avoid, g)
+        if not job.owns(i):
+            continue
         relabelled = Batch(batch.input_ids, batch.attention_mask, torch.arange(len(gold)))
         part = supervised_attribution(replace(job, batches=[relabelled], labels=random_labels,
-                                              config=per_batch_config, progress=no_progress))
+                                              config=per_batch_config, progress=no_progress, shard=SINGLE))
         for k, v in part.items():
-            total[k] = total[k] + v if k in total else v
+            total[k] = total[k] + v
     return {k: v.abs() for k, v in total.items()} if config.example_agg == "abs_sum" else total

@@ -28,6 +28,7 @@ from ..data import IGNORE
 from ..errors import TaskpruneError
 from ..lm import TeacherForced, model_kind
 from ..models import NeuronGroup, get_adapter
+from ..placement import execution_device, offloaded_weights_refetched
 from ..plan import RateSpec, select_units
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
@@ -83,18 +84,29 @@ def _optimise(
     forward: Callable[[TeacherForced, Masks], torch.Tensor],
     desc: str,
 ) -> list[float]:
-    """The SMP loop shared by both granularities; returns the loss of every step.
+    """The SMP loop shared by both granularities; returns the loss of every step (of this rank's batches).
 
     ``forward(teacher_forced, masks)`` runs the model with the given (STE) masks applied and returns the logits
     ``[B, L, V]`` next to ``teacher_forced.target`` (:mod:`taskprune.lm`).
+
+    Several processes (``job.shard``) learn like DDP: each steps on one of its own batches, the mask-score
+    gradients are averaged over the ranks before every Adam step, so every rank holds the same scores (rank 0's
+    are broadcast at the end to rule out rounding drift). A step then sees ``world_size`` batches at once: the
+    result equals a one-process run with that many times the batch size, not the one-process run itself.
     """
-    model, config = job.model, job.config
+    from ..distributed import all_reduce_mean_, broadcast_
+
+    model, config, shard = job.model, job.config, job.shard
     cfg = config.smp
     kind = model_kind(model)
-    device = next(model.parameters()).device
+    device = execution_device(model)
+    if shard.active and len(job.batches) < shard.world_size:
+        raise TaskpruneError(f"SMP under {shard.world_size} processes needs at least {shard.world_size} batches of "
+                             f"examples, one per process (it has {len(job.batches)}): use fewer processes, more "
+                             "examples or a smaller --batch-size")
     prepared = []
-    for batch in job.batches:
-        batch = batch.to(device)
+    for i in job.my_batches():
+        batch = job.batches[i].to(device)
         tf = kind.teacher_forced(model, batch, job.labels, batch.gold.tolist())
         teacher = None
         if cfg.distill > 0:
@@ -105,7 +117,8 @@ def _optimise(
     order = torch.Generator().manual_seed(config.seed)
     queue: list[int] = []
     losses: list[float] = []
-    with torch.enable_grad():  # callers may run under no_grad; only the scores get gradients
+    # callers may run under no_grad; only the scores get gradients
+    with torch.enable_grad(), offloaded_weights_refetched(model):
         for step in job.progress(range(cfg.steps), desc, cfg.steps):
             if not queue:
                 queue = torch.randperm(len(prepared), generator=order).tolist()
@@ -117,8 +130,16 @@ def _optimise(
             loss = _loss(forward(tf, masks), tf.target, teacher, cfg)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if shard.active:
+                for s in scores.values():  # a score no layer used this step has no gradient yet: zero, like DDP
+                    if s.grad is None:
+                        s.grad = torch.zeros_like(s)
+                all_reduce_mean_([s.grad for s in scores.values()])
             optimiser.step()
             losses.append(float(loss.detach()))
+    if shard.active:
+        with torch.no_grad():
+            broadcast_([s.data for s in scores.values()])
     return losses
 
 
@@ -140,7 +161,7 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     spec = _target_spec(job)
     rates = _target_rates(job, spec)
     learnt = [g for g in job.groups if g.name in rates]
-    device = next(model.parameters()).device
+    device = execution_device(model)
     scores = {g.name: torch.zeros(g.size, device=device, requires_grad=True) for g in learnt}
     masks_now: Masks = {}
     per_group = {g.name: _unit_mask(g, spec.multiple_of) for g in learnt}  # the widths the plan will keep
@@ -154,7 +175,7 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
         return model(**tf.kwargs).logits
 
     def site_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        return lambda t: t * masks_now[name].to(t.dtype) if name in masks_now else None
+        return lambda t: t * masks_now[name].to(t.device, t.dtype) if name in masks_now else None
 
     with recording(adapter, [], grad=False):  # eval mode and frozen weights, restored afterwards
         handles = [site.hook(site_fn(g.name)) for g in learnt for site in adapter.sites(g)]
@@ -166,7 +187,7 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     return {k: v.detach().cpu() for k, v in scores.items()}, losses
 
 
-@register_scorer("smp")
+@register_scorer("smp", combine="self")
 def smp_scores(job: ScoringJob) -> Scores:
     """Structured SMP: per-unit mask scores learnt for the target rates (groups at rate 0 get none)."""
     return learn_unit_scores(job)[0]
@@ -204,7 +225,7 @@ def learn_weight_masks(job: ScoringJob) -> tuple[Masks, list[float]]:
     model = job.model
     rates = _target_rates(job)
     weights = prunable_weights(model, rates)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     scores = {n: torch.zeros(lin.weight.shape, device=device, requires_grad=True) for n, (lin, _) in weights.items()}
     rate_of = {n: r for n, (_, r) in weights.items()}
 
