@@ -230,7 +230,7 @@ def _equivalence(cmp: Comparisons, pairs: Sequence[Pair], what: str) -> tuple[st
         f"{lo:.2f}–{hi:.2f} (≈ needs the upper ≤ {TOLERANCE:g}); {what} pooled {cmp.pooled().brief()}; "
         f"TOST-equivalent within ±{TOLERANCE:g} at {tost}, significantly different (Holm) at "
         f"{sum(a < ALPHA for a in adj)} of {len(pairs)} points; mean |gap| by task: "
-        + _by_task(pairs, lambda idx: f"{cmp.mean_abs_gap(idx)[0]:.2f} (≤ {cmp.mean_abs_gap(idx)[2]:.2f})"))
+        + _by_task(pairs, lambda idx: "{0:.2f} (≤ {2:.2f})".format(*cmp.mean_abs_gap(idx))))
 
 
 def _approx(text: str, pairs: list[Pair], names: tuple[str, str]) -> Claim:

@@ -75,7 +75,7 @@ RUN_FIELDS = ("id", "experiment", "task", "eval_task", "method", "samples", "sam
 
 def latest_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a results file, the last one of each run id, errors left out; refuses a file with nothing to
-    report (missing, empty, rows that are not sweep results, or no row with a metric)."""
+    report (missing, empty, rows that are not sweep results, or no row with a metric) or with damaged outcomes."""
     path = Path(path)
     if not path.exists():
         raise TaskpruneError(f"results file {path} not found")
@@ -91,6 +91,8 @@ def latest_rows(path: str | Path) -> list[dict[str, Any]]:
         by_id[r["id"]] = r
     usable = [r for r in by_id.values()
               if "error" not in r and isinstance(r.get("metrics"), dict) and METRIC in r["metrics"]]
+    for r in usable:
+        row_outcomes(r)  # a damaged outcomes field fails here, before anything is drawn
     if not usable:
         failed = [r for r in by_id.values() if "error" in r]
         why = f"{len(failed)} failed, first: {failed[0]['error']}" if failed else f"none has metrics.{METRIC}"
