@@ -358,4 +358,5 @@ def test_rows_without_or_with_damaged_outcomes() -> None:
 def test_eval_set_id_changes_with_the_examples_and_their_order() -> None:
     a, b = Example("good", 1, "u1"), Example("bad", 0, "u2")
     assert eval_set_id([a, b]) == eval_set_id([Example("good", 1, "u1"), Example("bad", 0, "u2")])
-    assert len({eval_set_id([a, b]), eval_set_id([b, a]), eval_set_id([a]), eval_set_id([a, Example("bad", 1, "u2")])}) == 4
+    relabelled = Example("bad", 1, "u2")
+    assert len({eval_set_id([a, b]), eval_set_id([b, a]), eval_set_id([a]), eval_set_id([a, relabelled])}) == 4

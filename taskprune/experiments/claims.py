@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .results import METRIC, row_kind, row_outcomes, row_rate
-from .stats import ALPHA, Comparisons, Point, fmt_p, holm
+from .stats import ALPHA, Comparisons, Point, holm
 
 TOLERANCE = 3.0  # accuracy points: the margin of "≈", "as good as" and "can go"
 AP, FPP, RAP, RP, SVD = "attribution", "activation", "random-attribution", "random", "svd"
@@ -212,7 +212,8 @@ def ap_beats_baselines(rows: list[Row]) -> Claim:
             parts.append(f"{name} {sum(above[k] for k in idx)}/{sum(below[k] for k in idx)} of {len(idx)}, "
                          f"pooled {cmp.pooled(idx).brief()}")
         return _verdict(sum(above) > len(pairs) / 2), (
-            f"AP significantly above the baseline at {sum(above)} of {len(pairs)} (baseline, task, module, rate) points, "
+            f"AP significantly above the baseline at {sum(above)} of {len(pairs)} (baseline, task, module, rate) "
+            "points, "
             f"below at {sum(below)} (Holm over the {len(pairs)}; {raw} above at unadjusted p < {ALPHA:g}; "
             f"old count of any win: {wins}). Per baseline, above/below and AP − baseline pooled over its points: "
             + "; ".join(parts))
@@ -288,7 +289,8 @@ def decoder_more_robust(rows: list[Row]) -> Claim:
     wins = sum(_acc(d) > _acc(e) for _, d, e in pairs)
     return _above_rule(text, pairs, f"decoder-pruned above encoder-pruned at {wins} of {len(pairs)} points",
                        "(experiment, task, examples, rate)",
-                       lambda cmp: "decoder − encoder pooled by task: " + _by_task(pairs, lambda i: cmp.pooled(i).brief()))
+                       lambda cmp: "decoder − encoder pooled by task: "
+                       + _by_task(pairs, lambda i: cmp.pooled(i).brief()))
 
 
 def integrated_like_specific(rows: list[Row]) -> Claim:
@@ -345,13 +347,16 @@ def related_domain_better(rows: list[Row]) -> Claim:
                        f"{names} (module, rate)", lambda cmp: f"related − unrelated pooled {cmp.pooled().brief()}")
 
 
-def _part_groups(rows: list[Row], kind: str, parts: set[str]) -> dict[tuple[str, str], dict[str, dict[float, list[Row]]]]:
+ByRate = dict[float, list[Row]]  # the rows (seeds) of one part at each rate
+
+
+def _part_groups(rows: list[Row], kind: str, parts: set[str]) -> dict[tuple[str, str], dict[str, ByRate]]:
     """(task, module) -> {part: {rate: rows}} for layer-type or depth rows, at the rates in (0, 1] that every part
     of ``parts`` present there was run at (so parts are compared at equal rates)."""
     groups = _groups((r for r in rows if row_kind(r) == kind and r["method"] == AP and row_rate(r) > 0
                       and r["setting"].split(":", 1)[1] in parts),
                      lambda r: (r["task"], *r["setting"].split(":", 1), row_rate(r)))
-    by_tm: dict[tuple[str, str], dict[str, dict[float, list[Row]]]] = defaultdict(lambda: defaultdict(dict))
+    by_tm: dict[tuple[str, str], dict[str, ByRate]] = defaultdict(lambda: defaultdict(dict))
     for (task, module, part, rate), v in groups.items():
         by_tm[task, module][part][rate] = v
     out = {}
@@ -362,7 +367,7 @@ def _part_groups(rows: list[Row], kind: str, parts: set[str]) -> dict[tuple[str,
     return out
 
 
-def _part_tests(tests: list[tuple[tuple, dict[float, list[Row]], dict[float, list[Row]]]]) -> tuple[list[Pair], list[list[int]]]:
+def _part_tests(tests: list[tuple[tuple, ByRate, ByRate]]) -> tuple[list[Pair], list[list[int]]]:
     """Points for "pruning part B hurts more than pruning part A" tests: (label, A's rates, B's rates) each pooled
     over its rates; returns the pairs and each test's point indices."""
     pairs: list[Pair] = []
@@ -380,7 +385,7 @@ def _pooled_tests(cmp: Comparisons, members: list[list[int]]) -> tuple[list[bool
     return [c.diff > 0 and a < ALPHA for c, a in zip(pooled, adj)], [c.brief() for c in pooled]
 
 
-def _part_acc(part: dict[float, list[Row]]) -> float:
+def _part_acc(part: ByRate) -> float:
     return statistics.fmean(_acc(v) for v in part.values())
 
 
@@ -431,15 +436,15 @@ def low_layers_matter_most(rows: list[Row]) -> Claim:
         return Claim(text, _verdict(None), "needs depth runs with low / mid / high thirds")
     keys = sorted(parts)
     pairs, members = _part_tests([(k, parts[k][o], parts[k]["low"]) for k in keys for o in ("mid", "high")])
-    accs = lambda p: f"low {_part_acc(p['low']):.1f} / mid {_part_acc(p['mid']):.1f} / high {_part_acc(p['high']):.1f}"  # noqa: E731
+    accs = lambda p: " / ".join(f"{d} {_part_acc(p[d]):.1f}" for d in ("low", "mid", "high"))  # noqa: E731
     means = "; ".join(f"{_task(t)} {m} {accs(parts[t, m])}" for t, m in keys)
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
         ok, briefs = _pooled_tests(cmp, members)
         both = [ok[2 * i] and ok[2 * i + 1] for i in range(len(keys))]
         return _verdict(sum(both) > len(keys) / 2), (
-            f"lowest third significantly worst in {sum(both)} of {len(keys)} (task, module); mid − low and high − low "
-            "pooled over rates (Holm over the tests): " + "; ".join(
+            f"lowest third significantly worst in {sum(both)} of {len(keys)} (task, module); mid − low and "
+            "high − low pooled over rates (Holm over the tests): " + "; ".join(
                 f"{_task(t)} {m} {accs(parts[t, m])}: {briefs[2 * i]} and {briefs[2 * i + 1]}"
                 for i, (t, m) in enumerate(keys)))
     return _tested(text, pairs, means, decide)
@@ -460,7 +465,8 @@ def whole_layer_can_go(rows: list[Row]) -> Claim:
     keys = sorted({(t, m) for (t, m, _), _, _ in pairs})
     drop = {p[0]: _acc(p[2]) - _acc(p[1]) for p in pairs}
     means = "; ".join(f"{_task(t)} {m} {sum(d <= TOLERANCE for k, d in drop.items() if k[:2] == (t, m))}/"
-                      f"{sum(k[:2] == (t, m) for k in drop)} blocks with a mean drop ≤ {TOLERANCE:g}" for t, m in keys)
+                      f"{sum(k[:2] == (t, m) for k in drop)} blocks with a mean drop ≤ {TOLERANCE:g}"
+                      for t, m in keys)
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
         adj = holm([cmp.point(k).p_noninferior(TOLERANCE) for k in range(len(pairs))])

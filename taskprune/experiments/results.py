@@ -127,7 +127,8 @@ def row_outcomes(row: dict[str, Any]) -> tuple[str, np.ndarray] | None:
         n, data = int(out["n"]), base64.b64decode(out["correct"], validate=True)
         examples = str(out["examples"])
     except (KeyError, TypeError, ValueError):
-        raise TaskpruneError(f"row {row.get('id')}: its outcomes field is damaged (needs examples, n, correct)") from None
+        raise TaskpruneError(f"row {row.get('id')}: its outcomes field is damaged (needs examples, n, "
+                             "correct)") from None
     if n <= 0 or len(data) != (n + 7) // 8:
         raise TaskpruneError(f"row {row.get('id')}: outcomes hold {len(data)} bytes for {n} examples")
     return examples, np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n]

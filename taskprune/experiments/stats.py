@@ -202,7 +202,10 @@ class Comparisons:
         """Point k alone: exact McNemar when each side is one run, else the bootstrap p-value."""
         p, reps = self.points[k], self.replicates[:, k]
         disc = p.discordant()
-        pval, test = (mcnemar_exact(*disc), "McNemar exact") if disc is not None else (_bootstrap_p(reps), "paired bootstrap")
+        if disc is not None:
+            pval, test = mcnemar_exact(*disc), "McNemar exact"
+        else:
+            pval, test = _bootstrap_p(reps), "paired bootstrap"
         return Comparison(float(self.diffs[k]), self._ci(reps), pval, p.n, test, disc, self.alpha, reps)
 
     def pooled(self, members: Sequence[int] | None = None) -> Comparison:
