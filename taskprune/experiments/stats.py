@@ -138,11 +138,12 @@ class Comparison:
 
     def brief(self) -> str:
         """"+1.23 [-0.40, 2.90], p=0.041" for an evidence column."""
-        return f"{self.diff:+.2f} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}], p={fmt_p(self.p)}"
+        return f"{self.diff:+.2f} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}], {fmt_p(self.p)}"
 
 
 def fmt_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    """"p=0.041", or "p<0.001" below what 10,000 replicates resolve."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def _bootstrap_p(replicates: np.ndarray) -> float:
