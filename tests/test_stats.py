@@ -69,6 +69,7 @@ def test_non_inferiority() -> None:
     r = paired_compare(a, b)
     assert r.p_noninferior(3.0) < 0.01  # shown at most 3 points worse
     assert r.p_noninferior(0.1) > 0.5  # but not shown within 0.1
+    assert r.p_inferior(0.05) < 0.05 and r.p_inferior(3.0) > 0.5  # shown worse by more than 0.05, not by more than 3
 
 
 def test_points_on_one_eval_set_share_their_resampling() -> None:

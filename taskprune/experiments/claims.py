@@ -16,7 +16,10 @@ seeds). The rules, stated again in the report:
   :data:`TOLERANCE` points (shown close, TOST-style, not merely "not shown different"); "does not hold" when its
   lower bound is above it; "inconclusive" in between (the eval sets are too small to tell);
 - "as good as" (RAP vs AP) and "can go" (a whole block vs dense): non-inferiority, shown at most
-  :data:`TOLERANCE` points worse (one-sided paired bootstrap), at enough points;
+  :data:`TOLERANCE` points worse (one-sided paired bootstrap) at enough points; "does not hold" when too many
+  points are shown MORE than :data:`TOLERANCE` worse for the claim to hold, "inconclusive" otherwise;
+- "beats" and "matters more" claims say "does not hold" when the tests do not show them (not shown = not
+  supported; the evidence column gives the intervals, so "no difference" and "too noisy to tell" can be told apart);
 - rate points 0 and 1 are left out of method comparisons, where every method is equal by construction;
 - a claim whose rows lack per-example outcomes (sweeps recorded before they were) is "not tested": it shows the
   means, and the sweep must be re-run to test it. The old rule (counting wins of any size) is not used.
@@ -255,14 +258,28 @@ def rap_sometimes_ap(rows: list[Row]) -> Claim:
     means = f"RAP within {TOLERANCE:g} points of AP (or above) at {close} of {len(pairs)} points"
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        adj = holm([cmp.point(k).p_noninferior(TOLERANCE) for k in range(len(pairs))])
-        good = [a < ALPHA for a in adj]
-        return _verdict(sum(good) >= len(pairs) / 4), (
-            f"RAP shown at most {TOLERANCE:g} points below AP (one-sided, Holm over {len(pairs)}) at {sum(good)} of "
-            f"{len(pairs)} points (rule: at least a quarter; {close} by the old ±{TOLERANCE:g} count of means); "
+        good, bad = _margin_tests(cmp)
+        quarter = len(pairs) / 4
+        if sum(good) >= quarter:
+            verdict = "holds"
+        else:  # "does not hold" once too few points are left that could still be "as good"
+            verdict = "does not hold" if len(pairs) - sum(bad) < quarter else "inconclusive"
+        return verdict, (
+            f"RAP shown at most {TOLERANCE:g} points below AP at {sum(good)} of {len(pairs)} points, more than "
+            f"{TOLERANCE:g} below at {sum(bad)} (one-sided tests, Holm over the {len(pairs)}; rule: a quarter shown "
+            f"as good; {close} by the old ±{TOLERANCE:g} count of means); "
             + _by_task(pairs, lambda idx: f"{sum(good[k] for k in idx)}/{len(idx)}")
             + f"; RAP − AP pooled {cmp.pooled().brief()}")
     return _tested(text, pairs, means, decide)
+
+
+def _margin_tests(cmp: Comparisons) -> tuple[list[bool], list[bool]]:
+    """Per point: A shown at most TOLERANCE below B, and A shown more than TOLERANCE below B (each one-sided,
+    Holm-adjusted over the points)."""
+    points = [cmp.point(k) for k in range(len(cmp.points))]
+    good = holm([c.p_noninferior(TOLERANCE) for c in points])
+    bad = holm([c.p_inferior(TOLERANCE) for c in points])
+    return [a < ALPHA for a in good], [a < ALPHA for a in bad]
 
 
 def _above_rule(text: str, pairs: list[Pair], means: str, unit: str, per: Callable[[Comparisons], str]) -> Claim:
@@ -469,21 +486,25 @@ def whole_layer_can_go(rows: list[Row]) -> Claim:
                       for t, m in keys)
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        adj = holm([cmp.point(k).p_noninferior(TOLERANCE) for k in range(len(pairs))])
-        gone = {p[0]: a < ALPHA for p, a in zip(pairs, adj)}
-        parts, ok = [], []
+        good, bad = _margin_tests(cmp)
+        gone = {p[0]: g for p, g in zip(pairs, good)}
+        stays = {p[0]: b for p, b in zip(pairs, bad)}
+        parts, ok, refuted = [], [], []
         for t, m in keys:
             blocks = {k[2]: drop[k] for k in drop if k[:2] == (t, m)}
             n_ok = sum(gone[(t, m, b)] for b in blocks)
             ok.append(n_ok > 0)
+            refuted.append(all(stays[(t, m, b)] for b in blocks))
             best = min(blocks, key=blocks.get)
             k = next(i for i, p in enumerate(pairs) if p[0] == (t, m, best))
             lo, hi = cmp.point(k).ci
             parts.append(f"{_task(t)} {m} {n_ok}/{len(blocks)} (smallest drop {blocks[best]:+.1f} [{-hi:+.1f}, "
                          f"{-lo:+.1f}] at block {best}, largest {max(blocks.values()):+.1f})")
-        return _verdict(all(ok)), (
+        verdict = "holds" if all(ok) else "does not hold" if any(refuted) else "inconclusive"
+        return verdict, (
             f"blocks shown to cost at most {TOLERANCE:g} points against dense (one-sided paired test, Holm over "
-            f"{len(pairs)} blocks) per (task, module): " + "; ".join(parts))
+            f"{len(pairs)} blocks) per (task, module): " + "; ".join(parts)
+            + f" (\"does not hold\" needs every block of a (task, module) shown to cost more than {TOLERANCE:g})")
     return _tested(text, pairs, means, decide)
 
 
@@ -515,7 +536,9 @@ RULES = (
     f"\"≈\" = the one-sided 95 % upper bound of the mean absolute gap over the points ≤ {TOLERANCE:g} accuracy "
     "points (TOST-style: shown close, not merely not shown different); \"does not hold\" when its lower bound is "
     f"above {TOLERANCE:g}, \"inconclusive\" in between. \"As good as\" and \"can go\" = shown at most "
-    f"{TOLERANCE:g} points worse (one-sided non-inferiority test). Brackets are 95 % intervals of the difference "
+    f"{TOLERANCE:g} points worse (one-sided non-inferiority test), \"does not hold\" when shown more than "
+    f"{TOLERANCE:g} points worse where it matters, \"inconclusive\" in between; for \"beats\" and \"matters "
+    "more\", \"does not hold\" means not shown. Brackets are 95 % intervals of the difference "
     "in accuracy points; means are over seeds; rates 0 and 1 are left out of method comparisons. Rows recorded "
     "without per-example outcomes (older sweeps) give \"not tested\": re-run the sweep. "
     "Code: `taskprune/experiments/claims.py`."

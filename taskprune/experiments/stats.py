@@ -24,7 +24,8 @@ than comparing two accuracies: examples both get right or both get wrong say not
   "A ≈ B within ±m" is shown by an interval, TOST-style: the (1 - 2 alpha) interval of the difference lies inside
   ±m (two one-sided tests at alpha). Over several points, :meth:`Comparisons.mean_abs_gap` bounds the mean
   absolute gap; its upper bound <= m shows the points close on average.
-- **Non-inferiority** ("B costs at most m points"): the one-sided test of diff <= -m, :meth:`Comparison.p_noninferior`.
+- **Non-inferiority** ("A costs at most m points against B"): the one-sided test of diff <= -m,
+  :meth:`Comparison.p_noninferior`; its mirror, "A costs more than m", is :meth:`Comparison.p_inferior`.
 
 All differences are in accuracy points (percent), A minus B. :func:`paired_compare` is the one-call entry point.
 """
@@ -135,6 +136,11 @@ class Comparison:
         """One-sided bootstrap p-value of "A is worse than B by margin or more" (small: A costs less than margin)."""
         r = self.replicates
         return float((np.count_nonzero(r <= -margin) + 1) / (len(r) + 1))
+
+    def p_inferior(self, margin: float) -> float:
+        """One-sided bootstrap p-value of "A is at most margin below B" (small: A is shown worse by more)."""
+        r = self.replicates
+        return float((np.count_nonzero(r >= -margin) + 1) / (len(r) + 1))
 
     def brief(self) -> str:
         """"+1.23 [-0.40, 2.90], p=0.041" for an evidence column."""
