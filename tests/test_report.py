@@ -82,6 +82,16 @@ def test_report_cli_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
         write_report(tmp_path / "empty.jsonl", tmp_path / "rep2")
 
 
+def test_damaged_outcomes_are_one_line_before_drawing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _rows()
+    rows[1]["outcomes"] = {"examples": "ev", "n": 872, "correct": "AAAA"}  # 3 bytes for 872 examples
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["taskprune: error: row r1: outcomes hold 3 bytes for 872 examples"]
+    assert not (tmp_path / "rep" / "README.md").exists()
+
+
 def test_grid_cells_do_not_mix_methods(tmp_path: Path) -> None:
     rows = [_row(i, "grid", m, f"enc={e},dec=0.0", 0.0, acc, module_rates={"encoder": e, "decoder": 0.0})
             for i, (m, e, acc) in enumerate([("attribution", 0.0, 80.0), ("attribution", 0.5, 70.0),

@@ -15,6 +15,8 @@ from conftest import SHARED_DATA, make_model, make_tokenizer, needs_shared_data
 from taskprune.errors import TaskpruneError
 from taskprune.experiments import expand, load_config, load_rows, run_sweep
 from taskprune.experiments import runner as runner_mod
+from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
+from taskprune.tasks import Example
 
 ROWS = [("good movie", 1), ("great film", 1), ("a very good film", 1), ("awful movie", 0), ("bad film", 0),
         ("a very bad movie", 0), ("the film was great", 1), ("it was awful", 0)]
@@ -288,6 +290,10 @@ def test_eval_cap_per_task_is_one_fixed_subset(space: dict[str, Path]) -> None:
     at_zero = next(r for r in rows if r["method"] == "random" and r["rates"]["rate"] == 0.0)
     dense = next(r for r in rows if r["method"] == "dense")
     assert at_zero["metrics"] == dense["metrics"]  # same 3 examples for every run
+    # every row says which of those examples it got right, and on which eval set: what paired tests compare
+    outcomes = [row_outcomes(r) for r in rows]
+    assert len({o[0] for o in outcomes}) == 1 and all(len(o[1]) == 3 for o in outcomes)
+    assert all(100 * o[1].sum() / 3 == pytest.approx(r["metrics"]["accuracy"]) for o, r in zip(outcomes, rows))
 
 
 @pytest.mark.parametrize("caps, needle", [("{sst2: 0}", "eval_examples.sst2 must be a positive integer"),
@@ -327,3 +333,30 @@ def test_rows_record_the_examples_actually_used(space: dict[str, Path]) -> None:
     run_sweep(cfg, out)
     row = next(r for r in load_rows(out) if r["method"] == "attribution")
     assert row["samples"] == 100 and row["n_fit"] == len(ROWS)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 872])
+def test_outcomes_round_trip(n: int) -> None:
+    import random
+
+    bits = [random.Random(n).random() < 0.7 for _ in range(n)]
+    packed = pack_outcomes(bits, "ev")
+    assert len(packed["correct"]) == 4 * -(-((n + 7) // 8) // 3)  # base64 of ceil(n / 8) bytes
+    examples, correct = row_outcomes({"id": "x", "outcomes": json.loads(json.dumps(packed))})
+    assert examples == "ev" and correct.tolist() == [int(b) for b in bits]
+
+
+def test_rows_without_or_with_damaged_outcomes() -> None:
+    assert row_outcomes({"id": "old"}) is None  # recorded before outcomes were
+    good = pack_outcomes([1, 0, 1], "ev")
+    for bad in ({"n": 3, "correct": good["correct"]}, dict(good, n=30), dict(good, correct="not base64!"),
+                dict(good, n=0)):
+        with pytest.raises(TaskpruneError, match="row x: .*outcomes"):
+            row_outcomes({"id": "x", "outcomes": bad})
+
+
+def test_eval_set_id_changes_with_the_examples_and_their_order() -> None:
+    a, b = Example("good", 1, "u1"), Example("bad", 0, "u2")
+    assert eval_set_id([a, b]) == eval_set_id([Example("good", 1, "u1"), Example("bad", 0, "u2")])
+    relabelled = Example("bad", 1, "u2")
+    assert len({eval_set_id([a, b]), eval_set_id([b, a]), eval_set_id([a]), eval_set_id([a, relabelled])}) == 4

@@ -8,7 +8,8 @@ Every experiment is drawn according to what its runs vary, read from the rows th
 - unseen domain (scored on one task, evaluated on another): a panel per evaluated task, a line per scored task (Fig. 4c);
 - layer types or depths (``module:ffn``, ``module:low``): a panel per task and module, a line per part (Fig. 5);
 - Table 1: the std over trial seeds of the random methods, per task and module, averaged over rates;
-- "The paper's claims, checked": one verdict per claim the rows can test (:mod:`.claims`).
+- "The paper's claims, checked": one verdict per claim the rows can test, decided by paired tests over the eval
+  examples (:mod:`.claims`, :mod:`.stats`).
 
 The last row of each run id wins (a failed run retried later replaces its error row).
 """

@@ -9,12 +9,16 @@ the next append starts on a clean line.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES
@@ -93,7 +97,7 @@ RUN_FIELDS = ("id", "experiment", "task", "eval_task", "method", "samples", "sam
 
 def latest_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a results file, the last one of each run id, errors left out; refuses a file with nothing to
-    report (missing, empty, rows that are not sweep results, or no row with a metric)."""
+    report (missing, empty, rows that are not sweep results, or no row with a metric) or with damaged outcomes."""
     path = Path(path)
     if not path.exists():
         raise TaskpruneError(f"results file {path} not found")
@@ -109,12 +113,47 @@ def latest_rows(path: str | Path) -> list[dict[str, Any]]:
         by_id[r["id"]] = r
     usable = [r for r in by_id.values()
               if "error" not in r and isinstance(r.get("metrics"), dict) and METRIC in r["metrics"]]
+    for r in usable:
+        row_outcomes(r)  # a damaged outcomes field fails here, before anything is drawn
     if not usable:
         failed = [r for r in by_id.values() if "error" in r]
         why = f"{len(failed)} failed, first: {failed[0]['error']}" if failed else f"none has metrics.{METRIC}"
         runs = f"{len(by_id)} run{'s' if len(by_id) != 1 else ''}"
         raise TaskpruneError(f"{path} holds {runs} but none to report ({why})")
     return usable
+
+
+def eval_set_id(examples: Sequence[Any]) -> str:
+    """Hash of an eval set (each example's uid, input and gold label, in eval order): two rows' per-example
+    outcomes may be paired only when they evaluated the same examples in the same order."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.uid, e.text, e.label], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def pack_outcomes(correct: Sequence[bool | int], examples: str) -> dict[str, Any]:
+    """The ``outcomes`` field of a row: which eval examples were classified correctly, as bits (first example =
+    most significant bit of the first byte) in base64, so SST-2's 872 examples take 148 characters."""
+    bits = np.packbits(np.asarray([1 if c else 0 for c in correct], dtype=np.uint8))
+    return {"examples": examples, "n": len(correct), "correct": base64.b64encode(bits.tobytes()).decode("ascii")}
+
+
+def row_outcomes(row: dict[str, Any]) -> tuple[str, np.ndarray] | None:
+    """(eval set id, 0/1 per eval example in eval order) of a row, or None for a row recorded without per-example
+    outcomes (sweeps before they were recorded); a damaged field is refused rather than misread."""
+    out = row.get("outcomes")
+    if out is None:
+        return None
+    try:
+        n, data = int(out["n"]), base64.b64decode(out["correct"], validate=True)
+        examples = str(out["examples"])
+    except (KeyError, TypeError, ValueError):
+        raise TaskpruneError(f"row {row.get('id')}: its outcomes field is damaged (needs examples, n, "
+                             "correct)") from None
+    if n <= 0 or len(data) != (n + 7) // 8:
+        raise TaskpruneError(f"row {row.get('id')}: outcomes hold {len(data)} bytes for {n} examples")
+    return examples, np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n]
 
 
 def row_kind(row: dict[str, Any]) -> str:

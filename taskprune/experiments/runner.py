@@ -34,7 +34,7 @@ from ..prune import masked
 from ..scoring import ScoreConfig, Scores
 from ..tasks import Example, get_task, load_examples, sample_k_shot
 from .config import ALL, Run, SweepConfig, load_config
-from .results import append_row, load_rows, locked
+from .results import append_row, eval_set_id, load_rows, locked, pack_outcomes
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 RATE_TARGETED = ("smp",)  # scorers whose scores depend on the target rates
@@ -69,6 +69,7 @@ class _Context:
         self._examples: dict[tuple[str, str], list[Example]] = {}
         self.encoder_cache: dict[str, dict[int, Any]] = {}
         self._scores: tuple[tuple, Scores, float] | None = None
+        self._eval_ids: dict[str, str] = {}
 
     def examples(self, task: str, split: str) -> list[Example]:
         if (task, split) not in self._examples:
@@ -86,12 +87,20 @@ class _Context:
         return list(fit_all) if run.samples == ALL else sample_k_shot(fit_all, int(run.samples), seed=run.sample_seed)
 
     def evaluate(self, model: nn.Module, eval_task: str, encoder_unchanged: bool) -> dict[str, Any]:
-        """The evaluation fields of a row: metrics, seconds and how many eval examples they cover."""
+        """The evaluation fields of a row: metrics, seconds, how many eval examples they cover and which of them were
+        right (``outcomes``: what the claims' paired tests compare, :mod:`.stats`)."""
         cache = self.encoder_cache.setdefault(eval_task, {}) if encoder_unchanged else None
         examples = self.examples(eval_task, "eval")
         res = evaluate(model, self.tok, get_task(eval_task), examples,
                        batch_size=self.cfg.eval_batch_size, max_length=self.cfg.max_length, encoder_cache=cache)
-        return {"metrics": res.metrics, "eval_seconds": res.seconds, "eval_examples": len(examples)}
+        correct = [p == e.label for p, e in zip(res.predictions, examples)]
+        return {"metrics": res.metrics, "eval_seconds": res.seconds, "eval_examples": len(examples),
+                "outcomes": pack_outcomes(correct, self.eval_id(eval_task))}
+
+    def eval_id(self, eval_task: str) -> str:
+        if eval_task not in self._eval_ids:
+            self._eval_ids[eval_task] = eval_set_id(self.examples(eval_task, "eval"))
+        return self._eval_ids[eval_task]
 
     def scores(self, run: Run, config: ScoreConfig, fit: list[Example]) -> tuple[Scores, float]:
         key = run.score_key()
