@@ -14,7 +14,6 @@ every eval example's correctness, so that comparisons are paired tests over the 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import platform
 import statistics
@@ -28,6 +27,8 @@ import torch
 import taskprune as tp
 import taskprune.api
 from taskprune.api import calibration_examples, compress
+from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
+from taskprune.experiments.stats import as_runs, holm, paired_compare
 from taskprune.plan import RateSpec
 from taskprune.repair import RepairConfig
 
@@ -45,14 +46,10 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+search+repair": ("attribution", "search", "ls"),
 }
 RP_TRIALS = 5
-
-
-def pack(correct: list[bool]) -> str:
-    return base64.b64encode(np.packbits(np.array(correct, dtype=bool)).tobytes()).decode()
-
-
-def unpack(text: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
+#: (A, B) pairs the report tests at every budget
+COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
+               ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
+               ("paper-AP", "RP"), ("paper-AP", "FPP"))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -70,6 +67,7 @@ def run(args: argparse.Namespace) -> None:
                     for trial in range(RP_TRIALS if v == "RP" else 1):
                         plan.append((task_name, budget, seed, v, trial))
     cache: dict[str, Any] = {}
+    ev_ids: dict[str, str] = {}
     for task_name, budget, seed, variant, trial in plan:
         rid = f"{task_name}-{variant}-{budget}-{seed}-{trial}"
         if rid in done:
@@ -95,10 +93,12 @@ def run(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - t0
         ev_res = tp.evaluate(pruned, tok, task, ev, batch_size=64)
         correct = [p == e.label for p, e in zip(ev_res.predictions, ev)]
+        if task_name not in ev_ids:
+            ev_ids[task_name] = eval_set_id(ev)
         params = tp.count_parameters(pruned)
         row = {"id": rid, "task": task_name, "variant": variant, "budget": budget, "seed": seed, "trial": trial,
                "metrics": {k: round(v, 2) for k, v in ev_res.metrics.items()}, "n_eval": len(ev),
-               "correct": pack(correct), "compress_seconds": round(seconds, 2), "prunable": params["prunable"],
+               "outcomes": pack_outcomes(correct, ev_ids[task_name]), "compress_seconds": round(seconds, 2), "prunable": params["prunable"],
                "total": params["total"], "model": args.model, "machine": platform.machine(),
                "threads": torch.get_num_threads(), **info}
         with args.out.open("a", encoding="utf-8") as fh:
@@ -107,22 +107,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 # ----- report ------------------------------------------------------------------------------------------------------
-def _mean_correct(rows: list[dict]) -> np.ndarray:
-    """Per eval example, the fraction of runs (seeds, trials) that got it right."""
-    return np.mean([unpack(r["correct"], r["n_eval"]) for r in rows], axis=0)
-
-
-def paired(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
-    """Paired bootstrap over eval examples of mean accuracy(a) - mean accuracy(b), seeds averaged per example:
-    (difference in points, CI low, CI high, two-sided p)."""
-    ca, cb = _mean_correct(a), _mean_correct(b)
-    d = (ca - cb) * 100
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
-    return float(d.mean()), float(lo), float(hi), max(p, 1 / n_boot)
+def _runs(rows: list[dict]) -> np.ndarray:
+    """[runs, eval examples] 0/1 of rows that evaluated one eval set (seeds and trials are the runs)."""
+    outs = [row_outcomes(r) for r in rows]
+    if len({o[0] for o in outs}) != 1:
+        raise SystemExit(f"rows {[r['id'] for r in rows]} evaluated different eval sets: cannot pair them")
+    return as_runs([o[1] for o in outs])
 
 
 def report(args: argparse.Namespace) -> None:
@@ -172,20 +162,22 @@ def report(args: argparse.Namespace) -> None:
         ax.set_title(task.upper())
         ax.set_xlabel("fraction of prunable parameters removed")
         ax.set_ylabel("accuracy")
-        lines += ["", "Paired tests (bootstrap over eval examples, 2,000 resamples, seeds averaged per example; "
-                  "verdict at p < 0.05):", "", "| budget | A | B | A - B (points) | 95 % CI | p | verdict |",
-                  "|---:|---|---|---:|---|---:|---|"]
+        lines += ["", "Paired tests over the eval examples (`taskprune.experiments.stats.paired_compare`: exact McNemar "
+                  "when each side is one run, else a two-level paired bootstrap over examples and seeds); p-values "
+                  "Holm-adjusted over this table; verdict at adjusted p < 0.05:", "",
+                  "| budget | A | B | A - B (points) | 95 % CI | test | p | Holm p | verdict |",
+                  "|---:|---|---|---:|---|---|---:|---:|---|"]
+        tests = []
         for b in budgets:
-            for a_name, b_name in (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"),
-                                   ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
-                                   ("AP+global", "paper-AP"), ("paper-AP", "RP"), ("paper-AP", "FPP")):
+            for a_name, b_name in COMPARISONS:
                 ra = [r for r in trows if r["variant"] == a_name and r["budget"] == b]
                 rb = [r for r in trows if r["variant"] == b_name and r["budget"] == b]
-                if not ra or not rb:
-                    continue
-                d, lo, hi, p = paired(ra, rb)
-                verdict = ("A better" if lo > 0 else "B better" if hi < 0 else "no significant difference")
-                lines.append(f"| {b} | {a_name} | {b_name} | {d:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {p:.3f} | {verdict} |")
+                if ra and rb:
+                    tests.append((b, a_name, b_name, paired_compare(_runs(ra), _runs(rb))))
+        for (b, a_name, b_name, c), p_adj in zip(tests, holm([t[3].p for t in tests])):
+            verdict = ("no significant difference" if p_adj >= 0.05 else "A better" if c.diff > 0 else "B better")
+            lines.append(f"| {b} | {a_name} | {b_name} | {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] | {c.test} "
+                         f"| {c.p:.3g} | {p_adj:.3g} | {verdict} |")
         lines.append("")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)

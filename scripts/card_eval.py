@@ -25,10 +25,12 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", default=None, help="default: MODEL/eval_results.json")
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: all six; others already in --out are kept")
     args = ap.parse_args()
     model, tok = tp.load_model(args.model, dtype=torch.float32), tp.load_tokenizer(args.model)
-    results = {}
-    for name in list_tasks():
+    out = Path(args.out) if args.out else Path(args.model) / "eval_results.json"
+    results = json.loads(out.read_text()) if args.tasks and out.is_file() else {}
+    for name in args.tasks or list_tasks():
         task = tp.get_task(name)
         examples = tp.load_examples(task, "eval", args.data_dir)
         t0 = time.perf_counter()
@@ -36,7 +38,6 @@ def main() -> None:
         results[name] = {**{k: round(v, 2) for k, v in res.metrics.items()}, "examples": len(examples),
                          "seconds": round(time.perf_counter() - t0, 1)}
         print(name, results[name], flush=True)
-    out = Path(args.out) if args.out else Path(args.model) / "eval_results.json"
     atomic_write_text(out, json.dumps(results, indent=2) + "\n", overwrite=True)
     print("| task | eval examples | metrics |\n|---|---:|---|")
     for name, r in results.items():

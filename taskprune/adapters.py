@@ -85,7 +85,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def merged_model(folder: Path, name: str | None = None) -> Path:
     """The cached merged folder of the adapter in ``folder`` (merged now if not yet)."""
-    from .model_sources import cache_dir, resolve_model
+    from .model_sources import cache_dir, cached_dir, resolve_model
 
     manifest = read_manifest(folder)
     out = cache_dir() / "merged" / f"{name or folder.name}-{manifest['sha256'][:16]}"
@@ -109,9 +109,4 @@ def merged_model(folder: Path, name: str | None = None) -> Path:
         source = {"adapter": str(folder.resolve()), "sha256": manifest["sha256"], "base": manifest["base"]}
         (tmp / "taskprune-source.json").write_text(json.dumps(source) + "\n", encoding="utf-8")
 
-    try:
-        return atomic_dir(out, write)
-    except TaskpruneError:
-        if (out / "config.json").is_file():  # another process merged it meanwhile
-            return out
-        raise
+    return cached_dir(out, write)

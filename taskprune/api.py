@@ -5,7 +5,7 @@ The CLI is a thin layer over these functions; notebooks and scripts call them di
     model, tok = load_model(path), load_tokenizer(path)
     task = get_task("sst2")
     fit = sample_k_shot(load_examples(task, "fit", data_dir), 10, seed=0)
-    result = compress(model, tok, task, fit, RateSpec(rate=0.5))
+    result = compress(model, tok, task, fit, RateSpec(rate=0.5))  # method="attribution": the paper's alone
     save_compressed(result, tok, "out/")
 """
 
@@ -229,7 +229,7 @@ def compress(
     examples: list[Example],
     rates: RateSpec,
     *,
-    method: str = "attribution",
+    method: str = DEFAULT_METHOD,
     config: ScoreConfig | None = None,
     seed: int | None = None,
     batch_size: int = 8,
@@ -243,6 +243,9 @@ def compress(
     inplace: bool = False,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
+
+    ``method`` defaults to taskprune's own recipe (like the CLI); ``method="attribution"`` is the paper's method
+    alone, with uniform rates and no repair: the one to use for stock widths that plain ``from_pretrained`` loads.
 
     ``allocate`` spreads ``rates.rate`` as a budget of prunable parameters over the groups (:mod:`.allocate`);
     ``repair`` re-solves the kept weights (:mod:`.repair`) on ``calibration`` inputs (labels unused; default: the

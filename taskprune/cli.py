@@ -838,7 +838,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     shard = current()
     summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress,
-                        shard=shard)
+                        shard=shard, only=args.only)
     ranks = f" by {shard.world_size} processes" if shard.active else ""
     echo(f"{summary.ran} runs done now{ranks} ({summary.failed} failed), {summary.already_done} of {summary.total} "
          f"were already in {out}; {summary.seconds:.0f} s")
@@ -1013,6 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results file (default: CONFIG with .results.jsonl)")
     p.add_argument("--model", default=None, help="override the config's model")
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
+    p.add_argument("--only", nargs="+", default=None, metavar="EXPERIMENT",
+                   help="run only these experiments of the config (default: all); the results file keeps the rest")
     p.set_defaults(func=cmd_sweep)
 
     p = command("report", help="Markdown + PNG figures from a sweep's results",

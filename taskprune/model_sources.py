@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,10 +116,17 @@ def convert_gguf(path: Path) -> Path:
         tokenizer.save_pretrained(str(tmp))
         (tmp / "taskprune-source.json").write_text(json.dumps({"gguf": str(path.resolve()), "key": out.name}) + "\n")
 
+    return cached_dir(out, write)
+
+
+def cached_dir(out: Path, write: Callable[[Path], None]) -> Path:
+    """``out`` written once by ``write`` (atomically); a process that loses the race uses the winner's folder."""
+    if (out / "config.json").is_file():
+        return out
     try:
         return atomic_dir(out, write)
     except TaskpruneError:
-        if (out / "config.json").is_file():  # another process converted it meanwhile
+        if (out / "config.json").is_file():  # another process wrote it meanwhile
             return out
         raise
 

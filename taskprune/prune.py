@@ -177,7 +177,14 @@ class MaskHandle:
 
 
 def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHandle:
-    """Make ``model`` compute what ``apply(plan, model)`` computes, without copying any weight."""
+    """Make ``model`` compute what ``apply(plan, model)`` computes, without copying any weight.
+
+    Plans made with weight repair are refused: a plan holds the kept units, not the repaired weights, so a mask
+    would silently give the unrepaired model.
+    """
+    if plan.repair and plan.repair.get("mode", "none") != "none":
+        raise TaskpruneError(f"this plan was made with weight repair ({plan.repair['mode']}): masks cannot hold the "
+                             "repaired weights; use the compressed model (apply/compress) or a plan made without repair")
     if check:
         plan.check_model(model)
     adapter = get_adapter(model)

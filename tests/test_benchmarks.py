@@ -40,7 +40,7 @@ def test_bench_prints_every_ratio(tiny: Path) -> None:
     out = _run("benchmarks/bench.py", "--model", str(tiny / "model"), "--data-dir", str(tiny / "none"),
                "--examples", "8", "--batch-size", "4", "--repeats", "1", "--latency-repeats", "2")
     for needle in ("throughput ratio", "peak memory ratio", "| encoder | 0.3 | 16 |", "| both | 0.7 | 1 |",
-                   "| both, widths x8 | 0.5 | 16 |", "## c. compress"):
+                   "| both, widths x8 | 0.5 | 16 |", "## c. compress", "| taskprune (default"):
         assert needle in out
 
 

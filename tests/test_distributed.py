@@ -428,8 +428,8 @@ def test_device_map_with_disk_offload_scores_prunes_and_saves_like_the_model_in_
                       tp.score(placed, tok, task, fit, method=method, batch_size=3), 1e-6)
     assert all(p.grad is None for p in placed.parameters())  # scoring keeps no weight gradient
     rates = tp.RateSpec(rate=0.5)
-    a = tp.compress(dense, tok, task, fit, rates, batch_size=3)
-    b = tp.compress(placed, tok, task, fit, rates, batch_size=3, inplace=True)
+    a = tp.compress(dense, tok, task, fit, rates, method="attribution", batch_size=3)
+    b = tp.compress(placed, tok, task, fit, rates, method="attribution", batch_size=3, inplace=True)
     assert a.plan.groups == b.plan.groups
     assert tp.evaluate(a.model, tok, task, fit).predictions == tp.evaluate(b.model, tok, task, fit).predictions
     tp.save_pruned(a.model, tmp_path / "a", tok)

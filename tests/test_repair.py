@@ -239,3 +239,15 @@ def test_the_server_refuses_a_repaired_plan_in_one_line() -> None:
         service.register("sst2", plan.to_dict())
     plan.repair = None
     service.register("sst2", plan.to_dict())  # the same plan unrepaired is served
+
+
+def test_masks_refuse_a_repaired_plan() -> None:
+    """A mask of a repaired plan would silently be the unrepaired model: refused in one line."""
+    model = make_model("t5-relu")
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    plan.repair = {"mode": "ls"}
+    with pytest.raises(TaskpruneError, match="masks cannot hold the repaired weights"):
+        masked(plan, model).__enter__()
+    plan.repair = {"mode": "none"}
+    with masked(plan, model):
+        pass

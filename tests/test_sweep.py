@@ -141,6 +141,25 @@ def test_resume_after_an_interruption_repeats_nothing(space: dict[str, Path], mo
     assert run_sweep(cfg, out).ran == 0
 
 
+def test_only_runs_the_named_experiments_into_the_same_results(space: dict[str, Path], monkeypatch) -> None:  # noqa: ANN001
+    task = str(space["task"])
+    cfg = _config(space, "only", [{"name": "a", "tasks": [task], "rates": [0.3], "samples": [4]},
+                                  {"name": "b", "tasks": [task], "methods": ["svd"], "rates": [0.3, 0.6]}])
+    out = space["root"] / "only.jsonl"
+    first = run_sweep(cfg, out, only=["b"])
+    assert first.ran == 3 and {r["experiment"] for r in load_rows(out)} == {"dense", "b"}
+    second = run_sweep(cfg, out)  # the rest of the config: b's rows and the dense row are kept, not re-run
+    assert second.already_done == 3 and second.ran == 1
+    assert sorted(r["experiment"] for r in load_rows(out)) == ["a", "b", "b", "dense"]
+
+    def no_model(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("loaded the model before refusing the experiment name")
+
+    monkeypatch.setattr(runner_mod, "load_model", no_model)
+    with pytest.raises(TaskpruneError, match="has no experiment 'c'; it has a, b"):
+        run_sweep(cfg, out, only=["b", "c"])
+
+
 def test_a_partial_last_line_is_dropped_and_rerun(space: dict[str, Path]) -> None:
     cfg = _config(space, "partial", [{"name": "p", "tasks": [str(space["task"])], "rates": [0.5], "samples": [4]}])
     out = space["root"] / "partial.jsonl"

@@ -180,8 +180,12 @@ def run_sweep(
     progress: Progress = _no_progress,
     max_runs: int | None = None,
     shard: Shard | None = None,
+    only: list[str] | None = None,
 ) -> SweepSummary:
     """Run every run of ``config_path`` not yet in ``results_path``; ``max_runs`` stops early (for tests).
+
+    ``only`` names the experiments to run (default: all): run ids do not depend on the rest of the config, so a
+    long sweep can be done experiment by experiment into one results file, the most wanted first.
 
     With ``shard`` (several processes under torchrun) the runs to do are split across the ranks, each run done by
     exactly one (:func:`split_runs`), all appending to ``results_path`` under a lock; the summary counts every
@@ -198,6 +202,12 @@ def run_sweep(
         raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise TaskpruneError(f"{config_path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if only:  # before the model loads: a misspelt name is the user's typo, not an empty sweep
+        names = [e.get("name") for e in raw.get("experiments") or [] if isinstance(e, dict)] if isinstance(raw, dict) else []
+        missing = [n for n in only if n not in names]
+        if missing:
+            raise TaskpruneError(f"{config_path} has no experiment {', '.join(map(repr, missing))}; "
+                                 f"it has {', '.join(map(str, names)) or 'none'}")
     model_path = model or (raw.get("model") if isinstance(raw, dict) else None)
     if not model_path:
         from ..api import default_model_dir
@@ -221,7 +231,8 @@ def run_sweep(
     _check_same_model(previous, model_id, str(model_path), results_path)
     # rows with an error are not "done": a re-run retries them (the report reads the last row of each id)
     done = {r.get("id") for r in previous if "error" not in r}
-    runs = [dense_run(t) for t in dict.fromkeys(r.eval_task for r in cfg.runs)] + cfg.runs
+    chosen = [r for r in cfg.runs if not only or r.experiment in only]
+    runs = [dense_run(t) for t in dict.fromkeys(r.eval_task for r in chosen)] + chosen
     todo = [r for r in runs if r.id not in done]
     # stable sort on a string key (samples may be 10 or "all"): runs sharing a scoring become adjacent
     todo.sort(key=lambda r: (r.method != "dense", json.dumps(r.score_key(), default=str)))
