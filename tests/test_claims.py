@@ -115,6 +115,21 @@ def test_layer_types_depth_and_whole_blocks() -> None:
     assert verdicts(worse)["A layer pruned at rate 1.0 can go"] == "does not hold"
 
 
+def test_a_decoder_only_stack_tests_the_encoders_layer_type_claim() -> None:
+    """A decoder-only model's one stack is self-attention + FFN: the encoder's claim is tested on it, and the
+    cross-attention claim says why it cannot be."""
+    rows = [row("dense", "dense", 0.0, 90.0)]
+    for rate in (0.5, 1.0):
+        rows += [row("attribution", f"decoder:{p}", rate, a, layer_types=[p])
+                 for p, a in (("self_attn", 60), ("ffn", 80))]
+    c = claims(rows)
+    assert c["Decoder-only stack"].verdict == "holds" and "Encoder" not in c
+    assert c["Decoder"].verdict == "not measured" and "no cross-attention" in c["Decoder"].evidence
+    flipped = [dict(r, setting=r["setting"].replace("self_attn", "x").replace("ffn", "self_attn").replace("x", "ffn"))
+               if r["setting"].startswith("decoder:") else r for r in rows]
+    assert claims(flipped)["Decoder-only stack"].verdict == "does not hold"
+
+
 def test_rates_0_and_1_are_left_out_and_baselines_pair_once() -> None:
     rows = [row("attribution", "decoder", 0.5, 80), row("random", "decoder", 0.5, 70, samples=0),
             row("attribution", "decoder", 1.0, 50), row("random", "decoder", 1.0, 99, samples=0),
