@@ -1093,6 +1093,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "export is then the adapter (0: full fine-tuning, the default)")
     p.add_argument("--lora-alpha", type=POSITIVE_FLOAT, default=None, help="LoRA scaling alpha (default 2 x rank)")
     p.add_argument("--lora-dropout", type=NONNEG_FLOAT, default=d.lora_dropout, help="LoRA dropout")
+    p.add_argument("--init-adapter", default=None, metavar="DIR",
+                   help="train this taskprune LoRA adapter of --model further (a second stage with another mixture); "
+                        "the export is one adapter of the same base")
     p.add_argument("--autocast", choices=("none", "bfloat16"), default=d.autocast,
                    help="run forward and backward in bf16 (float32 master weights; default none)")
     p.add_argument("--bucket", type=POSITIVE_INT, default=d.bucket,

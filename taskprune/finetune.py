@@ -81,6 +81,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     autocast: str = "none"  # "bfloat16": forward/backward in bf16 (float32 master weights and optimizer state)
     bucket: int = 1  # batches of a task pooled and cut by length (1: no length bucketing)
+    init_adapter: str | None = None  # a taskprune LoRA adapter of ``model`` to train further (a second stage)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -111,6 +112,25 @@ class FinetuneConfig:
             raise TaskpruneError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.tasks:
             raise TaskpruneError("no tasks to fine-tune on")
+        if self.init_adapter is not None:
+            self._check_init_adapter()
+
+    def _check_init_adapter(self) -> None:
+        """A second stage trains the first stage's adapter further, so the export stays ONE adapter of the same
+        base (loadable from the package base alone): its base must be ``model``, and its rank is the run's."""
+        from .adapters import is_adapter_dir, read_manifest
+
+        folder = Path(self.init_adapter)
+        if not is_adapter_dir(folder):
+            raise TaskpruneError(f"--init-adapter {folder}: not a LoRA adapter folder (no adapter_config.json)")
+        base = read_manifest(folder)["base"]
+        if base != self.model:
+            raise TaskpruneError(f"--init-adapter {folder} was trained on {base}, not on {self.model}: "
+                                 f"pass --model {base}")
+        rank = int(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+        if self.lora_rank not in (0, rank):
+            raise TaskpruneError(f"--init-adapter {folder} has rank {rank}; --lora-rank {self.lora_rank} differs")
+        self.lora_rank = rank
 
     @property
     def n_warmup(self) -> int:
@@ -297,9 +317,15 @@ def add_lora(model: nn.Module, cfg: FinetuneConfig) -> Any:  # noqa: ANN401
     """Wrap ``model`` in a PEFT LoRA adapter on every linear layer (the LM head excepted); returns the PeftModel.
     Its LoRA layers are injected into ``model`` in place, so ``model`` itself trains and evaluates with them."""
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
     except ImportError:
         raise TaskpruneError("LoRA fine-tuning needs the peft package: pip install peft") from None
+    if cfg.init_adapter:
+        peft_model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        for p in peft_model.parameters():
+            if p.requires_grad:  # exported in bf16/fp16: train in float32 like a fresh adapter
+                p.data = p.data.float()
+        return peft_model
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
                       lora_dropout=cfg.lora_dropout, target_modules="all-linear", bias="none")
     return get_peft_model(model, lora)
@@ -334,7 +360,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # settings that must not change between a checkpoint and its resumption
 _RESUME_KEYS = ("model", "tasks", "batch_size", "seed", "mixing_cap", "steps", "max_length", "task_max_length",
-                "lora_rank", "lora_alpha", "lora_dropout", "bucket")
+                "lora_rank", "lora_alpha", "lora_dropout", "bucket", "init_adapter")
 
 
 def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | None = None) -> dict[str, Any]:

@@ -152,3 +152,29 @@ def test_config_rejects_bad_lora_settings() -> None:
         FinetuneConfig(model="m", out_dir="o", lora_rank=4, lora_dropout=1.5)
     with pytest.raises(TaskpruneError, match="autocast"):
         FinetuneConfig(model="m", out_dir="o", autocast="fp8")
+
+
+def test_a_second_stage_trains_the_first_stages_adapter_further(tmp_path: Path, llama_dir: str) -> None:
+    """--init-adapter: stage 2 starts exactly from stage 1's adapter (with a zero learning rate it exports the
+    same weights) and exports ONE adapter of the same base; another base or rank is refused before training."""
+    from safetensors.torch import load_file
+
+    first = _cfg(tmp_path, llama_dir, steps=10, lr=2e-2, lora_rank=4, dtype="float32", out_dir=str(tmp_path / "s1"))
+    finetune(first)
+    stage1 = Path(first.out_dir) / "final"
+    second = _cfg(tmp_path, llama_dir, steps=2, lr=1e-30, warmup_steps=0, init_adapter=str(stage1),
+                  out_dir=str(tmp_path / "s2"))
+    assert second.lora_rank == 4  # taken from the adapter
+    finetune(second)
+    stage2 = Path(second.out_dir) / "final"
+    a, b = load_file(str(stage1 / WEIGHTS)), load_file(str(stage2 / WEIGHTS))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert json.loads((stage2 / MANIFEST).read_text())["base"] == llama_dir
+    with pytest.raises(TaskpruneError, match="was trained on"):
+        _cfg(tmp_path, str(tmp_path / "other"), init_adapter=str(stage1))
+    with pytest.raises(TaskpruneError, match="has rank 4"):
+        _cfg(tmp_path, llama_dir, lora_rank=8, init_adapter=str(stage1))
+    with pytest.raises(TaskpruneError, match="not a LoRA adapter"):
+        _cfg(tmp_path, llama_dir, init_adapter=str(tmp_path))
