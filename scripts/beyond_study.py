@@ -67,16 +67,15 @@ def run(args: argparse.Namespace) -> None:
                     for trial in range(RP_TRIALS if v == "RP" else 1):
                         plan.append((task_name, budget, seed, v, trial))
     cache: dict[str, Any] = {}
-    ev_ids: dict[str, str] = {}
     for task_name, budget, seed, variant, trial in plan:
         rid = f"{task_name}-{variant}-{budget}-{seed}-{trial}"
         if rid in done:
             continue
         if task_name not in cache:
             task = tp.get_task(task_name)
-            cache[task_name] = (task, tp.load_examples(task, "fit", args.data_dir),
-                                tp.load_examples(task, "eval", args.data_dir)[: args.eval_examples or None])
-        task, fit_all, ev = cache[task_name]
+            ev = tp.load_examples(task, "eval", args.data_dir)[: args.eval_examples or None]
+            cache[task_name] = (task, tp.load_examples(task, "fit", args.data_dir), ev, eval_set_id(ev))
+        task, fit_all, ev, ev_id = cache[task_name]
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         if variant == "dense":
@@ -93,13 +92,11 @@ def run(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - t0
         ev_res = tp.evaluate(pruned, tok, task, ev, batch_size=64)
         correct = [p == e.label for p, e in zip(ev_res.predictions, ev)]
-        if task_name not in ev_ids:
-            ev_ids[task_name] = eval_set_id(ev)
         params = tp.count_parameters(pruned)
         row = {"id": rid, "task": task_name, "variant": variant, "budget": budget, "seed": seed, "trial": trial,
                "metrics": {k: round(v, 2) for k, v in ev_res.metrics.items()}, "n_eval": len(ev),
-               "outcomes": pack_outcomes(correct, ev_ids[task_name]), "compress_seconds": round(seconds, 2), "prunable": params["prunable"],
-               "total": params["total"], "model": args.model, "machine": platform.machine(),
+               "outcomes": pack_outcomes(correct, ev_id), "compress_seconds": round(seconds, 2),
+               "prunable": params["prunable"], "total": params["total"], "model": args.model, "machine": platform.machine(),
                "threads": torch.get_num_threads(), **info}
         with args.out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -5,7 +5,7 @@ The CLI is a thin layer over these functions; notebooks and scripts call them di
     model, tok = load_model(path), load_tokenizer(path)
     task = get_task("sst2")
     fit = sample_k_shot(load_examples(task, "fit", data_dir), 10, seed=0)
-    result = compress(model, tok, task, fit, RateSpec(rate=0.5))  # method="attribution": the paper's alone
+    result = compress(model, tok, task, fit, RateSpec(rate=0.5))  # taskprune's recipe; method="attribution": the paper's
     save_compressed(result, tok, "out/")
 """
 

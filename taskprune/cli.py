@@ -490,7 +490,7 @@ def _explain_recipe(plan) -> None:  # noqa: ANN001
              f"range {min(widths.values())}-{max(widths.values())} per group")
         echo("note: per-layer widths have no stock config field: load this checkpoint with taskprune.load_pruned "
              "(for a checkpoint plain from_pretrained loads, pass --allocate uniform)")
-    if plan.repair and plan.repair.get("mode", "none") != "none":
+    if plan.repaired_with:
         r = plan.repair
         echo(f"repair: {r['mode']} on {r['calibration_examples']} calibration inputs ({r['groups']} groups re-solved)")
 

@@ -182,6 +182,13 @@ class PruningPlan:
     def keep(self, name: str) -> torch.Tensor:
         return torch.tensor(self.groups[name]["keep"], dtype=torch.long)
 
+    @property
+    def repaired_with(self) -> str | None:
+        """The repair mode that re-solved the kept weights, None if none did: such a plan's indices alone (a mask,
+        a server's cut) would give a different, unrepaired model."""
+        mode = (self.repair or {}).get("mode", "none")
+        return None if mode == "none" else mode
+
     def widths(self) -> dict[str, int]:
         return {name: len(g["keep"]) for name, g in self.groups.items()}
 

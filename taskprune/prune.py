@@ -182,8 +182,8 @@ def mask(plan: PruningPlan, model: nn.Module, *, check: bool = True) -> MaskHand
     Plans made with weight repair are refused: a plan holds the kept units, not the repaired weights, so a mask
     would silently give the unrepaired model.
     """
-    if plan.repair and plan.repair.get("mode", "none") != "none":
-        raise TaskpruneError(f"this plan was made with weight repair ({plan.repair['mode']}): masks cannot hold the "
+    if plan.repaired_with:
+        raise TaskpruneError(f"this plan was made with weight repair ({plan.repaired_with}): masks cannot hold the "
                              "repaired weights; use the compressed model (apply/compress) or a plan made without repair")
     if check:
         plan.check_model(model)

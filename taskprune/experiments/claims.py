@@ -411,12 +411,14 @@ def layer_types(rows: list[Row]) -> list[Claim]:
     dec_text = "Decoder: cross-attention matters most"
     enc = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "ffn"}).items()
            if m == "encoder" and len(p) == 2}
+    decoder_only = False
     if not enc and not any(r.get("setting", "").endswith(":cross_attn") for r in rows):
         # a decoder-only model: its one stack is self-attention + FFN like an encoder, so the encoder's claim
         # is the one it can test
         enc = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "ffn"}).items()
                if m == "decoder" and len(p) == 2}
-        if enc:
+        decoder_only = bool(enc)
+        if decoder_only:
             enc_text = "Decoder-only stack: self-attention matters more than the FFN (the paper's encoder claim)"
     dec = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "cross_attn", "ffn"}).items()
            if m == "decoder" and len(p) == 3}
@@ -450,7 +452,7 @@ def layer_types(rows: list[Row]) -> list[Claim]:
         claims.append(_tested(dec_text, pairs, "; ".join(f"{_task(t)} {fmt(dec[t])}" for t in tasks), decide_dec))
     else:
         claims.append(Claim(dec_text, _verdict(None), "a decoder-only model has no cross-attention"
-                            if enc_text.startswith("Decoder-only") else "needs decoder layer-type runs"))
+                            if decoder_only else "needs decoder layer-type runs"))
     return claims
 
 

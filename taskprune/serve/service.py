@@ -142,8 +142,8 @@ class TaskService:
         if plan.base_fingerprint != self.fingerprint:
             raise ServeError(422, f"this plan was made for another base model (plan fingerprint "
                                   f"{plan.base_fingerprint}, served model {self.fingerprint})")
-        if plan.repair and plan.repair.get("mode", "none") != "none":
-            raise ServeError(422, f"this plan was made with weight repair ({plan.repair['mode']}): a plan holds the "
+        if plan.repaired_with:
+            raise ServeError(422, f"this plan was made with weight repair ({plan.repaired_with}): a plan holds the "
                                   "kept units, not the repaired weights, so a cut from it would be a different, "
                                   "unrepaired model; serve plans made with --repair none, or load the saved "
                                   "checkpoint itself")
