@@ -1157,6 +1157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     debug = _debug_wanted(args)
     try:
+        return _run(args, debug)
+    except distributed.Stopped as err:  # the launcher's SIGTERM came while another error was being handled
+        return _error(str(err), debug, EXIT_UNEXPECTED)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    """Run the parsed command; every failure becomes one error line and an exit code (:func:`main`)."""
+    from . import distributed
+
+    try:
         if distributed.launched_world_size() > 1:
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise TaskpruneError(f"`taskprune {args.command}` runs in one process; under torchrun or accelerate "

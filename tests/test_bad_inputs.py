@@ -288,6 +288,34 @@ def test_an_unexpected_error_is_one_line_with_its_type_and_exit_1(ws: dict[str, 
     assert main(["--debug", *argv]) == 1 and "Traceback" in capsys.readouterr().err
 
 
+def test_the_launchers_sigterm_while_an_error_is_reported_still_gives_one_line(
+        ws: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun a rank whose peer died gets a collective error AND the launcher's SIGTERM (which raises
+    ``Stopped``); when the signal lands while the first error is being handled, the job still says one line."""
+    import taskprune.cli as cli
+    import taskprune.fingerprint
+    from taskprune.distributed import PeerLost, Stopped
+
+    def lost(*_a: object) -> str:
+        raise PeerLost("another process of this job stopped (killed, crashed or failed): Connection closed")
+
+    real_error, calls = cli._error, []
+
+    def error_hit_by_sigterm(*args: object, **kwargs: object) -> int:  # the signal arrives as handling begins
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise Stopped("stopped by the launcher: another process of this job failed")
+        return real_error(*args, **kwargs)
+
+    monkeypatch.setattr(taskprune.fingerprint, "fingerprint", lost)
+    monkeypatch.setattr(cli, "_error", error_hit_by_sigterm)
+    monkeypatch.delenv("TASKPRUNE_DEBUG", raising=False)
+    assert main(["info", "--model", f"{ws['root']}/model"]) == 1
+    assert len(calls) == 2
+    assert capsys.readouterr().err.strip() == ("taskprune: error: stopped by the launcher: another process of "
+                                               "this job failed")
+
+
 def test_help_is_exit_0_and_still_works(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--help"]) == 0
     assert "--batch-size" in capsys.readouterr().out

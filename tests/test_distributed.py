@@ -284,12 +284,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _fail_rank_1_score(space: dict[str, Path], out: Path) -> list:
+    """A 2-process `taskprune score` whose rank 1 raises or blocks mid-job (``HOLD`` = raise | block)."""
+    (space["root"] / "fail.py").write_text(FAIL_RANK_1)
+    return _torchrun(space["root"] / "fail.py", "score", "--model", space["t5"], "--task", space["task"],
+                     "--samples", "10", "--batch-size", "3", "--out", out)
+
+
 def test_a_rank_that_fails_makes_the_job_fail_with_one_line(space: dict[str, Path]) -> None:
     root = space["root"]
-    (root / "fail.py").write_text(FAIL_RANK_1)
     out = root / "failed.safetensors"
-    cmd = _torchrun(root / "fail.py", "score", "--model", space["t5"], "--task", space["task"], "--samples", "10",
-                    "--batch-size", "3", "--out", out)
+    cmd = _fail_rank_1_score(space, out)
     proc = subprocess.run(cmd, cwd=root, env={**_env(), "HOLD": "raise"}, capture_output=True, text=True,
                           timeout=HANG_GUARD_S, check=False)
     assert proc.returncode != 0
@@ -299,18 +304,17 @@ def test_a_rank_that_fails_makes_the_job_fail_with_one_line(space: dict[str, Pat
     assert not [p for p in root.iterdir() if p.name.startswith((out.name, f".{out.name}"))]
 
 
-def test_killing_a_rank_gives_one_error_line_and_no_partial_output(space: dict[str, Path]) -> None:
-    root = space["root"]
-    (root / "fail.py").write_text(FAIL_RANK_1)
-    out = root / "killed.safetensors"
-    cmd = _torchrun(root / "fail.py", "score", "--model", space["t5"], "--task", space["task"], "--samples", "10",
-                    "--batch-size", "3", "--out", out)
-    proc = subprocess.Popen(cmd, cwd=root, env={**_env(), "HOLD": "block"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _kill_rank_1_when_holding(cmd: list, root: Path, env: dict) -> tuple[bool, int, str, str]:
+    """Run a torchrun job; when rank 1 says it is mid-job ("rank 1 holding pid=N"), SIGKILL it as the OOM killer
+    would. Returns (rank 1 was seen, the job's exit status, stdout, stderr); blocks on output, not on a clock (the
+    watchdog only ends a job that hangs)."""
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     watchdog = threading.Timer(HANG_GUARD_S, lambda: os.killpg(proc.pid, signal.SIGKILL))
     watchdog.start()
+    found = None
     try:
-        for line in proc.stdout:  # rank 1 says when it is mid-job; then it is killed as by the OOM killer
+        for line in proc.stdout:
             found = re.search(r"rank 1 holding pid=(\d+)", line)
             if found:
                 os.kill(int(found.group(1)), signal.SIGKILL)
@@ -318,8 +322,16 @@ def test_killing_a_rank_gives_one_error_line_and_no_partial_output(space: dict[s
         stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         watchdog.cancel()
+    return found is not None, proc.returncode, stdout, stderr
+
+
+def test_killing_a_rank_gives_one_error_line_and_no_partial_output(space: dict[str, Path]) -> None:
+    root = space["root"]
+    out = root / "killed.safetensors"
+    cmd = _fail_rank_1_score(space, out)
+    found, returncode, stdout, stderr = _kill_rank_1_when_holding(cmd, root, {**_env(), "HOLD": "block"})
     assert found, "rank 1 never started scoring"
-    assert proc.returncode != 0
+    assert returncode != 0
     lines = _error_lines(stdout + stderr)
     assert len(lines) == 1 and "another process of this job" in lines[0], lines
     assert not [p for p in root.iterdir() if p.name.startswith((out.name, f".{out.name}"))]
@@ -375,20 +387,9 @@ def test_sweep_resumes_after_a_killed_rank_without_losing_a_finished_row(space: 
     cfg = _sweep_config(space, "sweep-kill")
     out = root / "kill.jsonl"
     (root / "hold_sweep.py").write_text(HOLD_RANK_1_SWEEP)
-    proc = subprocess.Popen(_torchrun(root / "hold_sweep.py", "sweep", cfg, "--out", out), cwd=root, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    watchdog = threading.Timer(HANG_GUARD_S, lambda: os.killpg(proc.pid, signal.SIGKILL))
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            found = re.search(r"rank 1 holding pid=(\d+)", line)
-            if found:
-                os.kill(int(found.group(1)), signal.SIGKILL)
-                break
-        stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
-    finally:
-        watchdog.cancel()
-    assert found and proc.returncode != 0
+    found, returncode, stdout, stderr = _kill_rank_1_when_holding(
+        _torchrun(root / "hold_sweep.py", "sweep", cfg, "--out", out), root, _env())
+    assert found and returncode != 0
     assert len(_error_lines(stdout + stderr)) == 1
     before = load_rows(out, repair=True)
     assert before  # rank 1's finished run at least
