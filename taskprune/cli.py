@@ -1020,7 +1020,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", help="Markdown + PNG figures from a sweep's results",
                        description="Draw every experiment of a sweep results file (accuracy vs rate, rate grids, "
                                    "unseen domains, layer types, depths) and the std table of the random methods.")
-    p.add_argument("results", help="results .jsonl written by `taskprune sweep`")
+    p.add_argument("results", nargs="+", help="results .jsonl written by `taskprune sweep`; several files of one "
+                   "model make one report (a run in a later file replaces the same run in an earlier one)")
     _add_out(p, "output folder (README.md + one PNG per experiment)")
     p.add_argument("--title", default=None, help="title of the report")
     p.add_argument("--notes", default=None, help="Markdown file appended to the README (your reading of the numbers)")

@@ -71,6 +71,36 @@ def test_last_row_of_an_id_wins_and_errors_are_left_out(tmp_path: Path) -> None:
     assert [r["id"] for r in latest_rows(results)] == ["r1"]
 
 
+def test_several_results_files_make_one_report_later_rows_win(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep re-run into a second file (e.g. with per-example outcomes) replaces the first file's rows of the same
+    runs and keeps the others; files of different models are refused, naming both."""
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    model = str(tmp_path / "model")
+    rows = [dict(r, model=model) for r in _rows()]
+    old.write_text("".join(json.dumps(r) + "\n" for r in rows))  # legacy rows: a model path, no fingerprint
+    redo = dict(rows[1], metrics={"accuracy": 12.5}, model=model, model_fingerprint="f1")
+    new.write_text(json.dumps(redo) + "\n")
+    got = {r["id"]: r for r in latest_rows([old, new])}
+    assert len(got) == len(rows) and got[rows[1]["id"]]["metrics"]["accuracy"] == 12.5
+    assert all("_file" not in r for r in got.values())
+    assert main(["report", str(old), str(new), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "README.md").read_text()
+    assert f"From `{old}` + `{new}` ({len(rows)} runs" in md
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(dict(rows[2], model_fingerprint="f2")) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(new), str(other), "--out", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"taskprune: error: {new} and {other} hold runs of different models (fingerprints f1 and f2): "
+                   "one report is one model"]
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps(dict(rows[2], model=str(tmp_path / "another-model"))) + "\n")
+    with pytest.raises(TaskpruneError, match="holds runs of another model"):
+        latest_rows([new, elsewhere])
+    assert not (tmp_path / "rep2").exists()
+
+
 def test_report_cli_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in _rows()))

@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +152,10 @@ def _table(curves_by_panel: dict[str, dict[str, list]], rates_header: list[float
     return lines
 
 
-def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = False, title: str | None = None,
-                 notes: str | Path | None = None) -> Path:
-    """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``.
+def write_report(results: str | Path | Sequence[str | Path], out_dir: str | Path, overwrite: bool = False,
+                 title: str | None = None, notes: str | Path | None = None) -> Path:
+    """Markdown (README.md) and one PNG per experiment, written atomically into ``out_dir``, from one results file
+    or several of one model (the last row of a run id wins: :func:`~.results.latest_rows`).
 
     The folder is updated, not rebuilt: each file the report writes replaces its old version atomically, the
     figures a previous report wrote (listed in ``.taskprune-report``) and this one no longer draws are removed,
@@ -170,7 +172,8 @@ def write_report(results: str | Path, out_dir: str | Path, overwrite: bool = Fal
     run_hours = sum(float(r.get("seconds", 0.0)) for r in rows) / 3600
 
     def write(tmp: Path) -> None:
-        md = [f"# {title or 'Sweep report'}", "", f"From `{results}` ({len(rows)} runs, {run_hours:.2f} h of run time "
+        sources = " + ".join(f"`{p}`" for p in ([results] if isinstance(results, (str, Path)) else results))
+        md = [f"# {title or 'Sweep report'}", "", f"From {sources} ({len(rows)} runs, {run_hours:.2f} h of run time "
               f"summed over rows). Metric: {METRIC} (%) on each task's eval split; dashed line = the dense model; "
               "bands = ± one sample std over seeds.", ""]
         if dense:

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,22 +95,31 @@ RUN_FIELDS = ("id", "experiment", "task", "eval_task", "method", "samples", "sam
               "setting")
 
 
-def latest_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a results file, the last one of each run id, errors left out; refuses a file with nothing to
-    report (missing, empty, rows that are not sweep results, or no row with a metric) or with damaged outcomes."""
-    path = Path(path)
-    if not path.exists():
-        raise TaskpruneError(f"results file {path} not found")
-    rows = load_rows(path)
-    if not rows:
-        raise TaskpruneError(f"{path} holds no sweep results (it is empty)")
+def latest_rows(paths: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The rows of one or several results files, the last one of each run id (later files win), errors left out.
+
+    Several files make one report when they hold runs of ONE model: a sweep re-run into a second file (say with
+    per-example outcomes) overrides the first file's rows of the same runs and keeps the rest. Refuses files with
+    nothing to report (missing, empty, rows that are not sweep results, or no row with a metric), damaged outcomes,
+    or runs of different models.
+    """
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     by_id: dict[str, dict[str, Any]] = {}
-    for number, r in enumerate(rows, start=1):
-        missing = [k for k in RUN_FIELDS if k not in r]
-        if missing:
-            raise TaskpruneError(f"{path}: row {number} lacks {', '.join(missing)}: not a sweep result row; is this "
-                                 "a sweep results file?")
-        by_id[r["id"]] = r
+    for path in files:
+        if not path.exists():
+            raise TaskpruneError(f"results file {path} not found")
+        rows = load_rows(path)
+        if not rows:
+            raise TaskpruneError(f"{path} holds no sweep results (it is empty)")
+        for number, r in enumerate(rows, start=1):
+            missing = [k for k in RUN_FIELDS if k not in r]
+            if missing:
+                raise TaskpruneError(f"{path}: row {number} lacks {', '.join(missing)}: not a sweep result row; is "
+                                     "this a sweep results file?")
+            by_id[r["id"]] = {**r, "_file": str(path)}
+    _check_one_model(by_id.values())
+    for r in by_id.values():
+        del r["_file"]
     usable = [r for r in by_id.values()
               if "error" not in r and isinstance(r.get("metrics"), dict) and METRIC in r["metrics"]]
     for r in usable:
@@ -119,8 +128,26 @@ def latest_rows(path: str | Path) -> list[dict[str, Any]]:
         failed = [r for r in by_id.values() if "error" in r]
         why = f"{len(failed)} failed, first: {failed[0]['error']}" if failed else f"none has metrics.{METRIC}"
         runs = f"{len(by_id)} run{'s' if len(by_id) != 1 else ''}"
-        raise TaskpruneError(f"{path} holds {runs} but none to report ({why})")
+        where = " + ".join(map(str, files))
+        raise TaskpruneError(f"{where} holds {runs} but none to report ({why})")
     return usable
+
+
+def _check_one_model(rows: Iterable[dict[str, Any]]) -> None:
+    """One report, one model: rows known by their model's fingerprint agree on it, and rows recorded before
+    fingerprints were (only a path) name the folder of a fingerprinted row (paths resolved from here)."""
+    rows = list(rows)
+    prints = {r["model_fingerprint"]: r for r in rows if r.get("model_fingerprint")}
+    if len(prints) > 1:
+        (fa, a), (fb, b) = list(prints.items())[:2]
+        raise TaskpruneError(f"{a['_file']} and {b['_file']} hold runs of different models (fingerprints {fa} and "
+                             f"{fb}): one report is one model")
+    places = {Path(str(r["model"])).resolve() for r in prints.values() if r.get("model")}
+    for r in rows:
+        if places and not r.get("model_fingerprint") and r.get("model") \
+                and Path(str(r["model"])).resolve() not in places:
+            raise TaskpruneError(f"{r['_file']} holds runs of another model ({r['model']}) than the other rows "
+                                 f"({', '.join(sorted(str(p) for p in places))}): one report is one model")
 
 
 def eval_set_id(examples: Sequence[Any]) -> str:
