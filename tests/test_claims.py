@@ -211,6 +211,21 @@ def test_rows_without_outcomes_are_not_tested() -> None:
     assert result["Module-integrated ≈ module-specific"].verdict == "not measured"
 
 
+def test_an_old_sweep_reported_with_its_paired_rerun_is_judged_on_the_paired_rows() -> None:
+    """Old rows without outcomes beside re-run rows with them: a claim the re-run covers gets a tested verdict
+    (the old rows are left out, and the section says how many); a claim only old rows cover stays "not tested"."""
+    paired = methods_rows(90, 70, 71, 72, 89)
+    old_only = [dict({k: v for k, v in r.items() if k != "outcomes"}, samples=1000)
+                for r in paired if r["method"] == "attribution"]  # e.g. Fig. 4a's 1000-example draws
+    mixed = claims(paired + old_only)
+    assert mixed["AP beats the baselines"].verdict == claims(paired)["AP beats the baselines"].verdict == "holds"
+    assert mixed["The decoder is more robust to pruning than the encoder"].verdict \
+        == claims(paired)["The decoder is more robust to pruning than the encoder"].verdict != "not tested"
+    assert claims(old_only)["The decoder is more robust to pruning than the encoder"].verdict == "not tested"
+    section = "\n".join(claims_section(paired + old_only))
+    assert f"{len(old_only)} of the {len(paired) + len(old_only)} rows were recorded without per-example" in section
+
+
 def test_runs_on_different_examples_are_not_paired() -> None:
     rows = methods_rows(90, 70, 71, 72, 89)
     for r in rows:

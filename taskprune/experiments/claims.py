@@ -519,7 +519,26 @@ def whole_layer_can_go(rows: list[Row]) -> Claim:
 
 
 def check_claims(rows: list[Row]) -> list[Claim]:
-    """Every claim of the paper that the rows can test (the others say "not measured")."""
+    """Every claim of the paper that the rows can test (the others say "not measured").
+
+    When only some rows carry per-example outcomes (an old sweep reported together with its paired re-run), each
+    claim is judged on the rows that have them; a claim none of whose rows has them falls back to all rows, which
+    gives "not tested" with its means. So one old row cannot make a claim untestable that its re-run can test.
+    """
+    paired = [r for r in rows if r.get("outcomes") is not None]
+    if not paired or len(paired) == len(rows):
+        return _claims(rows)
+    fallback = {c.text: c for c in _claims(rows)}
+    return [c if c.verdict != _verdict(None) else fallback.get(c.text, c) for c in _claims(paired)]
+
+
+def unpaired_rows(rows: list[Row]) -> int:
+    """How many rows the claims leave out because others can be paired (:func:`check_claims`)."""
+    missing = sum(r.get("outcomes") is None for r in rows)
+    return 0 if missing == len(rows) else missing
+
+
+def _claims(rows: list[Row]) -> list[Claim]:
     return [
         ap_beats_baselines(rows),
         _method_approx("FPP ≈ RP", rows, FPP, RP, ("FPP", "RP")),
@@ -560,5 +579,9 @@ def claims_section(rows: list[Row]) -> list[str]:
     claims = check_claims(rows)
     if all(c.verdict == "not measured" for c in claims):
         return []
-    return ["## The paper's claims, checked", "", RULES, "",
+    left_out = unpaired_rows(rows)
+    note = (f" {left_out} of the {len(rows)} rows were recorded without per-example outcomes (an older sweep): "
+            "each claim is judged on the rows that have them, and only a claim with none of its rows among them "
+            "falls back to the older rows (\"not tested\")." if left_out else "")
+    return ["## The paper's claims, checked", "", RULES + note, "",
             "| claim | verdict | our numbers |", "|---|---|---|", *(c.line() for c in claims), ""]
