@@ -200,7 +200,7 @@ for model_dir in sys.argv[4:]:
     assert any(v.abs().sum() > 0 for v in learnt.values()), "SMP learnt nothing"
 if shard.is_main:
     save_file(results, out)
-distributed.shutdown()
+distributed.finish()  # not shutdown(): a rank tearing gloo down while rank 0 still saves can abort (SIGABRT)
 """
 
 
