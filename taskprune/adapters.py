@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,9 @@ def merged_model(folder: Path, name: str | None = None) -> Path:
     def write(tmp: Path) -> None:
         model_class = _auto_model_class(AutoConfig.from_pretrained(base))
         model = model_class.from_pretrained(base, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         merged.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp))
         source = {"adapter": str(folder.resolve()), "sha256": manifest["sha256"], "base": manifest["base"]}

@@ -468,7 +468,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
                     row.append(value)
     used = "no examples" if args.method == "svd" else _used(fit, args.samples)
     ranks = _ranks_text(result.examples_per_rank)
-    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s{ranks}), plan {_rate_text(rates)}")
+    echo(f"{task.name}: {args.method} on {used} ({result.scoring_seconds:.1f} s{ranks}), plan {_rate_text(rates, model)}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:
@@ -523,7 +523,7 @@ def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: AN
     rows = [[f"trial seed {s}", *(m[k] for k in metrics)] for s, m in zip(res.seeds, res.metrics)]
     mean, std = res.mean(), res.std()
     rows.append(["mean ± std", *(f"{mean[k]:.2f} ± {std[k]:.2f}" for k in metrics)])
-    echo(f"{task.name}: {args.method}, {len(res.seeds)} trials on {_used(fit, args.samples)}, plan {_rate_text(rates)}")
+    echo(f"{task.name}: {args.method}, {len(res.seeds)} trials on {_used(fit, args.samples)}, plan {_rate_text(rates, model)}")
     echo(render_table(["", *metrics], rows))
     echo(f"plans and metrics saved to {out} (make a model from one: taskprune prune --plan {out}/plans/trial-N.json)")
 
@@ -532,8 +532,11 @@ def _attention_pruned(plan) -> bool:  # noqa: ANN001
     return any(len(g["keep"]) < g["size"] for n, g in plan.groups.items() if not n.endswith(".ffn"))
 
 
-def _rate_text(rates) -> str:  # noqa: ANN001
-    text = f"rate {rates.rate:g} on {'+'.join(rates.modules)}"
+def _rate_text(rates, model) -> str:  # noqa: ANN001
+    """``rate 0.5 on encoder+decoder``; a decoder-only model has one module, so "all" reads ``on decoder``."""
+    modules = [m for m in rates.modules
+               if getattr(model.config, "is_encoder_decoder", False) or m == "decoder"] or list(rates.modules)
+    text = f"rate {rates.rate:g} on {'+'.join(modules)}"
     extra = {**rates.module_rates, **rates.layer_type_rates}
     if extra or rates.depth_rates:
         text += f" with overrides {extra} {rates.depth_rates or ''}".rstrip()
@@ -634,7 +637,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     plan.save(args.out, overwrite=args.overwrite)
     kept = sum(len(g["keep"]) for g in plan.groups.values())
     total = sum(g["size"] for g in plan.groups.values())
-    echo(f"plan keeps {kept:,} of {total:,} units ({_rate_text(rates)}) -> {args.out}")
+    echo(f"plan keeps {kept:,} of {total:,} units ({_rate_text(rates, model)}) -> {args.out}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -735,9 +738,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _check_rates_fit(rates, model)
     fit = _fit_sample(args, task)
     eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
-    echo(f"demo: compress {path} for {task.name} from {_used(fit, args.samples)}, {_rate_text(rates)}")
+    echo(f"demo: compress {path} for {task.name} from {_used(fit, args.samples)} with --method {args.method}, "
+         f"{_rate_text(rates, model)}")
     result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
-                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress)
+                      batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
+                      **_recipe(args, fit))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "pruned"
         save_compressed(result, tok, out, overwrite=args.overwrite)
@@ -761,7 +766,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     rows["size on disk, fp16 safetensors (MB)"] = [size / 1e6 for size, _ in stored]
     lat_row = f"latency ms/example (batch 1; median of {latency.pairs} pairs)"
     rows[lat_row] = [1000 * statistics.median(dense_s), 1000 * statistics.median(pruned_s)]
-    rows["scoring time (s)"] = ["", result.scoring_seconds]
+    rows["compress time (s): scoring, allocation, repair"] = ["", result.scoring_seconds]
     table = [[k, *v, str(latency) if k == lat_row else _ratio(v)] for k, v in rows.items()]
     echo(render_table(["", "dense", "pruned", "pruned/dense"], table))
     echo(f"latency: dense and pruned timed in {latency.pairs} adjacent pairs, order alternating, "
@@ -773,6 +778,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
              f"{counted[0] / 1e6:.1f} M and {counted[1] / 1e6:.1f} M parameters: a tensor shared in memory (the "
              "tied word embedding of a bert2bert) counts once as a parameter but is saved under each name, since "
              "transformers cannot save an encoder/decoder tie (loading re-ties it)")
+    _explain_recipe(result.plan)
     if args.out:
         echo(f"pruned checkpoint saved to {args.out}")
 
@@ -988,15 +994,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = command("demo", help="compress the default model for SST-2 and print a before/after table",
-                       description="The main job: score the default model on 10 SST-2 examples, prune the decoder "
-                                   "at p = 0.5 and compare accuracy, parameters, size on disk and latency.")
+                       description="The main job: compress the default model for SST-2 from 10 examples with "
+                                   "compress's default recipe, half of the decoder's prunable parameters removed, "
+                                   "and compare accuracy, parameters, size on disk and latency.")
     _add_model(p)
     p.add_argument("--task", default="sst2", help="task (default sst2)")
     p.add_argument("--data-dir", default=None, help="GLUE/SuperGLUE folder; default: $TASKPRUNE_DATA")
     p.add_argument("--source", default="auto", choices=["auto", "dir", "hf", "file"], help="where examples come from")
     p.add_argument("--max-length", type=POSITIVE_INT, default=256,
                    help="truncate inputs to this many tokens (default 256)")
-    _add_scoring(p)
+    _add_scoring(p, compress=True)
+    _add_beyond(p)
     _add_rates(p)
     p.set_defaults(modules="decoder")
     p.add_argument("--eval-examples", type=POSITIVE_INT, default=None, help="evaluate on at most this many dev examples")

@@ -284,9 +284,15 @@ def test_demo_prints_the_before_after_table(workspace: dict[str, Path], capsys: 
     assert run("demo", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
                "--batch-size", 2) == 0
     out = capsys.readouterr().out
-    for row in ("accuracy", "parameters (prunable)", "size on disk", "latency ms/example", "scoring time"):
+    for row in ("accuracy", "parameters (prunable)", "size on disk", "latency ms/example", "compress time (s)"):
         assert row in out
     assert "median of 9 pairs" in out and "order alternating" in out
+    # compress's default recipe (attribution + global allocation + least-squares repair), not the paper's alone
+    assert "--method taskprune" in out and "allocation: global-raw" in out and "repair: ls on" in out
+    assert run("demo", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
+               "--batch-size", 2, "--method", "attribution", "--latency-pairs", 1) == 0
+    out = capsys.readouterr().out
+    assert "--method attribution" in out and "allocation:" not in out and "repair:" not in out
 
 
 def test_timing_pairs_alternate_and_the_ratio_is_the_median_of_pairs() -> None:
@@ -320,3 +326,15 @@ def test_demo_without_data_says_how_to_get_glue(workspace: dict[str, Path], caps
     assert run("demo", "--model", workspace["model"]) == 2
     err = capsys.readouterr().err
     assert "no GLUE data" in err and "--data-dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rate_text_names_the_modules_the_model_has() -> None:
+    """--modules all on a decoder-only model prunes its one module: the line must not say encoder+decoder."""
+    from tiny import tiny_causal, tiny_t5
+
+    import taskprune as tp
+    from taskprune.cli import _rate_text
+
+    assert _rate_text(tp.RateSpec(rate=0.5), tiny_causal("llama")) == "rate 0.5 on decoder"
+    assert _rate_text(tp.RateSpec(rate=0.5), tiny_t5()) == "rate 0.5 on encoder+decoder"
+    assert _rate_text(tp.RateSpec(rate=0.3, modules=("decoder",)), tiny_t5()) == "rate 0.3 on decoder"
