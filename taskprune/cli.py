@@ -533,9 +533,12 @@ def _attention_pruned(plan) -> bool:  # noqa: ANN001
 
 
 def _rate_text(rates, model) -> str:  # noqa: ANN001
-    """``rate 0.5 on encoder+decoder``; a decoder-only model has one module, so "all" reads ``on decoder``."""
-    modules = [m for m in rates.modules
-               if getattr(model.config, "is_encoder_decoder", False) or m == "decoder"] or list(rates.modules)
+    """``rate 0.5 on encoder+decoder``: the scope's modules that the model has (a decoder-only model's one module
+    is its decoder, so "all" reads ``on decoder``)."""
+    from .models import get_adapter
+
+    has = {g.module for g in get_adapter(model).groups()}
+    modules = [m for m in rates.modules if m in has] or list(rates.modules)
     text = f"rate {rates.rate:g} on {'+'.join(modules)}"
     extra = {**rates.module_rates, **rates.layer_type_rates}
     if extra or rates.depth_rates:
