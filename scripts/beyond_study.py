@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
                         plan.append((task_name, budget, seed, v, trial))
     cache: dict[str, Any] = {}
     for task_name, budget, seed, variant, trial in plan:
-        rid = f"{task_name}-{variant}-{budget}-{seed}-{trial}"
+        rid = f"{task_name}-{variant}-{budget}-{seed}-{trial}" + _calibration_suffix(args.calibration, variant)
         if rid in done:
             continue
         if task_name not in cache:
@@ -97,10 +97,21 @@ def run(args: argparse.Namespace) -> None:
                "metrics": {k: round(v, 2) for k, v in ev_res.metrics.items()}, "n_eval": len(ev),
                "outcomes": pack_outcomes(correct, ev_id), "compress_seconds": round(seconds, 2),
                "prunable": params["prunable"], "total": params["total"], "model": args.model, "machine": platform.machine(),
-               "threads": torch.get_num_threads(), **info}
+               "threads": torch.get_num_threads(), "calibration": args.calibration, **info}
         with args.out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{rid}: {row['metrics']} ({seconds:.1f} s)", flush=True)
+
+
+def _calibration_suffix(n: int, variant: str) -> str:
+    """Row-id suffix of a non-default calibration size (rows at the default keep their historical ids); the
+    dense model and variants without repair do not depend on it."""
+    repairs = variant != "dense" and tp.api.resolve_method(*VARIANTS[variant])[2] != "none"
+    return f"-cal{n}" if repairs and n != tp.api.DEFAULT_CALIBRATION else ""
+
+
+def _calibration(row: dict) -> int:
+    return int(row.get("calibration", tp.api.DEFAULT_CALIBRATION))
 
 
 # ----- report ------------------------------------------------------------------------------------------------------
@@ -118,7 +129,9 @@ def report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+    all_rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+    # the main table compares recipes at the default calibration; other sizes get their own section
+    rows = [r for r in all_rows if not _calibration_suffix(_calibration(r), r["variant"])]
     out = args.report
     out.mkdir(parents=True, exist_ok=True)
     tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
@@ -176,6 +189,7 @@ def report(args: argparse.Namespace) -> None:
             lines.append(f"| {b} | {a_name} | {b_name} | {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] | {c.test} "
                          f"| {c.p:.3g} | {p_adj:.3g} | {verdict} |")
         lines.append("")
+    lines += _calibration_section(all_rows, tasks, out, plt)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
@@ -183,6 +197,58 @@ def report(args: argparse.Namespace) -> None:
     lines += ["![accuracy vs budget](accuracy_vs_budget.png)", ""]
     (out / "TABLES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out / 'TABLES.md'} and {out / 'accuracy_vs_budget.png'}")
+
+
+def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any) -> list[str]:
+    """How many unlabelled calibration inputs repair needs: accuracy per calibration size (10 = the scoring
+    examples only, no unlabelled inputs), each size paired-tested against the default size (Holm-adjusted)."""
+    default = tp.api.DEFAULT_CALIBRATION
+    groups: dict[tuple[str, str, float], dict[int, list[dict]]] = {}
+    for r in rows:
+        if r["variant"] != "dense" and tp.api.resolve_method(*VARIANTS[r["variant"]])[2] != "none":
+            groups.setdefault((r["task"], r["variant"], r["budget"]), {}).setdefault(_calibration(r), []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1 and default in v and k[0] in tasks}
+    if not groups:
+        return []
+    lines = ["## Calibration inputs for repair", "",
+             f"Repair re-solves the kept weights on unlabelled task inputs: the scoring examples first, then "
+             "others drawn from the task's fit split (labels unused). A size of 10 means the scoring examples alone. "
+             f"Cells: mean accuracy over the sample seeds (runs in brackets); A - B is each size against the default "
+             f"{default}, paired over eval examples and seeds, Holm-adjusted over this table.", "",
+             "| task | recipe | budget | calibration inputs | accuracy | compress s | vs " + str(default) +
+             " (points) | 95 % CI | Holm p | verdict |", "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    tests, cells = [], []
+    for (task, variant, budget), by_n in sorted(groups.items()):
+        for n in sorted(by_n):
+            rs = by_n[n]
+            c = paired_compare(_runs(rs), _runs(by_n[default])) if n != default else None
+            cells.append((task, variant, budget, n, rs, c))
+            if c is not None:
+                tests.append(c.p)
+    adjusted = iter(holm(tests))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for task, variant, budget, n, rs, c in cells:
+        acc = statistics.fmean(r["metrics"]["accuracy"] for r in rs)
+        secs = statistics.fmean(r["compress_seconds"] for r in rs)
+        if c is None:
+            lines.append(f"| {task} | {variant} | {budget} | {n} | {acc:.2f} ({len(rs)}) | {secs:.1f} | (reference) | | | |")
+        else:
+            p_adj = next(adjusted)
+            verdict = "no significant difference" if p_adj >= 0.05 else "better" if c.diff > 0 else "worse"
+            lines.append(f"| {task} | {variant} | {budget} | {n} | {acc:.2f} ({len(rs)}) | {secs:.1f} | {c.diff:+.2f} "
+                         f"| [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] | {p_adj:.3g} | {verdict} |")
+    for (task, variant, budget), by_n in sorted(groups.items()):
+        ns = sorted(by_n)
+        ax.plot(ns, [statistics.fmean(r["metrics"]["accuracy"] for r in by_n[n]) for n in ns], marker="o",
+                label=f"{task} {variant} @{budget}")
+    ax.set_xscale("log")
+    ax.set_xlabel("calibration inputs for repair")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=120)
+    plt.close(fig)
+    return lines + ["", "![accuracy vs calibration inputs](calibration.png)", ""]
 
 
 def main() -> None:
