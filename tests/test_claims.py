@@ -91,6 +91,11 @@ def test_examples_unsupervised_and_unseen() -> None:
         rows.append(row("attribution", "decoder", rate, 65, task="sst2", eval_task="qnli"))
     v = verdicts(rows)
     assert v["10 examples ≈ all examples on SST2"] == "holds"  # mean of the draws 81 vs 81
+    capped = [dict(r, samples=1000) if r["samples"] == "all" else r for r in rows]
+    claim = claims(capped)["10 examples ≈ all examples on SST2"]
+    assert claim.verdict == "holds" and "1000 examples (in place of all)" in claim.evidence
+    too_few = [dict(r, samples=100) if r["samples"] == "all" else r for r in rows]
+    assert claims(too_few)["10 examples ≈ all examples on SST2"].verdict == "not measured"
     assert v["Unsupervised attribution ≈ supervised"] == "does not hold"  # 70 vs 81
     assert v["A related unseen domain is preserved better than an unrelated one"] == "holds"
 

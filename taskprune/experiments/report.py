@@ -90,9 +90,13 @@ def _figure(panels: list[tuple[str, Any]], path: Path, xlabel: str, dense: dict[
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
             labels[lab] = lab
-    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=min(6, len(labels)), fontsize=8,
+    # about two entries fit per panel's width: a one-panel figure gets a legend of several short rows, not one
+    # row wider than the figure
+    ncol = max(1, min(len(labels), 2 * cols, 6))
+    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=ncol, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.04, 1, 1))
+    legend_rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, min(0.4, 0.02 + 0.24 * legend_rows / (3.8 * rows)), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
