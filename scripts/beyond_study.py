@@ -189,7 +189,7 @@ def report(args: argparse.Namespace) -> None:
             lines.append(f"| {b} | {a_name} | {b_name} | {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] | {c.test} "
                          f"| {c.p:.3g} | {p_adj:.3g} | {verdict} |")
         lines.append("")
-    lines += _calibration_section(all_rows, tasks, out, plt)
+    lines += _calibration_section(all_rows, tasks, out, plt, args.samples)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
@@ -199,9 +199,9 @@ def report(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'TABLES.md'} and {out / 'accuracy_vs_budget.png'}")
 
 
-def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any) -> list[str]:
-    """How many unlabelled calibration inputs repair needs: accuracy per calibration size (10 = the scoring
-    examples only, no unlabelled inputs), each size paired-tested against the default size (Holm-adjusted)."""
+def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any, samples: int) -> list[str]:
+    """How many unlabelled calibration inputs repair needs: accuracy per calibration size (``samples`` = the
+    scoring examples only, no unlabelled inputs), each size paired-tested against the default (Holm-adjusted)."""
     default = tp.api.DEFAULT_CALIBRATION
     groups: dict[tuple[str, str, float], dict[int, list[dict]]] = {}
     for r in rows:
@@ -211,10 +211,10 @@ def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any
     if not groups:
         return []
     lines = ["## Calibration inputs for repair", "",
-             f"Repair re-solves the kept weights on unlabelled task inputs: the scoring examples first, then "
-             "others drawn from the task's fit split (labels unused). A size of 10 means the scoring examples alone. "
-             f"Cells: mean accuracy over the sample seeds (runs in brackets); A - B is each size against the default "
-             f"{default}, paired over eval examples and seeds, Holm-adjusted over this table.", "",
+             "Repair re-solves the kept weights on unlabelled task inputs: the scoring examples first, then "
+             f"others drawn from the task's fit split (labels unused). A size of {samples} means the scoring examples "
+             "alone. Cells: mean accuracy over the sample seeds (runs in brackets); A - B is each size against the "
+             f"default {default}, paired over eval examples and seeds, Holm-adjusted over this table.", "",
              "| task | recipe | budget | calibration inputs | accuracy | compress s | vs " + str(default) +
              " (points) | 95 % CI | Holm p | verdict |", "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
     tests, cells = [], []
