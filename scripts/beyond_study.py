@@ -103,11 +103,15 @@ def run(args: argparse.Namespace) -> None:
         print(f"{rid}: {row['metrics']} ({seconds:.1f} s)", flush=True)
 
 
+def _repairs(variant: str) -> bool:
+    """Whether the variant repairs, i.e. depends on the calibration inputs (the dense model does not)."""
+    return variant != "dense" and tp.api.resolve_method(*VARIANTS[variant])[2] != "none"
+
+
 def _calibration_suffix(n: int, variant: str) -> str:
     """Row-id suffix of a non-default calibration size (rows at the default keep their historical ids); the
     dense model and variants without repair do not depend on it."""
-    repairs = variant != "dense" and tp.api.resolve_method(*VARIANTS[variant])[2] != "none"
-    return f"-cal{n}" if repairs and n != tp.api.DEFAULT_CALIBRATION else ""
+    return f"-cal{n}" if _repairs(variant) and n != tp.api.DEFAULT_CALIBRATION else ""
 
 
 def _calibration(row: dict) -> int:
@@ -205,7 +209,7 @@ def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any
     default = tp.api.DEFAULT_CALIBRATION
     groups: dict[tuple[str, str, float], dict[int, list[dict]]] = {}
     for r in rows:
-        if r["variant"] != "dense" and tp.api.resolve_method(*VARIANTS[r["variant"]])[2] != "none":
+        if _repairs(r["variant"]):
             groups.setdefault((r["task"], r["variant"], r["budget"]), {}).setdefault(_calibration(r), []).append(r)
     groups = {k: v for k, v in groups.items() if len(v) > 1 and default in v and k[0] in tasks}
     if not groups:
