@@ -27,6 +27,7 @@ import torch
 import taskprune as tp
 import taskprune.api
 from taskprune.api import calibration_examples, compress
+from taskprune.cli import POSITIVE_INT
 from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
 from taskprune.experiments.stats import as_runs, holm, paired_compare
 from taskprune.plan import RateSpec
@@ -264,7 +265,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--calibration", type=int, default=tp.api.DEFAULT_CALIBRATION)
+    ap.add_argument("--calibration", type=POSITIVE_INT, default=tp.api.DEFAULT_CALIBRATION)
     ap.add_argument("--eval-examples", type=int, default=0, help="cap on eval examples (0: the whole split)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/beyond/results.jsonl"))
