@@ -28,6 +28,7 @@ import taskprune as tp
 import taskprune.api
 from taskprune.api import calibration_examples, compress
 from taskprune.cli import POSITIVE_INT
+from taskprune.experiments.report import shared_legend
 from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
 from taskprune.experiments.stats import as_runs, holm, paired_compare
 from taskprune.plan import RateSpec
@@ -195,9 +196,7 @@ def report(args: argparse.Namespace) -> None:
                          f"| {c.p:.3g} | {p_adj:.3g} | {verdict} |")
         lines.append("")
     lines += _calibration_section(all_rows, tasks, out, plt, args.samples)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    shared_legend(fig, axes, panel_height=4)
     fig.savefig(out / "accuracy_vs_budget.png", dpi=120)
     lines += ["![accuracy vs budget](accuracy_vs_budget.png)", ""]
     (out / "TABLES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

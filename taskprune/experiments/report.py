@@ -70,6 +70,26 @@ def _line_plot(ax, curves, dense: float | None, title: str, xlabel: str) -> None
     ax.grid(alpha=0.3)
 
 
+def shared_legend(fig: Any, axes: Any, panel_height: float) -> None:
+    """One legend below all panels (each line once, in first-seen order) and a layout that leaves it room: panels
+    that share their lines should not each repeat the same legend."""
+    rows, cols = axes.shape
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if not handles:
+        fig.tight_layout()
+        return
+    # about two entries fit per panel's width: a one-panel figure gets a legend of several short rows, not one
+    # row wider than the figure
+    ncol = max(1, min(len(handles), 2 * cols, 6))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    legend_rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, min(0.4, 0.02 + 0.24 * legend_rows / (panel_height * rows)), 1, 1))
+
+
 def _figure(panels: list[tuple[str, Any]], path: Path, xlabel: str, dense: dict[str, float], ncols: int = 3) -> None:
     """``panels`` = [(title, (eval task, curves))]; one PNG with a shared legend."""
     import matplotlib
@@ -85,18 +105,7 @@ def _figure(panels: list[tuple[str, Any]], path: Path, xlabel: str, dense: dict[
         _line_plot(ax, curves, dense.get(task), title, xlabel)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, labels = {}, {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-            labels[lab] = lab
-    # about two entries fit per panel's width: a one-panel figure gets a legend of several short rows, not one
-    # row wider than the figure
-    ncol = max(1, min(len(labels), 2 * cols, 6))
-    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=ncol, fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
-    legend_rows = -(-len(labels) // ncol)
-    fig.tight_layout(rect=(0, min(0.4, 0.02 + 0.24 * legend_rows / (3.8 * rows)), 1, 1))
+    shared_legend(fig, axes, panel_height=3.8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
