@@ -222,6 +222,47 @@ def resolve_method(method: str, allocate: str | None, repair: str | None) -> tup
             repair or (preset.repair if preset else "none"))
 
 
+def check_recipe(method: str, rates: RateSpec, allocate: str | None = None, repair: str | None = None) -> None:
+    """Refuse a method / allocation / repair / rates combination that cannot be honoured, before any model is
+    loaded or scored: minutes of work should not end in an error the flags alone already showed, and nothing
+    the user asked for may be dropped silently (per-part rates under an allocation that sets every group's rate)."""
+    if method in TRANSFORMS:
+        if allocate not in (None, "uniform") or repair not in (None, "none"):
+            raise TaskpruneError(f"{method} does not select units: it takes no allocation or repair (drop --allocate "
+                                 "and --repair)")
+        if method == "svd" and rates.multiple_of != 1:
+            raise TaskpruneError("svd's ranks follow the paper's parameter budget and are not rounded: leave "
+                                 "--multiple-of at 1 for svd")
+        return
+    scorer, allocation, repair_mode = resolve_method(method, allocate, repair)
+    if scorer not in list_scorers():
+        raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
+    if allocation not in ALLOCATIONS:
+        raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+    RepairConfig(mode=repair_mode)  # refuses an unknown mode
+    overrides = [flag for flag, given in (("--module-rate", rates.module_rates), ("--layer-type-rate",
+                 rates.layer_type_rates), ("--depth-rate", rates.depth_rates)) if given]
+    if allocation != "uniform" and overrides:
+        raise TaskpruneError(f"{' and '.join(overrides)} {'set' if len(overrides) > 1 else 'sets'} rates per part, but "
+                             f"{method}'s {allocation} allocation sets every group's rate from the budget: pass "
+                             "--allocate uniform with per-part rates (--modules and --layer-types narrow the scope "
+                             "with any allocation)")
+
+
+def check_trials(method: str, trials: int, evaluated: bool, allocate: str | None = None,
+                 repair: str | None = None) -> None:
+    """Refuse a ``--trials`` run that cannot be done, before any model is loaded (see :func:`compress_trials`)."""
+    if method not in RANDOM_METHODS:
+        raise TaskpruneError(f"--trials is for the random methods ({', '.join(RANDOM_METHODS)}); {method} is deterministic")
+    if trials < 1:
+        raise TaskpruneError(f"--trials must be at least 1, got {trials}")
+    if not evaluated:
+        raise TaskpruneError("trials are compared by evaluation: no eval examples were given")
+    if allocate not in (None, "uniform") or repair not in (None, "none"):
+        raise TaskpruneError("trials are evaluated as uniform, unrepaired masks of the model: they take no --allocate "
+                             "or --repair")
+
+
 def compress(
     model: nn.Module,
     tokenizer: Any,
@@ -255,23 +296,18 @@ def compress(
     ``inplace``: prune ``model`` itself instead of a copy (what a model placed by a device map needs: a copy of
     a model bigger than memory is no option).
     """
+    repair_cfg = repair if isinstance(repair, RepairConfig) else None
+    check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
     check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     shard = shard or SINGLE
     counts = examples_per_rank(method, len(examples), batch_size, shard) if shard.active else None
     if method in TRANSFORMS:
-        if allocate not in (None, "uniform") or repair not in (None, "none"):
-            raise TaskpruneError(f"{method} does not select units: it takes no allocation or repair")
         result = TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length,
                                     progress, shard)
         return replace(result, examples_per_rank=counts)
-    repair_cfg = repair if isinstance(repair, RepairConfig) else None
     scorer, allocation, repair_mode = resolve_method(method, allocate, repair_cfg.mode if repair_cfg else repair)
     repair_cfg = replace(repair_cfg, mode=repair_mode) if repair_cfg else RepairConfig(mode=repair_mode)
-    if allocation not in ALLOCATIONS:
-        raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
-    if scorer not in list_scorers():
-        raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
     if repair_cfg.mode != "none" and is_dispatched(model):
         raise TaskpruneError(f"repair {repair_cfg.mode} works on a copy of the whole model: it does not run on a model "
                              "placed by a device map; use repair none (--repair none)")
@@ -361,12 +397,7 @@ def compress_trials(
     from .evaluate import evaluate
     from .prune import masked
 
-    if method not in RANDOM_METHODS:
-        raise TaskpruneError(f"--trials is for the random methods ({', '.join(RANDOM_METHODS)}); {method} is deterministic")
-    if trials < 1:
-        raise TaskpruneError(f"--trials must be at least 1, got {trials}")
-    if not eval_examples:
-        raise TaskpruneError("trials are compared by evaluation: no eval examples were given")
+    check_trials(method, trials, bool(eval_examples))
     check_rates_fit(rates, model)  # before minutes of scoring, not after
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     seeds = [config.seed + i for i in range(trials)]

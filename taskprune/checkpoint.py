@@ -101,7 +101,11 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
         model_class = _auto_model_class(AutoConfig.from_pretrained(str(name_or_path)))
         model = model_class.from_pretrained(str(name_or_path), dtype=dtype, **placed)
     except (OSError, ValueError, KeyError) as err:
-        raise TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}") from None
+        from .model_sources import PROJECT_MODELS, SHORT_NAMES
+
+        local = "" if path.exists() else (
+            f" (not a local folder or GGUF file, nor a short name: {', '.join([*PROJECT_MODELS, *SHORT_NAMES])})")
+        raise TaskpruneError(f"cannot load model {name_or_path!s}{local}: {str(err).splitlines()[0]}") from None
     except SafetensorError as err:
         raise _weights_error(name_or_path, err) from None
     get_adapter(model)  # refuse unsupported architectures here, with one clear line

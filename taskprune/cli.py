@@ -419,13 +419,16 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # no "Retrying in 8s" lines before the one error line of an unknown model
 
 
 # ----------------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------------
 def cmd_compress(args: argparse.Namespace) -> None:
-    from .api import compress, save_compressed
+    from .api import check_recipe, compress, save_compressed
     from .checkpoint import load_pruned
     from .distributed import current
     from .evaluate import count_parameters, evaluate
@@ -434,11 +437,13 @@ def cmd_compress(args: argparse.Namespace) -> None:
     task = _task(args.task)
     rates = rates_from_args(args)
     _check_placement(args)
+    config = _score_config(args)  # refuses bad SMP settings
     if args.trials != 1:
-        return _compress_trials(args, task, rates)
+        return _compress_trials(args, task, rates, config)
+    check_recipe(args.method, rates, args.allocate, args.repair)
+    fit = _fit_sample(args, task)  # a wrong --data-dir is named before the model loads
     path, model, tok = _load(args)
     _check_rates_fit(rates, model)
-    fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task) if current().is_main else []  # rank 0 alone evaluates
     placed = args.device_map is not None  # pruned in place: no copy of a model that needs a device map
 
@@ -448,7 +453,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
     dense_metrics = metrics_of(model) if eval_set and placed else None
     before = count_parameters(model)
-    result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
+    result = compress(model, tok, task, fit, rates, method=args.method, config=config, seed=args.seed,
                       batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
                       shard=current(), inplace=placed, **_recipe(args, fit))
     if not current().is_main:
@@ -495,18 +500,19 @@ def _explain_recipe(plan) -> None:  # noqa: ANN001
         echo(f"repair: {r['mode']} on {r['calibration_examples']} calibration inputs ({r['groups']} groups re-solved)")
 
 
-def _compress_trials(args: argparse.Namespace, task, rates) -> None:  # noqa: ANN001
-    from .api import compress_trials
+def _compress_trials(args: argparse.Namespace, task, rates, config) -> None:  # noqa: ANN001
+    from .api import check_trials, compress_trials
     from .io import atomic_dir
 
     from .distributed import current
 
-    _, model, tok = _load(args)
-    _check_rates_fit(rates, model)
+    check_trials(args.method, args.trials, not args.no_eval, args.allocate, args.repair)  # before data and model
     fit = _fit_sample(args, task)
     eval_set = _eval_examples(args, task)
+    _, model, tok = _load(args)
+    _check_rates_fit(rates, model)
     res = compress_trials(model, tok, task, fit, eval_set, rates, method=args.method, trials=args.trials,
-                          config=_score_config(args), seed=args.seed, batch_size=args.batch_size,
+                          config=config, seed=args.seed, batch_size=args.batch_size,
                           eval_batch_size=args.eval_batch_size, max_length=args.max_length, progress=tqdm_progress,
                           shard=current())
     if not current().is_main:
@@ -572,16 +578,17 @@ def cmd_score(args: argparse.Namespace) -> None:
     task = _task(args.task)
     _check_placement(args)
     shard = current()
+    config = _score_config(args)
+    fit = _fit_sample(args, task)  # a wrong --data-dir is named before the model loads
     _, model, tok = _load(args)
-    fit = _fit_sample(args, task)
     t0 = time.perf_counter()
-    scores = score(model, tok, task, fit, method=args.method, config=_score_config(args), batch_size=args.batch_size,
+    scores = score(model, tok, task, fit, method=args.method, config=config, batch_size=args.batch_size,
                    max_length=args.max_length, progress=tqdm_progress, shard=shard)
     seconds = time.perf_counter() - t0
     if not shard.is_main:
         return  # every rank holds the summed scores; rank 0 writes them
     counts = examples_per_rank(args.method, len(fit), args.batch_size, shard)
-    meta = score_metadata(task.name, args.method, len(fit), args.seed, _score_config(args), counts)
+    meta = score_metadata(task.name, args.method, len(fit), args.seed, config, counts)
     save_scores(scores, args.out, meta=meta, overwrite=args.overwrite)
     echo(f"scored {len(scores)} groups of {task.name} on {_used(fit, args.samples)} in {seconds:.1f} s"
          f"{_ranks_text(counts)} -> {args.out}")
@@ -671,10 +678,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import count_parameters, evaluate, latency_per_example
 
     task = _task(args.task)
-    _, model, tok = _load(args)
-    examples = _examples(args, task, args.split)
+    examples = _examples(args, task, args.split)  # a wrong --data-dir is named before the model loads
     if args.examples:
         examples = examples[: args.examples]
+    _, model, tok = _load(args)
     res = evaluate(model, tok, task, examples, batch_size=args.batch_size, max_length=args.max_length,
                    generate=args.generate, progress=tqdm_progress)
     params = count_parameters(model)
@@ -723,7 +730,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import statistics
     import tempfile
 
-    from .api import compress, save_compressed
+    from .api import check_recipe, compress, save_compressed
     from .checkpoint import load_pruned
     from .evaluate import count_parameters, evaluate, latency_per_example
     from .timing import alternating_pairs, ratio_summary
@@ -737,13 +744,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.out:
         check_writable(args.out, args.overwrite, folder=True)
     rates = rates_from_args(args)
+    config = _score_config(args)
+    check_recipe(args.method, rates, args.allocate, args.repair)
+    fit = _fit_sample(args, task)  # a wrong --data-dir is named before the model loads
+    eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
     path, model, tok = _load(args)
     _check_rates_fit(rates, model)
-    fit = _fit_sample(args, task)
-    eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
     echo(f"demo: compress {path} for {task.name} from {_used(fit, args.samples)} with --method {args.method}, "
          f"{_rate_text(rates, model)}")
-    result = compress(model, tok, task, fit, rates, method=args.method, config=_score_config(args), seed=args.seed,
+    result = compress(model, tok, task, fit, rates, method=args.method, config=config, seed=args.seed,
                       batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
                       **_recipe(args, fit))
     with tempfile.TemporaryDirectory() as tmp:
@@ -839,7 +848,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     echo(f"final model: {Path(cfg.out_dir) / 'final'}")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import run_sweep
 
     out = Path(args.out) if args.out else Path(args.config).with_suffix(".results.jsonl")
@@ -853,6 +862,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
          f"were already in {out}; {summary.seconds:.0f} s")
     if summary.failed:
         echo("failed runs have an 'error' in their row and are retried by the next `taskprune sweep`")
+        return EXIT_UNEXPECTED  # scripts and CI must not read a sweep with failed runs as a success
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -1185,8 +1196,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
                                      f"launch only {', '.join(DISTRIBUTED_COMMANDS)} share their work")
             distributed.init_from_env()
         _quiet_transformers()
-        func: Callable[[argparse.Namespace], None] = args.func
-        func(args)
+        func: Callable[[argparse.Namespace], int | None] = args.func
+        code = func(args) or 0  # a command returns a non-zero code for work it did but could not finish
         distributed.finish()  # the other ranks wait here for rank 0's writing and printing
     except TaskpruneError as err:
         return _error(_one_line(str(err), limit=2000), debug)
@@ -1205,7 +1216,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         return _error(f"{type(err).__name__}: {_one_line(str(err))}{hint}", debug, EXIT_UNEXPECTED)
     finally:
         distributed.shutdown()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -87,6 +87,14 @@ class FinetuneConfig:
         self.tasks = tuple(self.tasks)
         self.task_max_length = {str(k): positive_int(v, f"task_max_length {k}")
                                 for k, v in dict(self.task_max_length).items()}
+        if self.model:  # a real run (the empty config that holds the defaults names no tasks to check)
+            names = [get_task(t).name for t in self.tasks]  # an unknown task fails now, not after the model loads
+            known = {t.lower(): n for t, n in zip(self.tasks, names)} | {n.lower(): n for n in names}
+            stray = [k for k in self.task_max_length if k.lower() not in known]
+            if stray:  # a typo would otherwise be ignored: that task trained at the default length
+                raise TaskpruneError(f"task_max_length (--task-max-length) names {', '.join(stray)}, which is not "
+                                     f"among the tasks trained ({', '.join(names)})")
+            self.task_max_length = {known[k.lower()]: v for k, v in self.task_max_length.items()}
         # the same checks as the CLI's flags (taskprune.validate): a NaN learning rate or a zero log interval
         # fails here, not minutes in (AdamW's ValueError, a modulo by zero)
         for name in ("steps", "batch_size", "max_length", "mixing_cap", "eval_examples", "eval_batch_size",
@@ -389,6 +397,8 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():  # before minutes of loading and merging the model
+        raise TaskpruneError(f"data folder {cfg.data_dir} does not exist")
     model, tokenizer = _load_base(cfg)
     data = _load_tasks(cfg, tokenizer, model)
     peft_model = add_lora(model, cfg) if cfg.lora_rank else None

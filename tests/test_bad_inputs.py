@@ -82,6 +82,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "empty-rows.jsonl").write_text("{}\n{}\n")
     (root / "list-rows.jsonl").write_text("[1, 2]\n")
     (root / "text.jsonl").write_text("hello\n")
+    (root / "unended.jsonl").write_text(json.dumps({**run, "metrics": {"accuracy": 50.0}}))
     (root / "failed.jsonl").write_text(json.dumps({**run, "error": "too few examples"}) + "\n")
     (root / "good.jsonl").write_text(json.dumps({**run, "metrics": {"accuracy": 50.0}}) + "\n")
     (root / "foreign.jsonl").write_text(json.dumps({**run, "metrics": {"accuracy": 50.0}, "model": "x",
@@ -91,6 +92,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "sweep.yaml").write_text(json.dumps(sweep))
     deep = {**sweep, "experiments": [{**sweep["experiments"][0], "depths": {"deep": [4, 5]}}]}
     (root / "deep.yaml").write_text(json.dumps(deep))
+    wrong = {**sweep, "model": str(root / "no-model"),
+             "experiments": [{**sweep["experiments"][0], "methods": ["nosuchmethod"]}]}
+    (root / "nomodel-sweep.yaml").write_text(json.dumps(wrong))
 
     (root / "a-file").write_text("a regular file\n")
     (root / "a-folder").mkdir()
@@ -140,6 +144,7 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 M = ["--model", "{root}/model"]
+NM = ["--model", "{root}/no-model"]
 T = ["--task", "{root}/task.yaml"]
 FT = ["finetune", *M, "--out-dir", "{root}/new-run", "--tasks", "{root}/task.yaml", "--steps", "2"]
 SERVE = ["serve", *M, "--plans", "{root}/plans"]
@@ -160,6 +165,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "results rows {}": (["report", "{root}/empty-rows.jsonl", "--out", "{root}/new"], "lacks id"),
     "results rows lists": (["report", "{root}/list-rows.jsonl", "--out", "{root}/new"], "line 1 is a JSON list"),
     "results not JSON": (["report", "{root}/text.jsonl", "--out", "{root}/new"], "line 1 is not JSON"),
+    "results row without line end": (["report", "{root}/unended.jsonl", "--out", "{root}/new"],
+                                     "its one row has no line end"),
     "task file not UTF-8": (["eval", *M, "--task", "{root}/latin1.yaml"], "latin1.yaml is not UTF-8"),
     "data file not UTF-8": (["eval", *M, "--task", "{root}/latin1-data.yaml"], "latin1.jsonl is not UTF-8"),
     "eval batch size 0": (["eval", *M, *T, "--batch-size", "0"], "argument --batch-size: must be a positive"),
@@ -207,7 +214,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     # section 4: bad values that were silently accepted
     "NaN scores": (["plan", *M, "--scores", "{root}/nan.safetensors", "--out", "{root}/new.json"], "not finite"),
     "an inf score": (["plan", *M, "--scores", "{root}/inf.safetensors", "--out", "{root}/new.json"], "not finite"),
-    "depths beyond the model": (["compress", *M, *T, "--depth-rate", "50-60=0.2", "--out", "{root}/new"],
+    "depths beyond the model": (["compress", *M, *T, "--method", "attribution", "--depth-rate", "50-60=0.2", "--out",
+                                 "{root}/new"],
                                 "--depth-rate 50-60 names blocks this model does not have (it has blocks 0-1)"),
     "depth just past the model": (["plan", *M, "--scores", "{root}/scores.safetensors", "--depth-rate", "2=0.5",
                                    "--out", "{root}/new.json"], "names blocks this model does not have"),
@@ -233,6 +241,34 @@ CASES: dict[str, tuple[list[str], str]] = {
     "sweep depths beyond the model": (["sweep", "{root}/deep.yaml", "--out", "{root}/new.jsonl"],
                                       "depths deep: 4-5 names blocks this model does not have"),
     "sweep config missing": (["sweep", "{root}/missing.yaml", "--out", "{root}/new.jsonl"], "missing.yaml not found"),
+    # section 7: what the flags alone show is refused before the model loads (NM names a model that does not
+    # exist: reaching the load would be a different error), and nothing asked for is dropped silently
+    "per-part rates under an allocation": (["compress", *NM, *T, "--depth-rate", "0-1=0", "--out", "{root}/new"],
+                                           "--depth-rate sets rates per part, but taskprune's global-raw allocation"),
+    "module rate under flap": (["compress", *NM, *T, "--method", "flap", "--module-rate", "encoder=0.2", "--out",
+                                "{root}/new"], "--module-rate sets rates per part"),
+    "svd with repair": (["compress", *NM, *T, "--method", "svd", "--repair", "ls", "--out", "{root}/new"],
+                        "svd does not select units"),
+    "svd rounded widths": (["compress", *NM, *T, "--method", "svd", "--multiple-of", "8", "--out", "{root}/new"],
+                           "leave --multiple-of at 1 for svd"),
+    "trials with repair": (["compress", *NM, *T, "--method", "random", "--trials", "3", "--repair", "ls", "--out",
+                            "{root}/new"], "they take no --allocate or --repair"),
+    "trials without eval": (["compress", *NM, *T, "--method", "random", "--trials", "3", "--no-eval", "--out",
+                             "{root}/new"], "trials are compared by evaluation"),
+    "smp schedule over 1": (["compress", *NM, *T, "--method", "smp", "--smp-warmup", "0.6", "--smp-cooldown", "0.6",
+                             "--out", "{root}/new"], "warmup + cooldown must not exceed 1"),
+    "compress data dir missing": (["compress", *NM, "--task", "sst2", "--data-dir", "{root}/no-data", "--out",
+                                   "{root}/new"], "data directory not found: {root}/no-data"),
+    "score data dir missing": (["score", *NM, "--task", "sst2", "--data-dir", "{root}/no-data", "--out",
+                                "{root}/new.safetensors"], "data directory not found"),
+    "eval data dir missing": (["eval", *NM, "--task", "sst2", "--data-dir", "{root}/no-data"], "data directory not found"),
+    "demo data dir missing": (["demo", *NM, "--task", "sst2", "--data-dir", "{root}/no-data"], "data directory not found"),
+    "sweep unknown method": (["sweep", "{root}/nomodel-sweep.yaml", "--out", "{root}/new.jsonl"], "nosuchmethod"),
+    "sweep data dir missing": (["sweep", "{root}/sweep.yaml", "--data-dir", "{root}/no-data", "--out",
+                                "{root}/new.jsonl"], "data folder {root}/no-data does not exist"),
+    "finetune task max length typo": ([*FT, "--task-max-length", "tyo=64"], "names tyo, which is not among the tasks"),
+    "finetune data dir missing": ([*FT[:1], *NM, *FT[3:], "--data-dir", "{root}/no-data"],
+                                  "data folder {root}/no-data does not exist"),
 }
 
 

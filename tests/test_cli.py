@@ -112,7 +112,7 @@ BAD_INPUTS = {
     "bad depth rate": (["compress", "--task", "{task}", "--depth-rate", "a-b=0.5", "--out", "{root}/y"], "LO-HI"),
     "zero multiple": (["compress", "--task", "{task}", "--multiple-of", "0", "--out", "{root}/m"], "--multiple-of"),
     "rounded svd": (["compress", "--task", "{task}", "--method", "svd", "--multiple-of", "8", "--out", "{root}/m2"],
-                    "multiple_of"),
+                    "leave --multiple-of at 1"),
     "zero samples": (["score", "--task", "{task}", "--samples", "0", "--out", "{root}/z.safetensors"], "--samples"),
     "folder where a file goes": (["score", "--task", "{task}", "--out", "{root}"], "is a folder"),
     "trials of a deterministic method": (["compress", "--task", "{task}", "--trials", "3", "--out", "{root}/w"],

@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel, EncoderDecoderModel
 
 from taskprune.checkpoint import is_tied, tie_embeddings
 from taskprune.evaluate import count_parameters
+from taskprune.errors import TaskpruneError
 from taskprune.finetune import (
     FinetuneConfig,
     batch_for_step,
@@ -162,3 +163,13 @@ def test_config_round_trip(tmp_path: Path) -> None:
     cfg = FinetuneConfig(model="m", out_dir="o", task_max_length={"boolq": 256})
     assert FinetuneConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.max_length_for("boolq") == 256 and cfg.max_length_for("sst2") == 128 and cfg.n_warmup == 100
+
+
+def test_a_task_length_override_must_name_a_trained_task() -> None:
+    """A misspelt --task-max-length would train that task at the default length without a word."""
+    cfg = FinetuneConfig(model="m", out_dir="o", tasks=("sst2", "rte"), task_max_length={"RTE": 256})
+    assert cfg.max_length_for("rte") == 256  # spelt as the user likes, stored by the task's name
+    with pytest.raises(TaskpruneError, match="names rtee, which is not among the tasks trained"):
+        FinetuneConfig(model="m", out_dir="o", tasks=("sst2", "rte"), task_max_length={"rtee": 256})
+    with pytest.raises(TaskpruneError, match="names boolq"):
+        FinetuneConfig(model="m", out_dir="o", tasks=("sst2", "rte"), task_max_length={"boolq": 256})

@@ -203,4 +203,8 @@ def test_library_compress_refuses_depths_the_model_lacks_before_scoring(monkeypa
     task = Task("toy", "{text}", ("negative", "positive"))
     with pytest.raises(TaskpruneError, match="50-60 names blocks this model does not have"):
         api.compress(make_model("t5-relu"), make_tokenizer("t5-relu"), task, [Example("good", 1)],
-                     RateSpec(rate=0.1, depth_rates=[(50, 60, 0.2)]))
+                     RateSpec(rate=0.1, depth_rates=[(50, 60, 0.2)]), method="attribution")
+    # the default recipe allocates every group's rate itself: a per-part rate would be dropped, so it is refused
+    with pytest.raises(TaskpruneError, match="--depth-rate sets rates per part.*--allocate uniform"):
+        api.compress(make_model("t5-relu"), make_tokenizer("t5-relu"), task, [Example("good", 1)],
+                     RateSpec(rate=0.1, depth_rates=[(0, 0, 0.2)]))

@@ -108,7 +108,7 @@ def test_report_cli_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "5 figures" in capsys.readouterr().out
     assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 2  # exists: not overwritten
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(TaskpruneError, match="no sweep results"):
+    with pytest.raises(TaskpruneError, match="no complete sweep results \\(it is empty\\)"):
         write_report(tmp_path / "empty.jsonl", tmp_path / "rep2")
 
 

@@ -379,3 +379,22 @@ def test_eval_set_id_changes_with_the_examples_and_their_order() -> None:
     assert eval_set_id([a, b]) == eval_set_id([Example("good", 1, "u1"), Example("bad", 0, "u2")])
     relabelled = Example("bad", 1, "u2")
     assert len({eval_set_id([a, b]), eval_set_id([b, a]), eval_set_id([a]), eval_set_id([a, relabelled])}) == 4
+
+
+def test_a_sweep_with_failed_runs_exits_1_and_a_rerun_retries_them(space: dict[str, Path], monkeypatch,  # noqa: ANN001
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Scripts and CI read the exit code: a sweep that recorded failed runs is not a success."""
+    from taskprune.cli import main
+
+    def failing(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise TaskpruneError("scoring went wrong")
+
+    cfg = _config(space, "fails", [{"name": "f", "tasks": [str(space["task"])], "rates": [0.5], "samples": [2]}])
+    out = space["root"] / "fails.jsonl"
+    with monkeypatch.context() as m:
+        m.setattr(runner_mod, "score", failing)
+        assert main(["sweep", str(cfg), "--out", str(out)]) == 1
+    assert "failed runs have an 'error' in their row" in capsys.readouterr().out
+    assert [r.get("error") for r in load_rows(out)] == [None, "scoring went wrong"]  # dense ran, the run failed
+    assert main(["sweep", str(cfg), "--out", str(out)]) == 0  # the rerun retries the failed run only
+    assert "1 runs done now (0 failed), 1 of 2" in capsys.readouterr().out

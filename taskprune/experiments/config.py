@@ -103,7 +103,9 @@ def _list(exp: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
 def _depth_ranges(exp: dict[str, Any], n_layers: int | None) -> dict[str, tuple[int, int]]:
     depths = exp["depths"]
     if depths == "thirds":
-        if not n_layers or n_layers < 3:
+        if n_layers is None:  # the model is not loaded yet (a check of the config first): names only, no spans
+            return dict.fromkeys(("low", "mid", "high"), (0, 0))
+        if n_layers < 3:
             raise TaskpruneError(f"depths: thirds needs a model of at least 3 blocks (got {n_layers})")
         third = n_layers / 3
         return {"low": (0, round(third) - 1), "mid": (round(third), round(2 * third) - 1),
@@ -216,7 +218,8 @@ def expand(exp: dict[str, Any], n_layers: int | None = None) -> list[Run]:
 
 
 def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
-    """Parse and validate a sweep YAML; every run id is unique."""
+    """Parse and validate a sweep YAML; every run id is unique. ``n_layers`` = the model's blocks: without it
+    (before the model loads) everything is checked but depth spans, and ``depths: thirds`` spans are placeholders."""
     import yaml
 
     path = Path(path)

@@ -110,7 +110,9 @@ def latest_rows(paths: str | Path | Sequence[str | Path]) -> list[dict[str, Any]
             raise TaskpruneError(f"results file {path} not found")
         rows = load_rows(path)
         if not rows:
-            raise TaskpruneError(f"{path} holds no sweep results (it is empty)")
+            why = "it is empty" if not path.read_bytes().strip() else (
+                "its one row has no line end; a sweep ends every row with one, so this one was cut short")
+            raise TaskpruneError(f"{path} holds no complete sweep results ({why})")
         for number, r in enumerate(rows, start=1):
             missing = [k for k in RUN_FIELDS if k not in r]
             if missing:

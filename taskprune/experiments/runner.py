@@ -215,11 +215,13 @@ def run_sweep(
         model_path = default_model_dir()
         if model_path is None:
             raise TaskpruneError("no model: give model: in the sweep config or --model")
+    data_dir = data_dir or load_config(config_path).data_dir  # a config error is named before the model loads
+    if data_dir and not Path(data_dir).is_dir():
+        raise TaskpruneError(f"data folder {data_dir} does not exist")
     m = load_model(model_path, dtype=torch.float32)
     if device_for(shard).type != "cpu":
         m.to(device_for(shard))  # one GPU per rank
     cfg = load_config(config_path, n_layers=_n_layers(m))
-    data_dir = data_dir or cfg.data_dir
     tok = load_tokenizer(model_path)
     ctx = _Context(cfg, m, tok, data_dir)
     model_id = fingerprint(m)
