@@ -116,6 +116,12 @@ class FinetuneConfig:
             raise TaskpruneError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
         if self.export not in ("last", "best"):
             raise TaskpruneError(f"export must be 'last' or 'best', got {self.export!r}")
+        if self.export == "best" and not self.eval_every:  # else "best" would quietly be the last step
+            raise TaskpruneError("export best picks the step of the best periodic evaluation: it needs eval_every > 0 "
+                                 "(--eval-every)")
+        if not self.lora_rank and self.init_adapter is None and (self.lora_alpha is not None or self.lora_dropout):
+            raise TaskpruneError("lora_alpha and lora_dropout (--lora-alpha, --lora-dropout) shape a LoRA adapter: "
+                                 "they need lora_rank > 0 (--lora-rank)")
         if self.dtype not in DTYPES:
             raise TaskpruneError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.tasks:
