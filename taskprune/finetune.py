@@ -39,7 +39,7 @@ from .lm import label_space, model_kind, teacher_forced_logits
 from .errors import TaskpruneError
 from .evaluate import evaluate
 from .io import atomic_write, atomic_write_text, check_writable
-from .tasks import Example, Task, get_task, load_examples
+from .tasks import Example, Task, get_task, load_examples, require_data_dir
 from .validate import nonneg_float, nonneg_int, optional, positive_float, positive_int
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -403,8 +403,8 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.data_dir and not Path(cfg.data_dir).is_dir():  # before minutes of loading and merging the model
-        raise TaskpruneError(f"data folder {cfg.data_dir} does not exist")
+    if cfg.data_dir:  # before minutes of loading and merging the model
+        require_data_dir(cfg.data_dir)
     model, tokenizer = _load_base(cfg)
     data = _load_tasks(cfg, tokenizer, model)
     peft_model = add_lora(model, cfg) if cfg.lora_rank else None

@@ -265,12 +265,12 @@ CASES: dict[str, tuple[list[str], str]] = {
     "demo data dir missing": (["demo", *NM, "--task", "sst2", "--data-dir", "{root}/no-data"], "data directory not found"),
     "sweep unknown method": (["sweep", "{root}/nomodel-sweep.yaml", "--out", "{root}/new.jsonl"], "nosuchmethod"),
     "sweep data dir missing": (["sweep", "{root}/sweep.yaml", "--data-dir", "{root}/no-data", "--out",
-                                "{root}/new.jsonl"], "data folder {root}/no-data does not exist"),
+                                "{root}/new.jsonl"], "data directory not found: {root}/no-data"),
     "finetune best without evals": ([*FT, "--export", "best", "--eval-every", "0"], "export best picks the step"),
     "finetune lora alpha without rank": ([*FT, "--lora-alpha", "32"], "they need lora_rank > 0 (--lora-rank)"),
     "finetune task max length typo": ([*FT, "--task-max-length", "tyo=64"], "names tyo, which is not among the tasks"),
     "finetune data dir missing": ([*FT[:1], *NM, *FT[3:], "--data-dir", "{root}/no-data"],
-                                  "data folder {root}/no-data does not exist"),
+                                  "data directory not found: {root}/no-data"),
 }
 
 

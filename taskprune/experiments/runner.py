@@ -32,7 +32,7 @@ from ..models import get_adapter
 from ..plan import RateSpec, make_plan
 from ..prune import masked
 from ..scoring import ScoreConfig, Scores
-from ..tasks import Example, get_task, load_examples, sample_k_shot
+from ..tasks import Example, get_task, load_examples, require_data_dir, sample_k_shot
 from .config import ALL, Run, SweepConfig, load_config
 from .results import append_row, eval_set_id, load_rows, locked, pack_outcomes
 
@@ -216,8 +216,8 @@ def run_sweep(
         if model_path is None:
             raise TaskpruneError("no model: give model: in the sweep config or --model")
     data_dir = data_dir or load_config(config_path).data_dir  # a config error is named before the model loads
-    if data_dir and not Path(data_dir).is_dir():
-        raise TaskpruneError(f"data folder {data_dir} does not exist")
+    if data_dir:
+        require_data_dir(data_dir)
     m = load_model(model_path, dtype=torch.float32)
     if device_for(shard).type != "cpu":
         m.to(device_for(shard))  # one GPU per rank

@@ -6,7 +6,7 @@ user's JSONL/CSV) -> ``sample_k_shot`` -> scoring, and ``compute_metrics`` at ev
 
 from taskprune.tasks.base import KNOWN_METRICS, SPLITS, Example, Task
 from taskprune.tasks.builtin import BUILTIN_TASKS
-from taskprune.tasks.loaders import SOURCES, load_examples
+from taskprune.tasks.loaders import SOURCES, load_examples, require_data_dir
 from taskprune.tasks.metrics import compute_metrics
 from taskprune.tasks.registry import get_task, list_tasks
 from taskprune.tasks.sampling import sample_k_shot
@@ -25,5 +25,6 @@ __all__ = [
     "hash_bucket",
     "list_tasks",
     "load_examples",
+    "require_data_dir",
     "sample_k_shot",
 ]

@@ -52,10 +52,17 @@ def _find_child(parent: Path, names: Iterable[str]) -> Path | None:
     return None
 
 
+def require_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` as a Path; TaskpruneError when it is not a folder, so callers refuse before loading a model."""
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise TaskpruneError(f"data directory not found: {path}; {_NO_DATA_HINT}")
+    return path
+
+
 def find_task_dir(spec: DirSpec, data_dir: Path) -> Path:
     """The folder holding a built-in task's files under ``data_dir``; TaskpruneError listing where it looked."""
-    if not data_dir.exists():
-        raise TaskpruneError(f"data directory not found: {data_dir}; {_NO_DATA_HINT}")
+    require_data_dir(data_dir)
     if _norm(data_dir.name) == _norm(spec.folder):
         return data_dir
     direct = _find_child(data_dir, [spec.folder])
