@@ -192,6 +192,7 @@ class Preset:
 DEFAULT_METHOD = "taskprune"
 #: calibration inputs for repair and the search allocation (scoring examples + unlabelled fit examples)
 DEFAULT_CALIBRATION = 128
+DEFAULT_SEARCH_ITERATIONS = 40
 #: calibration inputs the search allocation judges each candidate on (one masked forward over them per candidate)
 SEARCH_EXAMPLES = 64
 
@@ -279,7 +280,7 @@ def compress(
     allocate: str | None = None,
     repair: RepairConfig | str | None = None,
     calibration: list[Example] | None = None,
-    search_iterations: int = 40,
+    search_iterations: int = DEFAULT_SEARCH_ITERATIONS,
     shard: Shard | None = None,
     inplace: bool = False,
 ) -> CompressResult:

@@ -205,7 +205,7 @@ def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
 
 def _add_beyond(p: argparse.ArgumentParser) -> None:
     from .allocate import ALLOCATIONS
-    from .api import DEFAULT_CALIBRATION, DEFAULT_METHOD, PRESETS
+    from .api import DEFAULT_CALIBRATION, DEFAULT_METHOD, DEFAULT_SEARCH_ITERATIONS, PRESETS
     from .repair import REPAIR_MODES, RepairConfig
 
     ours = PRESETS[DEFAULT_METHOD]
@@ -220,33 +220,55 @@ def _add_beyond(p: argparse.ArgumentParser) -> None:
                    help="re-solve the kept weights on unlabelled calibration inputs: ls (ridge least squares), bias "
                         "(FLAP's bias compensation), scale (Kwon et al.'s per-unit rescaling), none; default: the "
                         f"method's own ({DEFAULT_METHOD}: {ours.repair}; attribution and the baselines: none)")
-    g.add_argument("--repair-alpha", type=NONNEG_FLOAT, default=RepairConfig.alpha,
-                   help="ridge strength toward the original kept weights, relative to the mean input energy "
-                        "(default %(default)s)")
-    g.add_argument("--repair-order", default="one-shot", choices=["one-shot", "sequential"],
-                   help="solve every group on the dense model's inputs (one-shot, default) or group after group on "
-                        "the pruned, already repaired model's (sequential: slower)")
-    g.add_argument("--calibration", type=POSITIVE_INT, default=DEFAULT_CALIBRATION, metavar="N",
+    # None = not given: a tuning flag the recipe would not use is refused (_check_tuning), not silently ignored
+    g.add_argument("--repair-alpha", type=NONNEG_FLOAT, default=None,
+                   help="repair ls/scale: ridge strength toward the original kept weights, relative to the mean input "
+                        f"energy (default {RepairConfig.alpha})")
+    g.add_argument("--repair-order", default=None, choices=["one-shot", "sequential"],
+                   help="any repair: solve every group on the dense model's inputs (one-shot, default) or group after "
+                        "group on the pruned, already repaired model's (sequential: slower)")
+    g.add_argument("--calibration", type=POSITIVE_INT, default=None, metavar="N",
                    help="inputs (labels unused) for repair and the search allocation: the scoring examples plus more "
-                        "from the fit split, N in all (default %(default)s)")
-    g.add_argument("--search-iterations", type=POSITIVE_INT, default=40,
-                   help="candidate moves of --allocate search (default %(default)s)")
+                        f"from the fit split, N in all (default {DEFAULT_CALIBRATION})")
+    g.add_argument("--search-iterations", type=POSITIVE_INT, default=None,
+                   help=f"candidate moves of --allocate search (default {DEFAULT_SEARCH_ITERATIONS})")
+
+
+def _check_tuning(args: argparse.Namespace) -> None:
+    """Refuse a tuning flag the chosen recipe would ignore: whoever set it expects it to change the result."""
+    from .api import TRANSFORMS, resolve_method
+
+    allocation, repair = ("uniform", "none") if args.method in TRANSFORMS else \
+        resolve_method(args.method, args.allocate, args.repair)[1:]
+    unused = [flag for flag, value, used in (
+        ("--repair-alpha", args.repair_alpha, repair in ("ls", "scale")),
+        ("--repair-order", args.repair_order, repair != "none"),
+        ("--calibration", args.calibration, repair != "none" or allocation == "search"),
+        ("--search-iterations", args.search_iterations, allocation == "search"),
+    ) if value is not None and not used]
+    if unused:
+        raise TaskpruneError(
+            f"{' and '.join(unused)} would change nothing: --method {args.method} runs allocation {allocation} with "
+            f"repair {repair} (--repair-alpha needs --repair ls or scale, --repair-order any repair, --calibration a "
+            "repair or --allocate search, --search-iterations --allocate search)")
 
 
 def _recipe(args: argparse.Namespace, fit: list) -> dict[str, Any]:  # noqa: ANN401
     """compress() keyword arguments for the allocation, repair and calibration flags (a method's own recipe where
     they are not given)."""
-    from .api import TRANSFORMS, calibration_examples, resolve_method
+    from .api import DEFAULT_CALIBRATION, DEFAULT_SEARCH_ITERATIONS, TRANSFORMS, calibration_examples, resolve_method
     from .repair import RepairConfig
 
     if args.method in TRANSFORMS:
         return {"allocate": args.allocate, "repair": args.repair}
     _, allocation, repair = resolve_method(args.method, args.allocate, args.repair)
-    extra: dict[str, Any] = {"allocate": allocation, "search_iterations": args.search_iterations,
-                             "repair": RepairConfig(repair, args.repair_alpha, args.repair_order == "sequential")}
+    alpha = RepairConfig.alpha if args.repair_alpha is None else args.repair_alpha
+    extra: dict[str, Any] = {"allocate": allocation, "search_iterations": args.search_iterations or
+                             DEFAULT_SEARCH_ITERATIONS, "repair": RepairConfig(repair, alpha,
+                                                                               args.repair_order == "sequential")}
     if repair != "none" or allocation == "search":
-        extra["calibration"] = calibration_examples(_examples(args, _task(args.task), "fit"), fit, args.calibration,
-                                                    args.seed)
+        extra["calibration"] = calibration_examples(_examples(args, _task(args.task), "fit"), fit,
+                                                    args.calibration or DEFAULT_CALIBRATION, args.seed)
     return extra
 
 
@@ -438,6 +460,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     rates = rates_from_args(args)
     _check_placement(args)
     config = _score_config(args)  # refuses bad SMP settings
+    _check_tuning(args)
     if args.trials != 1:
         return _compress_trials(args, task, rates, config)
     check_recipe(args.method, rates, args.allocate, args.repair)
@@ -746,6 +769,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     rates = rates_from_args(args)
     config = _score_config(args)
     check_recipe(args.method, rates, args.allocate, args.repair)
+    _check_tuning(args)
     fit = _fit_sample(args, task)  # a wrong --data-dir is named before the model loads
     eval_set = _examples(args, task, "eval")[: args.eval_examples or None]
     path, model, tok = _load(args)

@@ -433,3 +433,18 @@ def test_a_missing_or_broken_gguf_file_is_one_line(tmp_path, capsys, monkeypatch
         assert main(["info", "--model", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("taskprune: error:") and says in err[0]
+
+
+def test_cli_tuning_flags_reach_the_recipe(tmp_path, capsys) -> None:  # noqa: ANN001
+    """--repair-alpha, --repair-order and --calibration, given with a recipe that uses them, are what the plan
+    records (their defaults are None so that unused ones can be refused: the None must not leak through)."""
+    from taskprune.plan import PruningPlan
+
+    from taskprune.cli import main
+
+    common = _cli_space(tmp_path)
+    assert main(["compress", *common, "--samples", "4", "--rate", "0.3", "--repair", "ls", "--repair-alpha", "0.5",
+                 "--repair-order", "sequential", "--calibration", "2", "--no-eval", "--out", str(tmp_path / "out")]) == 0
+    assert "repair: ls on 2 calibration inputs" in capsys.readouterr().out
+    repair = PruningPlan.load(tmp_path / "out" / "plan.json").repair
+    assert (repair["alpha"], repair["sequential"], repair["calibration_examples"]) == (0.5, True, 2)  # the toy fit split holds 3
