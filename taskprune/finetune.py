@@ -399,6 +399,8 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
         raise TaskpruneError(f"{final_dir} already exists: this run is finished; choose another out_dir")
     if ckpt_path.exists() and not cfg.resume:
         raise TaskpruneError(f"{ckpt_path} exists; pass resume=True (--resume) to continue it or use another out_dir")
+    if ckpt_path.exists() and (out / "config.json").is_file():  # the run's settings, read before the model loads
+        _refuse_changed(json.loads((out / "config.json").read_text()), cfg, ckpt_path)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -417,12 +419,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     step, best = 0, {"score": -math.inf, "step": None}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved, defaults = state["config"], FinetuneConfig(model="", out_dir="").to_dict()
-        changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != cfg.to_dict().get(k)]
-        if changed:
-            raise TaskpruneError(
-                f"{ckpt_path} was written with other settings ({', '.join(changed)}); use another out_dir"
-            )
+        _refuse_changed(state["config"], cfg, ckpt_path)
         _load_trainable(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -520,6 +517,14 @@ def _append_log(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"time": round(time.time(), 1), **row}) + "\n")
+
+
+def _refuse_changed(saved: dict[str, Any], cfg: FinetuneConfig, ckpt_path: Path) -> None:
+    """A resumed run must be the run that wrote the checkpoint: other settings would mix two runs in one."""
+    defaults = FinetuneConfig(model="", out_dir="").to_dict()
+    changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != cfg.to_dict().get(k)]
+    if changed:
+        raise TaskpruneError(f"{ckpt_path} was written with other settings ({', '.join(changed)}); use another out_dir")
 
 
 def _truncate_log(path: Path, step: int) -> None:

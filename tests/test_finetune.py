@@ -96,6 +96,32 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_with_other_settings_is_refused_before_the_model_loads(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskprune.finetune as ft
+
+    model = _save(tiny_t5(), tiny_tokenizer(), tmp_path / "t5")
+    cfg = _cfg(tmp_path, model, steps=8, save_every=4, log_every=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(row: dict) -> None:
+        if row.get("event") == "train" and row["step"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(cfg, log=stop_at_5)
+    loads: list[str] = []
+    real = ft._load_base
+    monkeypatch.setattr(ft, "_load_base", lambda c: loads.append(c.model) or real(c))
+    with pytest.raises(TaskpruneError, match=r"written with other settings \(batch_size\)"):
+        finetune(_cfg(tmp_path, model, steps=8, save_every=4, log_every=1, batch_size=2))
+    assert loads == []  # refused from the run's config.json, before minutes of loading
+    finetune(cfg)  # the same settings resume
+    assert loads == [model]
+
+
 def test_mixture_respects_cap() -> None:
     sizes = [100_000, 10, 1_000]
     w = mixture_weights(sizes, cap=1_000)
