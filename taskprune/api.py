@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocate import ALLOCATIONS, global_rates, removed_fraction, search_rates
+from .allocate import ALLOCATIONS, MAX_RATE, global_rates, removed_fraction, search_rates
 from .checkpoint import save_pruned
 from .data import LazyBatches, length_order
 from .distributed import SINGLE, Shard
@@ -241,6 +241,10 @@ def check_recipe(method: str, rates: RateSpec, allocate: str | None = None, repa
     if allocation not in ALLOCATIONS:
         raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
     RepairConfig(mode=repair_mode)  # refuses an unknown mode
+    if allocation != "uniform" and rates.rate > MAX_RATE:
+        raise TaskpruneError(f"{method}'s {allocation} allocation keeps at least {1 - MAX_RATE:.0%} of every group, so "
+                             f"it cannot remove {rates.rate:g} of the parameters: pass --allocate uniform for a rate "
+                             f"above {MAX_RATE}")
     overrides = [flag for flag, given in (("--module-rate", rates.module_rates), ("--layer-type-rate",
                  rates.layer_type_rates), ("--depth-rate", rates.depth_rates)) if given]
     if allocation != "uniform" and overrides:

@@ -266,6 +266,8 @@ CASES: dict[str, tuple[list[str], str]] = {
                                          "--search-iterations would change nothing"),
     "repair order with svd": (["compress", *NM, *T, "--method", "svd", "--repair-order", "sequential", "--out",
                                "{root}/new"], "--repair-order would change nothing"),
+    "rate above the allocation's cap": (["compress", *NM, *T, "--rate", "0.99", "--out", "{root}/new"],
+                                        "cannot remove 0.99 of the parameters: pass --allocate uniform"),
     "compress data dir missing": (["compress", *NM, "--task", "sst2", "--data-dir", "{root}/no-data", "--out",
                                    "{root}/new"], "data directory not found: {root}/no-data"),
     "score data dir missing": (["score", *NM, "--task", "sst2", "--data-dir", "{root}/no-data", "--out",
