@@ -55,6 +55,20 @@ def test_several_runs_a_side_use_the_bootstrap() -> None:
     assert same.diff == 0.0 and same.p > 0.5
 
 
+def test_replicates_are_exact_so_ties_are_zero_on_any_machine() -> None:
+    """A replicate where both sides got the same number of correct draws is exactly 0: sums in float32 (or in an
+    order the BLAS thread count picks) left +-1e-8 there, which moved p-values between machines."""
+    rng = np.random.default_rng(3)
+    a = [rng.integers(0, 2, 277) for _ in range(3)]
+    b = [rng.integers(0, 2, 277) for _ in range(3)]
+    reps = paired_compare(a, b).replicates
+    tiny = (np.abs(reps) < 1e-6) & (reps != 0)
+    assert not tiny.any()
+    assert (reps == 0).any()  # the data do tie in some replicates
+    scaled = reps / 100 * 277 * 3  # difference in correct draws, summed over the resampled runs
+    assert np.allclose(scaled, np.round(scaled), atol=1e-6)
+
+
 def test_no_significant_difference_is_not_equivalence() -> None:
     a, b = _pair(30, 3, 3, 10)  # 30 examples, 6 disagree: equal accuracy, but a small sample
     r = paired_compare(a, b)

@@ -180,26 +180,30 @@ class Comparisons:
             size = min(_CHUNK, n_boot - start)
             for (_, n), members in strata.items():
                 picks = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-                weights = (np.bincount(picks.ravel(), minlength=size * n).reshape(size, n) / n).astype(np.float32)
+                # how often each example was drawn, as float64: sums of these integers are exact in any order, so
+                # a replicate does not depend on the BLAS thread count, and a tie is exactly 0 (not +-1e-8, which
+                # would move the p-value with the machine)
+                counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
                 per_run: dict[int, np.ndarray] = {}  # a side shared by several points (AP vs each baseline): once
                 for k in members:
                     p = self.points[k]
                     sides = []
                     for runs in (p.a, p.b):
                         if id(runs) not in per_run:
-                            per_run[id(runs)] = weights @ runs.T.astype(np.float32)  # [size, runs]: each run's accuracy
-                        sides.append(self._side(rng, per_run[id(runs)]))
+                            per_run[id(runs)] = counts @ runs.T.astype(np.float64)  # [size, runs]: correct, drawn
+                        sides.append(self._side(rng, per_run[id(runs)], n))
                     out[start:start + size, k] = 100.0 * (sides[0] - sides[1])
         return out
 
     @staticmethod
-    def _side(rng: np.random.Generator, per_run: np.ndarray) -> np.ndarray:
-        """A side's accuracy in every replicate from its runs' accuracies, its runs resampled when it has several."""
+    def _side(rng: np.random.Generator, per_run: np.ndarray, n: int) -> np.ndarray:
+        """A side's accuracy in every replicate from its runs' counts of correct draws (out of ``n``), its runs
+        resampled when it has several; one division at the end, so equal accuracies give equal floats."""
         if per_run.shape[1] == 1:
-            return per_run[:, 0].astype(np.float64)
+            return per_run[:, 0] / n
         n_runs = per_run.shape[1]
         picks = rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=len(per_run))
-        return (picks * per_run).sum(1) / n_runs
+        return (picks * per_run).sum(1) / (n_runs * n)
 
     def _ci(self, replicates: np.ndarray) -> tuple[float, float]:
         lo, hi = np.quantile(replicates, [self.alpha / 2, 1 - self.alpha / 2])
