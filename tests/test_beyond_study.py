@@ -66,3 +66,22 @@ def test_report_keeps_calibration_rows_out_of_the_main_table(study, tmp_path):
     line10 = next(x for x in section.splitlines() if x.startswith("| sst2 | taskprune | 0.5 | 10 |"))
     assert line10.rstrip().endswith("| worse |")
     assert (tmp_path / "rep" / "calibration.png").stat().st_size > 0
+
+
+def test_pooled_section_averages_the_per_budget_differences(study):
+    rng = np.random.default_rng(1)
+    good = (rng.random(400) < 0.9).astype(int)
+    bad = good.copy()
+    bad[:120] = 0
+    rows = []
+    for budget, ap in ((0.3, bad), (0.5, good)):  # taskprune 30 points ahead at 0.3, level at 0.5
+        rows += [_row("taskprune", s, good, None) | {"budget": budget} for s in range(3)]
+        rows += [_row("paper-AP", s, ap, None) | {"budget": budget} for s in range(3)]
+    rows += [_row("FLAP", 0, good, None)]  # only at 0.5: pooled over the one budget it has
+    lines = study._pooled_section(rows, ["sst2"])
+    row = next(x for x in lines if x.startswith("| SST2 | taskprune | paper-AP |"))
+    diff = 100 * (good.mean() - bad.mean()) / 2
+    assert f"| 0.3, 0.5 | {diff:+.2f} |" in row and row.rstrip().endswith("| A better |")
+    flap = next(x for x in lines if x.startswith("| SST2 | taskprune | FLAP |"))
+    assert "| 0.5 | +0.00 |" in flap and flap.rstrip().endswith("| no significant difference |")
+    assert not any(x.startswith("| SST2 | taskprune | Kwon |") for x in lines)  # no Kwon rows: no test
