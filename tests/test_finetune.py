@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import WORDS, tiny_bert2bert, tiny_t5, tiny_tokenizer
+from tiny import WORDS, Interrupted, interrupt_at, tiny_bert2bert, tiny_t5, tiny_tokenizer
 from transformers import BertConfig, BertModel, EncoderDecoderModel
 
 from taskprune.checkpoint import is_tied, tie_embeddings
@@ -77,15 +77,8 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path) -> None:
     finetune(ref)
     cfg = _cfg(tmp_path, model, steps=12, save_every=4, log_every=1)
 
-    class Stop(Exception):
-        pass
-
-    def kill_at_9(row: dict) -> None:
-        if row.get("event") == "train" and row["step"] == 9:
-            raise Stop
-
-    with pytest.raises(Stop):
-        finetune(cfg, log=kill_at_9)
+    with pytest.raises(Interrupted):
+        finetune(cfg, log=interrupt_at(9))
     seen: list[dict] = []
     finetune(cfg, log=seen.append)
     assert seen[0] == {"event": "resume", "step": 8}
@@ -103,15 +96,8 @@ def test_a_resume_with_other_settings_is_refused_before_the_model_loads(tmp_path
     model = _save(tiny_t5(), tiny_tokenizer(), tmp_path / "t5")
     cfg = _cfg(tmp_path, model, steps=8, save_every=4, log_every=1)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_5(row: dict) -> None:
-        if row.get("event") == "train" and row["step"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        finetune(cfg, log=stop_at_5)
+    with pytest.raises(Interrupted):
+        finetune(cfg, log=interrupt_at(5))
     loads: list[str] = []
     real = ft._load_base
     monkeypatch.setattr(ft, "_load_base", lambda c: loads.append(c.model) or real(c))

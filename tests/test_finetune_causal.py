@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_finetune import _cfg, _rows, _save, _task_dir
-from tiny import tiny_causal, tiny_causal_tokenizer
+from tiny import Interrupted, interrupt_at, tiny_causal, tiny_causal_tokenizer
 
 from taskprune.adapters import MANIFEST, WEIGHTS, is_adapter_dir
 from taskprune.checkpoint import load_model, load_tokenizer
@@ -94,15 +94,8 @@ def test_lora_resume_matches_uninterrupted(tmp_path: Path, llama_dir: str) -> No
     finetune(ref)
     cfg = _cfg(tmp_path, llama_dir, steps=10, save_every=4, log_every=1, lora_rank=4, dtype="float32", bucket=2)
 
-    class Stop(Exception):
-        pass
-
-    def kill_at_7(row: dict) -> None:
-        if row.get("event") == "train" and row["step"] == 7:
-            raise Stop
-
-    with pytest.raises(Stop):
-        finetune(cfg, log=kill_at_7)
+    with pytest.raises(Interrupted):
+        finetune(cfg, log=interrupt_at(7))
     state = torch.load(Path(cfg.out_dir) / "checkpoint" / "state.pt", weights_only=False)
     assert state["model"] and all("lora_" in k for k in state["model"])  # the adapter, not the whole model
     seen: list[dict] = []

@@ -129,3 +129,17 @@ def tiny_causal(model_type: str = "llama", seed: int = 0, layers: int = 2, heads
                 for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     lin.bias.normal_(0, 0.5)
     return model
+
+
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_at` to stop a fine-tuning run as a crash would."""
+
+
+def interrupt_at(step: int):  # noqa: ANN201
+    """A fine-tuning log callback that interrupts the run when it logs training step ``step``."""
+
+    def log(row: dict) -> None:
+        if row.get("event") == "train" and row["step"] == step:
+            raise Interrupted
+
+    return log
