@@ -46,11 +46,13 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+repair": ("attribution", "uniform", "ls"),
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
+    "AP+param+repair": ("attribution", "global-param", "ls"),  # taskprune with the per-parameter ranking
 }
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
                ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
+               ("AP+param+repair", "taskprune"),
                ("paper-AP", "RP"), ("paper-AP", "FPP"))
 
 

@@ -11,6 +11,10 @@ allocated per group:
   and V/O share one rate (one head size), and no group loses more than ``max_rate``.
 - ``global-raw``: the same ranking on the raw scores, for scores on one scale across groups (Kwon et al.'s Fisher
   information: a loss sensitivity, comparable between layers).
+- ``global-param``: the raw ranking on each unit's score divided by the parameters it owns (importance per removed
+  parameter, the greedy answer to the budget). Where units own very different numbers of parameters (a decoder-only
+  model's whole heads against single FFN units, ~43x on SmolLM2) the raw ranking keeps every head and spends the
+  budget on the FFNs; where they own about the same (BERT, T5: qk, vo, ffn dims) it ranks as ``global-raw``.
 - ``search``: starts from ``global`` and moves budget between pairs of groups, keeping a move when a forward-only
   fitness on held-out fit examples improves: the KL divergence from the dense model's label distribution (no
   labels needed). Masks on the one model, so each candidate costs one forward pass over the held-out examples.
@@ -35,7 +39,7 @@ from .models import Adapter, NeuronGroup, get_adapter
 from .plan import RateSpec
 from .scoring.base import Progress, Scores, no_progress
 
-ALLOCATIONS = ("uniform", "global", "global-raw", "search")
+ALLOCATIONS = ("uniform", "global", "global-raw", "global-param", "search")
 MAX_RATE = 0.95
 
 
@@ -80,15 +84,21 @@ def _standardised(scores: torch.Tensor) -> torch.Tensor:
 
 
 def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: float,
-                 max_rate: float = MAX_RATE, standardise: bool = True) -> RateSpec:
-    """FLAP-style allocation: one threshold on within-group z-scores meets ``budget`` (see the module docstring)."""
+                 max_rate: float = MAX_RATE, standardise: bool = True, per_parameter: bool = False) -> RateSpec:
+    """FLAP-style allocation: one threshold on within-group z-scores meets ``budget`` (see the module docstring);
+    ``standardise=False`` ranks raw scores, ``per_parameter`` raw scores per parameter a unit owns."""
     adapter = get_adapter(model)
     pools = _pools(adapter, rates)
     missing = [g.name for pool in pools.values() for g in pool if g.name not in scores]
     if missing:
         raise TaskpruneError(f"global allocation needs scores for every group in the scope; {missing[0]} has none")
-    z = {g.name: _standardised(scores[g.name]) if standardise else scores[g.name].double()
-         for pool in pools.values() for g in pool}
+
+    def ranked(g: NeuronGroup) -> torch.Tensor:
+        if per_parameter:
+            return scores[g.name].double() / adapter.prunable_parameters(g, 1)
+        return _standardised(scores[g.name]) if standardise else scores[g.name].double()
+
+    z = {g.name: ranked(g) for pool in pools.values() for g in pool}
     target, _ = budget_parameters(model, rates, budget)
 
     def rates_at(tau: float) -> dict[str, float]:

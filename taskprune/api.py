@@ -333,8 +333,9 @@ def compress(
                          options=config.to_dict(), base_fingerprint=base_fingerprint)
 
     allocation_info: dict[str, Any] | None = None
-    if allocation in ("global", "global-raw"):
-        rates = global_rates(model, scores, rates, rates.rate, standardise=allocation == "global")
+    if allocation in ("global", "global-raw", "global-param"):
+        rates = global_rates(model, scores, rates, rates.rate, standardise=allocation == "global",
+                             per_parameter=allocation == "global-param")
         allocation_info = {"method": allocation, "budget": config.target_rates["rate"]}
     elif allocation == "search":
         fitness_batches = calib_batches[: max(1, SEARCH_EXAMPLES // calib_batches[0].input_ids.shape[0])]

@@ -213,7 +213,8 @@ def _add_beyond(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocate", default=None, choices=ALLOCATIONS,
                    help="how --rate (then the fraction of the scope's prunable parameters removed) is spread: "
                         "uniform (every group at --rate: the paper, stock widths), global (one ranking of "
-                        "standardised scores, FLAP), global-raw (of raw scores), search (moves budget between groups "
+                        "standardised scores, FLAP), global-raw (of raw scores), global-param (of raw scores per parameter a "
+                        "unit owns), search (moves budget between groups "
                         f"by the KL to the dense model on calibration inputs); default: the method's own "
                         f"({DEFAULT_METHOD}: {ours.allocate}; attribution and the baselines: uniform)")
     g.add_argument("--repair", default=None, choices=REPAIR_MODES,

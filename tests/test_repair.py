@@ -166,6 +166,36 @@ def test_global_allocation_removes_the_budget(family: str, budget: float) -> Non
     assert RateSpec.from_dict(plan.rates) == rates
 
 
+@pytest.mark.parametrize("family", ["t5-gated", "llama"])
+def test_per_parameter_ranking_is_the_raw_ranking_of_each_units_score_per_parameter(family: str) -> None:
+    model = make_model(family) if family in SEQ2SEQ else tiny_causal(family, layers=3)
+    adapter = get_adapter(model)
+    g = torch.Generator().manual_seed(3)
+    scores = {grp.name: torch.rand(grp.size, generator=g) * (1 + 10 * i) for i, grp in enumerate(adapter.groups())}
+    divided = {grp.name: scores[grp.name].double() / adapter.prunable_parameters(grp, 1) for grp in adapter.groups()}
+    per_param = global_rates(model, scores, RateSpec(rate=0.5), 0.5, per_parameter=True)
+    assert per_param == global_rates(model, divided, RateSpec(rate=0.5), 0.5, standardise=False)
+    assert abs(removed_fraction(model, per_param) - 0.5) < 0.1
+
+
+def test_the_raw_ranking_keeps_whole_heads_that_the_per_parameter_ranking_removes() -> None:
+    """Every unit equally important per parameter it owns: a whole head's raw score is then far above an FFN
+    unit's, so the raw ranking spends the budget on the FFNs alone (what collapsed SmolLM2 at 0.7); the
+    per-parameter ranking removes heads too."""
+    model = tiny_causal("llama", layers=3)
+    adapter = get_adapter(model)
+    g = torch.Generator().manual_seed(4)
+    scores = {grp.name: adapter.prunable_parameters(grp, 1) * (1 + 0.01 * torch.rand(grp.size, generator=g))
+              for grp in adapter.groups()}
+    heads = [grp.name for grp in adapter.groups() if grp.kind == "heads"]
+    assert heads and min(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.kind == "heads") > \
+        max(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.kind == "ffn")
+    raw = global_rates(model, scores, RateSpec(rate=0.4), 0.4, standardise=False)
+    per_param = global_rates(model, scores, RateSpec(rate=0.4), 0.4, per_parameter=True)
+    assert all(raw.group_rates[h] == 0 for h in heads)
+    assert any(per_param.group_rates[h] > 0 for h in heads)
+
+
 def test_search_keeps_the_budget_and_never_worsens_its_fitness() -> None:
     model, tok = make_model("t5-relu"), make_tokenizer("t5-relu")
     labels = label_space(model, tok, TASK)
@@ -207,6 +237,14 @@ def test_peer_presets_compress_and_record_what_they_did(family: str, method: str
     assert res.plan.repair["mode"] == ("bias" if method == "flap" else "scale")
     assert abs(res.plan.allocation["removed_fraction"] - 0.5) < 0.1
     assert sum(p.numel() for p in res.model.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_compress_with_the_per_parameter_allocation_records_it() -> None:
+    model, tok = tiny_causal("llama", layers=3), tiny_causal_tokenizer()
+    res = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), method="attribution",
+                   allocate="global-param", repair="ls", calibration=EXAMPLES)
+    assert res.plan.allocation["method"] == "global-param" and res.plan.repair["mode"] == "ls"
+    assert abs(res.plan.allocation["removed_fraction"] - 0.5) < 0.1
 
 
 def test_cached_generation_equals_full_recomputation_after_repair() -> None:
