@@ -14,7 +14,8 @@ allocated per group:
 - ``global-param``: the raw ranking on each unit's score divided by the parameters it owns (importance per removed
   parameter, the greedy answer to the budget). Where units own very different numbers of parameters (a decoder-only
   model's whole heads against single FFN units, ~43x on SmolLM2) the raw ranking keeps every head and spends the
-  budget on the FFNs; where they own about the same (BERT, T5: qk, vo, ffn dims) it ranks as ``global-raw``.
+  budget on the FFNs; where they own about the same (BERT's and non-gated T5's qk, vo and ffn dims: ~2 x d_model
+  each) it ranks as ``global-raw`` (gated T5's FFN dims own 3 x d_model).
 - ``search``: starts from ``global`` and moves budget between pairs of groups, keeping a move when a forward-only
   fitness on held-out fit examples improves: the KL divergence from the dense model's label distribution (no
   labels needed). Masks on the one model, so each candidate costs one forward pass over the held-out examples.
