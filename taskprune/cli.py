@@ -213,9 +213,9 @@ def _add_beyond(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocate", default=None, choices=ALLOCATIONS,
                    help="how --rate (then the fraction of the scope's prunable parameters removed) is spread: "
                         "uniform (every group at --rate: the paper, stock widths), global (one ranking of "
-                        "standardised scores, FLAP), global-raw (of raw scores), global-param (of raw scores per parameter a "
-                        "unit owns), search (moves budget between groups "
-                        f"by the KL to the dense model on calibration inputs); default: the method's own "
+                        "standardised scores, FLAP), global-raw (of raw scores), global-param (of raw scores per "
+                        "parameter a unit owns), search (moves budget between groups by the KL to the dense model on "
+                        "calibration inputs); default: the method's own "
                         f"({DEFAULT_METHOD}: {ours.allocate}; attribution and the baselines: uniform)")
     g.add_argument("--repair", default=None, choices=REPAIR_MODES,
                    help="re-solve the kept weights on unlabelled calibration inputs: ls (ridge least squares), bias "
@@ -235,12 +235,19 @@ def _add_beyond(p: argparse.ArgumentParser) -> None:
                    help=f"candidate moves of --allocate search (default {DEFAULT_SEARCH_ITERATIONS})")
 
 
-def _check_tuning(args: argparse.Namespace) -> None:
-    """Refuse a tuning flag the chosen recipe would ignore: whoever set it expects it to change the result."""
+def _allocation_and_repair(args: argparse.Namespace) -> tuple[str, str]:
+    """The allocation and repair mode the flags resolve to (a method's own where not given; none for transforms)."""
     from .api import TRANSFORMS, resolve_method
 
-    allocation, repair = ("uniform", "none") if args.method in TRANSFORMS else \
-        resolve_method(args.method, args.allocate, args.repair)[1:]
+    if args.method in TRANSFORMS:
+        return "uniform", "none"
+    _, allocation, repair = resolve_method(args.method, args.allocate, args.repair)
+    return allocation, repair
+
+
+def _check_tuning(args: argparse.Namespace) -> None:
+    """Refuse a tuning flag the chosen recipe would ignore: whoever set it expects it to change the result."""
+    allocation, repair = _allocation_and_repair(args)
     unused = [flag for flag, value, used in (
         ("--repair-alpha", args.repair_alpha, repair in ("ls", "scale")),
         ("--repair-order", args.repair_order, repair != "none"),
@@ -257,12 +264,12 @@ def _check_tuning(args: argparse.Namespace) -> None:
 def _recipe(args: argparse.Namespace, fit: list) -> dict[str, Any]:  # noqa: ANN401
     """compress() keyword arguments for the allocation, repair and calibration flags (a method's own recipe where
     they are not given)."""
-    from .api import DEFAULT_CALIBRATION, DEFAULT_SEARCH_ITERATIONS, TRANSFORMS, calibration_examples, resolve_method
+    from .api import DEFAULT_CALIBRATION, DEFAULT_SEARCH_ITERATIONS, TRANSFORMS, calibration_examples
     from .repair import RepairConfig
 
     if args.method in TRANSFORMS:
         return {"allocate": args.allocate, "repair": args.repair}
-    _, allocation, repair = resolve_method(args.method, args.allocate, args.repair)
+    allocation, repair = _allocation_and_repair(args)
     alpha = RepairConfig.alpha if args.repair_alpha is None else args.repair_alpha
     extra: dict[str, Any] = {"allocate": allocation, "search_iterations": args.search_iterations or
                              DEFAULT_SEARCH_ITERATIONS, "repair": RepairConfig(repair, alpha,

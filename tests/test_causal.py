@@ -444,7 +444,9 @@ def test_cli_tuning_flags_reach_the_recipe(tmp_path, capsys) -> None:  # noqa: A
 
     common = _cli_space(tmp_path)
     assert main(["compress", *common, "--samples", "4", "--rate", "0.3", "--repair", "ls", "--repair-alpha", "0.5",
-                 "--repair-order", "sequential", "--calibration", "2", "--no-eval", "--out", str(tmp_path / "out")]) == 0
+                 "--repair-order", "sequential", "--calibration", "2", "--no-eval",
+                 "--out", str(tmp_path / "out")]) == 0
     assert "repair: ls on 2 calibration inputs" in capsys.readouterr().out
     repair = PruningPlan.load(tmp_path / "out" / "plan.json").repair
-    assert (repair["alpha"], repair["sequential"], repair["calibration_examples"]) == (0.5, True, 2)  # the toy fit split holds 3
+    # 2, not the toy fit split's 3 (what the default 128 would give)
+    assert (repair["alpha"], repair["sequential"], repair["calibration_examples"]) == (0.5, True, 2)
