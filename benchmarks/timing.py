@@ -1,12 +1,12 @@
 """Timing helpers of the benchmark scripts: the steady allocator here; pairs and medians live in the package
-(:mod:`taskprune.timing`, which ``taskprune demo`` uses too) and are re-exported for the scripts."""
+(:mod:`taskprune.runtime.timing`, which ``taskprune demo`` uses too) and are re-exported for the scripts."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from taskprune.timing import median_seconds, paired_seconds  # noqa: F401 - re-exported
+from taskprune.runtime.timing import median_seconds, paired_seconds  # noqa: F401 - re-exported
 
 # glibc keeps freed blocks up to 32 MiB in its heap and never trims it: activations reuse warm pages
 STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import taskprune as tp
-from taskprune.io import atomic_write_text
+from taskprune.files import atomic_write_text
 from taskprune.models import get_adapter
 
 VARIANTS = {  # name -> ScoreConfig, or None for random scores

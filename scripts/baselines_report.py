@@ -27,7 +27,7 @@ import torch
 
 import taskprune as tp
 from taskprune.api import TRANSFORMS
-from taskprune.io import atomic_write_text
+from taskprune.files import atomic_write_text
 from taskprune.models import get_adapter
 
 # label -> (method, samples: "k" for --samples, "all" for every fit example, None for none, trials)

@@ -31,8 +31,8 @@ from taskprune.cli import POSITIVE_INT
 from taskprune.experiments.report import shared_legend
 from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
 from taskprune.experiments.stats import Comparisons, Point, as_runs, holm, paired_compare
-from taskprune.plan import RateSpec
-from taskprune.repair import RepairConfig
+from taskprune.pruning.plan import RateSpec
+from taskprune.pruning.repair import RepairConfig
 
 #: name -> (method, allocate, repair); the order is the table's
 VARIANTS: dict[str, tuple[str, str | None, str | None]] = {

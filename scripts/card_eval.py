@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import taskprune as tp
-from taskprune.io import atomic_write_text
+from taskprune.files import atomic_write_text
 from taskprune.tasks import list_tasks
 
 

@@ -10,8 +10,8 @@ from .api import compress, compress_trials, list_methods, save_compressed, score
 from .checkpoint import load_model, load_pruned, load_tokenizer, save_pruned
 from .errors import TaskpruneError
 from .evaluate import count_parameters, evaluate
-from .plan import PruningPlan, RateSpec, make_plan
-from .prune import apply, mask, masked
+from .pruning.plan import PruningPlan, RateSpec, make_plan
+from .pruning.apply import apply, mask, masked
 from .scoring import ScoreConfig, SMPConfig
 from .tasks import Example, Task, get_task, load_examples, sample_k_shot
 

@@ -22,19 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocate import ALLOCATIONS, MAX_RATE, global_rates, removed_fraction, search_rates
+from .pruning.allocate import ALLOCATIONS, MAX_RATE, global_rates, removed_fraction, search_rates
 from .checkpoint import save_pruned
-from .data import LazyBatches, length_order
-from .distributed import SINGLE, Shard
+from .lm.batching import LazyBatches, length_order
+from .runtime.distributed import SINGLE, Shard
 from .errors import TaskpruneError
-from .fingerprint import fingerprint
+from .sources.fingerprint import fingerprint
 from .lm import model_kind
 from .models import get_adapter
-from .placement import has_offloaded, is_dispatched
-from .plan import PruningPlan, RateSpec, check_rates_fit, make_plan
-from .prune import apply
-from .repair import RepairConfig
-from .repair import repair as repair_model
+from .runtime.placement import has_offloaded, is_dispatched
+from .pruning.plan import PruningPlan, RateSpec, check_rates_fit, make_plan
+from .pruning.apply import apply
+from .pruning.repair import RepairConfig
+from .pruning.repair import repair as repair_model
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
 from .scoring.base import Progress, needs_examples, no_progress, run_scorer
 from .tasks import Example, Task
@@ -93,7 +93,7 @@ def score(
     """Importance of every unit of every group of ``model`` for ``task``, from ``examples`` (with ``only``: of the
     groups those rates prune).
 
-    ``shard`` (e.g. :func:`taskprune.distributed.current` under torchrun): this process scores its share of the
+    ``shard`` (e.g. :func:`taskprune.runtime.distributed.current` under torchrun): this process scores its share of the
     batches and every process returns the sum over all of them (see :func:`~taskprune.scoring.base.run_scorer`).
     """
     get_scorer(method)  # an unknown method is refused before any tokenising
@@ -128,7 +128,7 @@ class CompressResult:
 def _compress_svd(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], rates: RateSpec,
                   config: ScoreConfig, batch_size: int, max_length: int, progress: Progress,
                   shard: Shard) -> CompressResult:
-    from .lowrank import factorize
+    from .pruning.lowrank import factorize
 
     if has_offloaded(model):
         raise TaskpruneError("svd factorises every weight in memory: it does not run on a model with offloaded "
@@ -401,7 +401,7 @@ def compress_trials(
     tests hold it to), so no copy is made per trial.
     """
     from .evaluate import evaluate
-    from .prune import masked
+    from .pruning.apply import masked
 
     check_trials(method, trials, bool(eval_examples))
     check_rates_fit(rates, model)  # before minutes of scoring, not after

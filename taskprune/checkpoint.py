@@ -5,7 +5,7 @@ A pruned checkpoint is ``config.json`` + safetensors + tokenizer (+ ``plan.json`
 (``d_ff``/``d_kv`` for T5, ``intermediate_size`` for BERT FFNs), so plain ``from_pretrained`` loads it.
 Non-uniform widths and BERT attention widths have no stock field: :func:`load_pruned` builds the stock
 skeleton, slices it to the recorded widths and loads the weights, which covers every case. An SVD-baseline
-checkpoint (:mod:`taskprune.lowrank`) records ``taskprune_lowrank`` ({layer: rank}) and loads the same way,
+checkpoint (:mod:`taskprune.pruning.lowrank`) records ``taskprune_lowrank`` ({layer: rank}) and loads the same way,
 its layers swapped for empty low-rank ones before the weights are read.
 """
 
@@ -22,21 +22,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import placement
+from .runtime import placement
 from .errors import TaskpruneError
-from .io import atomic_dir
-from .lowrank import LOWRANK_KEY, restore_lowrank
-from .model_sources import resolve_model
+from .files import atomic_dir
+from .pruning.lowrank import LOWRANK_KEY, restore_lowrank
+from .sources.hf import auto_model_class
+from .sources.resolve import resolve_model
 from .models import get_adapter
-from .placement import DeviceMap
-from .prune import record_widths, slice_model
-
-
-def _auto_model_class(config: Any):  # noqa: ANN202, ANN401
-    """AutoModelForSeq2SeqLM for encoder-decoders, AutoModelForCausalLM for decoder-only LMs."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+from .runtime.placement import DeviceMap
+from .pruning.apply import record_widths, slice_model
 
 
 def _check_model_dir(path: str | Path) -> Path:
@@ -78,7 +72,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
     """Load a seq2seq or causal LM (a folder, a GGUF file, a short name such as ``smollm2-135m-instruct``, or a Hub
     id for users with internet), pruned or not.
 
-    ``device_map`` (see :mod:`taskprune.placement`) spreads a model too big for one device over GPUs, CPU RAM and
+    ``device_map`` (see :mod:`taskprune.runtime.placement`) spreads a model too big for one device over GPUs, CPU RAM and
     disk (``offload_folder``) with accelerate's big-model dispatch; ``max_memory`` caps what each device takes.
     """
     name_or_path = resolve_model(name_or_path)
@@ -98,10 +92,10 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
     try:
         from transformers import AutoConfig
 
-        model_class = _auto_model_class(AutoConfig.from_pretrained(str(name_or_path)))
+        model_class = auto_model_class(AutoConfig.from_pretrained(str(name_or_path)))
         model = model_class.from_pretrained(str(name_or_path), dtype=dtype, **placed)
     except (OSError, ValueError, KeyError) as err:
-        from .model_sources import PROJECT_MODELS, SHORT_NAMES
+        from .sources.resolve import PROJECT_MODELS, SHORT_NAMES
 
         local = "" if path.exists() else (
             f" (not a local folder or GGUF file, nor a short name: {', '.join([*PROJECT_MODELS, *SHORT_NAMES])})")
@@ -165,10 +159,10 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, *, device_ma
         from accelerate import init_empty_weights
 
         with init_empty_weights():
-            model = _auto_model_class(config).from_config(config)
+            model = auto_model_class(config).from_config(config)
     else:
         with no_init_weights():
-            model = _auto_model_class(config).from_config(config)
+            model = auto_model_class(config).from_config(config)
     adapter = get_adapter(model)
     if widths:
         keep: dict[str, torch.Tensor] = {}

@@ -2,7 +2,7 @@
 
 Every user mistake surfaces as ``taskprune: error: <one line>`` with exit code 2, before any long computation:
 malformed flag values while the arguments are parsed (:mod:`taskprune.validate` behind every numeric flag),
-outputs by :func:`taskprune.io.check_writable` first thing in every command, broken inputs where they are loaded.
+outputs by :func:`taskprune.files.check_writable` first thing in every command, broken inputs where they are loaded.
 Anything unexpected is one line with its type and exit code 1; ``--debug`` or ``TASKPRUNE_DEBUG=1`` shows the
 traceback.
 """
@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from . import validate
 from .errors import TaskpruneError
-from .io import check_writable
+from .files import check_writable
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
@@ -36,7 +36,7 @@ DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "a
 def tqdm_progress(items: Iterable[Any], desc: str, total: int) -> Iterable[Any]:
     from tqdm.auto import tqdm
 
-    from .distributed import current
+    from .runtime.distributed import current
 
     if not current().is_main:  # one progress bar per job: rank 0's
         return items
@@ -61,7 +61,7 @@ def _fmt(value: Any) -> str:
 
 def echo(text: str = "") -> None:
     """Print a result line; in a job of several processes only rank 0 prints."""
-    from .distributed import current
+    from .runtime.distributed import current
 
     if current().is_main:
         print(text, flush=True)
@@ -99,7 +99,7 @@ PORT = _flag(validate.port)
 
 
 def _device_map(text: str) -> Any:
-    from .placement import parse_device_map
+    from .runtime.placement import parse_device_map
 
     try:
         return parse_device_map(text)
@@ -108,8 +108,8 @@ def _device_map(text: str) -> Any:
 
 
 def RATE(text: str) -> float:  # noqa: N802 - reads like the other flag types
-    """A pruning rate, checked by the one rate check (:func:`taskprune.plan.check_rate`)."""
-    from .plan import check_rate
+    """A pruning rate, checked by the one rate check (:func:`taskprune.pruning.plan.check_rate`)."""
+    from .pruning.plan import check_rate
 
     try:
         return check_rate(float(text), "rate")
@@ -204,9 +204,9 @@ def _add_scoring(p: argparse.ArgumentParser, compress: bool = False) -> None:
 
 
 def _add_beyond(p: argparse.ArgumentParser) -> None:
-    from .allocate import ALLOCATIONS
+    from .pruning.allocate import ALLOCATIONS
     from .api import DEFAULT_CALIBRATION, DEFAULT_METHOD, DEFAULT_SEARCH_ITERATIONS, PRESETS
-    from .repair import REPAIR_MODES, RepairConfig
+    from .pruning.repair import REPAIR_MODES, RepairConfig
 
     ours = PRESETS[DEFAULT_METHOD]
     g = p.add_argument_group("beyond the paper: layer-adaptive rates and weight repair (docs/method.md)")
@@ -265,7 +265,7 @@ def _recipe(args: argparse.Namespace, fit: list) -> dict[str, Any]:  # noqa: ANN
     """compress() keyword arguments for the allocation, repair and calibration flags (a method's own recipe where
     they are not given)."""
     from .api import DEFAULT_CALIBRATION, DEFAULT_SEARCH_ITERATIONS, TRANSFORMS, calibration_examples
-    from .repair import RepairConfig
+    from .pruning.repair import RepairConfig
 
     if args.method in TRANSFORMS:
         return {"allocate": args.allocate, "repair": args.repair}
@@ -334,7 +334,7 @@ def _float(value: str, flag: str) -> float:
 
 def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
     from .models import LAYER_TYPES, MODULES
-    from .plan import RateSpec
+    from .pruning.plan import RateSpec
 
     depth: list[tuple[int, int, float]] = []
     for key, value in _pairs(args.depth_rate, "--depth-rate").items():
@@ -359,7 +359,7 @@ def rates_from_args(args: argparse.Namespace):  # noqa: ANN201
 def _check_rates_fit(rates, model) -> None:  # noqa: ANN001
     """Rates that name parts of the model it does not have are refused once the model is loaded (cheap), before
     scoring: ``--depth-rate 50-60=0.2`` on a 6-block model would otherwise prune nothing, silently."""
-    from .plan import check_rates_fit
+    from .pruning.plan import check_rates_fit
 
     check_rates_fit(rates, model, "--depth-rate")
 
@@ -380,9 +380,9 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     import torch
 
     from .checkpoint import load_model, load_tokenizer
-    from .distributed import current, device_for
+    from .runtime.distributed import current, device_for
     from .lm import use_chat_template
-    from .placement import max_memory_for_rank
+    from .runtime.placement import max_memory_for_rank
 
     path = _model_path(args)
     name = DTYPES[args.dtype]
@@ -460,7 +460,7 @@ def _quiet_transformers() -> None:
 def cmd_compress(args: argparse.Namespace) -> None:
     from .api import check_recipe, compress, save_compressed
     from .checkpoint import load_pruned
-    from .distributed import current
+    from .runtime.distributed import current
     from .evaluate import count_parameters, evaluate
 
     check_writable(args.out, args.overwrite, folder=True)  # before minutes of scoring, not after
@@ -533,9 +533,9 @@ def _explain_recipe(plan) -> None:  # noqa: ANN001
 
 def _compress_trials(args: argparse.Namespace, task, rates, config) -> None:  # noqa: ANN001
     from .api import check_trials, compress_trials
-    from .io import atomic_dir
+    from .files import atomic_dir
 
-    from .distributed import current
+    from .runtime.distributed import current
 
     check_trials(args.method, args.trials, not args.no_eval, args.allocate, args.repair)  # before data and model
     fit = _fit_sample(args, task)
@@ -602,7 +602,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     import time
 
     from .api import examples_per_rank, score
-    from .distributed import current
+    from .runtime.distributed import current
     from .scoring import save_scores, score_metadata
 
     check_writable(args.out, args.overwrite, folder=False)
@@ -656,7 +656,7 @@ def _check_placement(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from safetensors import safe_open
 
-    from .plan import make_plan
+    from .pruning.plan import make_plan
     from .scoring import load_scores
 
     check_writable(args.out, args.overwrite, folder=False)
@@ -685,8 +685,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from .checkpoint import save_pruned
     from .evaluate import count_parameters
     from .models import get_adapter
-    from .plan import PruningPlan
-    from .prune import apply, validate_plan
+    from .pruning.plan import PruningPlan
+    from .pruning.apply import apply, validate_plan
 
     check_writable(args.out, args.overwrite, folder=True)
     plan = PruningPlan.load(args.plan)
@@ -731,9 +731,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     from .evaluate import count_parameters
-    from .fingerprint import fingerprint
+    from .sources.fingerprint import fingerprint
     from .models import get_adapter
-    from .plan import PruningPlan
+    from .pruning.plan import PruningPlan
 
     if args.plan and args.model:
         raise TaskpruneError("info describes a model (--model) or a plan (--plan), not both: give one of them "
@@ -764,7 +764,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .api import check_recipe, compress, save_compressed
     from .checkpoint import load_pruned
     from .evaluate import count_parameters, evaluate, latency_per_example
-    from .timing import alternating_pairs, ratio_summary
+    from .runtime.timing import alternating_pairs, ratio_summary
 
     task = _task(args.task)
     if _data_dir(args) is None and args.source in ("auto", "dir") and not task.file_map:
@@ -862,7 +862,7 @@ def _task_lengths(items: list[str]) -> dict[str, int]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from .finetune import FinetuneConfig, finetune
+    from .training.finetune import FinetuneConfig, finetune
 
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")}
     settings["task_max_length"] = _task_lengths(settings["task_max_length"])
@@ -884,7 +884,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import run_sweep
 
     out = Path(args.out) if args.out else Path(args.config).with_suffix(".results.jsonl")
-    from .distributed import current
+    from .runtime.distributed import current
 
     shard = current()
     summary = run_sweep(args.config, out, model=args.model, data_dir=args.data_dir, progress=tqdm_progress,
@@ -954,7 +954,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_init_seq2seq(args: argparse.Namespace) -> None:
-    from .seq2seq_init import init_seq2seq, minilm_dir
+    from .training.seq2seq_init import init_seq2seq, minilm_dir
 
     check_writable(args.out, args.overwrite, folder=True)
     src = args.encoder or minilm_dir()
@@ -1106,8 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
-    from .finetune import DEFAULT_TASKS, FinetuneConfig
-    from .finetune import DTYPES as TRAIN_DTYPES
+    from .training.finetune import DEFAULT_TASKS, FinetuneConfig
+    from .training.finetune import DTYPES as TRAIN_DTYPES
 
     d = FinetuneConfig(model="", out_dir="")
     p = command("finetune", help="multi-task fine-tuning of a seq2seq model or a decoder-only LM (full or LoRA)",
@@ -1178,7 +1178,7 @@ def _debug_wanted(args: argparse.Namespace | None) -> bool:
 
 def _error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
     """Print the one error line (in a job of several processes: the first failing rank's, naming it)."""
-    from .distributed import claim_error_report, current, quiet_sigterm
+    from .runtime.distributed import claim_error_report, current, quiet_sigterm
 
     quiet_sigterm(ignore=True)  # the launcher stopping this rank now must not cut its one line, nor add one
     if debug:
@@ -1196,9 +1196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code: 0, 2 for the user's mistakes, 1 for anything unexpected.
 
     Under torchrun (several processes) the command joins the job first; whatever fails, the job prints ONE
-    ``taskprune: error:`` line (:func:`taskprune.distributed.claim_error_report`), and every process leaves it.
+    ``taskprune: error:`` line (:func:`taskprune.runtime.distributed.claim_error_report`), and every process leaves it.
     """
-    from . import distributed
+    from .runtime import distributed
 
     parser = build_parser()
     quiet = distributed.launched_world_size() > 1 and distributed.launched_rank() != 0
@@ -1219,7 +1219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
     """Run the parsed command; every failure becomes one error line and an exit code (:func:`main`)."""
-    from . import distributed
+    from .runtime import distributed
 
     try:
         if distributed.launched_world_size() > 1:

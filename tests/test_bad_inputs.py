@@ -23,8 +23,8 @@ from conftest import make_model, make_tokenizer
 from taskprune.checkpoint import save_pruned
 from taskprune.cli import main
 from taskprune.models import get_adapter
-from taskprune.plan import RateSpec, make_plan
-from taskprune.prune import apply
+from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.apply import apply
 from taskprune.scoring import save_scores
 
 ROWS = [("good movie", 1), ("great film", 1), ("awful movie", 0), ("bad film", 0)]
@@ -313,12 +313,12 @@ def test_the_battery_is_large_enough() -> None:
 def test_an_unexpected_error_is_one_line_with_its_type_and_exit_1(ws: dict[str, str],
                                                                  capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import taskprune.fingerprint
+    import taskprune.sources.fingerprint
 
     def broken(*_a: object) -> str:
         raise RuntimeError("something nobody foresaw\nwith a second line")
 
-    monkeypatch.setattr(taskprune.fingerprint, "fingerprint", broken)
+    monkeypatch.setattr(taskprune.sources.fingerprint, "fingerprint", broken)
     monkeypatch.delenv("TASKPRUNE_DEBUG", raising=False)
     argv = ["info", "--model", f"{ws['root']}/model"]
     assert main(argv) == 1
@@ -342,8 +342,8 @@ def test_the_launchers_sigterm_while_an_error_is_reported_still_gives_one_line(
     """Under torchrun a rank whose peer died gets a collective error AND the launcher's SIGTERM (which raises
     ``Stopped``); when the signal lands while the first error is being handled, the job still says one line."""
     import taskprune.cli as cli
-    import taskprune.fingerprint
-    from taskprune.distributed import PeerLost, Stopped
+    import taskprune.sources.fingerprint
+    from taskprune.runtime.distributed import PeerLost, Stopped
 
     def lost(*_a: object) -> str:
         raise PeerLost("another process of this job stopped (killed, crashed or failed): Connection closed")
@@ -356,7 +356,7 @@ def test_the_launchers_sigterm_while_an_error_is_reported_still_gives_one_line(
             raise Stopped("stopped by the launcher: another process of this job failed")
         return real_error(*args, **kwargs)
 
-    monkeypatch.setattr(taskprune.fingerprint, "fingerprint", lost)
+    monkeypatch.setattr(taskprune.sources.fingerprint, "fingerprint", lost)
     monkeypatch.setattr(cli, "_error", error_hit_by_sigterm)
     monkeypatch.delenv("TASKPRUNE_DEBUG", raising=False)
     assert main(["info", "--model", f"{ws['root']}/model"]) == 1
@@ -373,7 +373,7 @@ def test_help_is_exit_0_and_still_works(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_atomic_writers_name_the_users_path_never_their_temp_file(tmp_path: Path) -> None:
     from taskprune.errors import TaskpruneError
-    from taskprune.io import atomic_dir, atomic_write_text
+    from taskprune.files import atomic_dir, atomic_write_text
 
     def fail(tmp: Path) -> None:
         (tmp / "x").write_text("half")

@@ -9,10 +9,10 @@ from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
 
 from taskprune.checkpoint import load_model, load_pruned, save_pruned
 from taskprune.errors import TaskpruneError
-from taskprune.fingerprint import fingerprint
+from taskprune.sources.fingerprint import fingerprint
 from taskprune.models import get_adapter
-from taskprune.plan import RateSpec, make_plan
-from taskprune.prune import apply
+from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.apply import apply
 
 
 def _scores(model, seed: int = 0):  # noqa: ANN001, ANN202
@@ -100,7 +100,7 @@ def test_unsupported_architecture_is_named(tmp_path) -> None:  # noqa: ANN001
 def test_outputs_get_ordinary_permissions(tmp_path) -> None:  # noqa: ANN001
     import os
 
-    from taskprune.io import atomic_write_text
+    from taskprune.files import atomic_write_text
 
     mask = os.umask(0o022)
     try:

@@ -170,7 +170,7 @@ def test_compress_with_smp(workspace: dict[str, Path], capsys: pytest.CaptureFix
 
 def test_compress_with_svd(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from taskprune.checkpoint import load_pruned
-    from taskprune.lowrank import LowRankLinear
+    from taskprune.pruning.lowrank import LowRankLinear
 
     out = workspace["root"] / "out-svd"
     code = run("compress", "--model", workspace["model"], "--task", workspace["task"], "--method", "svd",
@@ -296,7 +296,7 @@ def test_demo_prints_the_before_after_table(workspace: dict[str, Path], capsys: 
 
 
 def test_timing_pairs_alternate_and_the_ratio_is_the_median_of_pairs() -> None:
-    from taskprune.timing import alternating_pairs, ratio_summary
+    from taskprune.runtime.timing import alternating_pairs, ratio_summary
 
     calls: list[str] = []
     a, b = alternating_pairs(lambda: calls.append("a") or 1.0, lambda: calls.append("b") or 2.0, 4)

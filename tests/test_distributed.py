@@ -26,7 +26,7 @@ from tiny import tiny_causal, tiny_causal_tokenizer, tiny_t5, tiny_tokenizer
 
 import taskprune as tp
 from taskprune.api import default_model_dir, scoring_job
-from taskprune.distributed import Shard
+from taskprune.runtime.distributed import Shard
 from taskprune.experiments.config import Run
 from taskprune.experiments.results import load_rows
 from taskprune.experiments.runner import split_runs
@@ -123,13 +123,13 @@ def test_ranks_partial_sums_add_up_to_one_process(space: dict[str, Path], monkey
         partial.update(scores)
         return scores
 
-    monkeypatch.setattr("taskprune.distributed.all_reduce_sum", record)
-    monkeypatch.setattr("taskprune.distributed.all_gather_objects", lambda obj: gathered.append(obj) or [obj])
+    monkeypatch.setattr("taskprune.runtime.distributed.all_reduce_sum", record)
+    monkeypatch.setattr("taskprune.runtime.distributed.all_gather_objects", lambda obj: gathered.append(obj) or [obj])
     job1 = scoring_job(model, tok, task, fit, config, batch_size=3, method=method, shard=Shard(1, 2))
     scoring_base.run_scorer(method, job1)
-    monkeypatch.setattr("taskprune.distributed.all_reduce_sum",
+    monkeypatch.setattr("taskprune.runtime.distributed.all_reduce_sum",
                         lambda scores: {k: v + partial[k] for k, v in scores.items()})
-    monkeypatch.setattr("taskprune.distributed.all_gather_objects", lambda obj: [obj, *gathered])
+    monkeypatch.setattr("taskprune.runtime.distributed.all_gather_objects", lambda obj: [obj, *gathered])
     job0 = scoring_job(model, tok, task, fit, config, batch_size=3, method=method, shard=Shard(0, 2))
     _assert_close(whole, scoring_base.run_scorer(method, job0), 1e-5)
 
@@ -416,7 +416,7 @@ MAPS = {
 @pytest.mark.parametrize("family", sorted(MAPS))
 def test_device_map_with_disk_offload_scores_prunes_and_saves_like_the_model_in_memory(
         space: dict[str, Path], tmp_path: Path, family: str) -> None:
-    from taskprune.fingerprint import fingerprint
+    from taskprune.sources.fingerprint import fingerprint
 
     dense, tok = tp.load_model(space[family]), tp.load_tokenizer(space[family])
     placed = tp.load_model(space[family], device_map=MAPS[family], offload_folder=str(tmp_path / "offload"))

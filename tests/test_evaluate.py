@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-from taskprune.data import IGNORE, LabelSpace, batches, length_order, targets_for
+from taskprune.data import IGNORE, LabelSpace, targets_for
+from taskprune.lm.batching import batches, length_order
 from taskprune.evaluate import count_parameters, evaluate, rank_scores
 from taskprune.models import get_adapter
-from taskprune.plan import RateSpec, make_plan
-from taskprune.prune import apply
+from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.apply import apply
 from taskprune.tasks import Example, Task
 
 TASK = Task(name="toy", template="{text}", label_words=("very good", "bad"), label_values=("1", "0"))
@@ -102,8 +103,8 @@ def test_parameter_counts_follow_widths(family: str) -> None:
 
 def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) -> None:
     """With a decoder-only plan masked in, cached encoder outputs give exactly the uncached predictions."""
-    from taskprune.plan import RateSpec, make_plan
-    from taskprune.prune import masked
+    from taskprune.pruning.plan import RateSpec, make_plan
+    from taskprune.pruning.apply import masked
     from taskprune.tasks import Example, Task
 
     task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))

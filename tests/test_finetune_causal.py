@@ -12,11 +12,11 @@ import torch
 from test_finetune import _cfg, _rows, _save, _task_dir
 from tiny import Interrupted, interrupt_at, tiny_causal, tiny_causal_tokenizer
 
-from taskprune.adapters import MANIFEST, WEIGHTS, is_adapter_dir
+from taskprune.sources.lora import MANIFEST, WEIGHTS, is_lora_dir
 from taskprune.checkpoint import load_model, load_tokenizer
 from taskprune.errors import TaskpruneError
 from taskprune.evaluate import evaluate
-from taskprune.finetune import FinetuneConfig, batch_indices, bucketed_batch, finetune
+from taskprune.training.finetune import FinetuneConfig, batch_indices, bucketed_batch, finetune
 from taskprune.tasks import load_examples
 from taskprune.tasks import get_task
 
@@ -54,7 +54,7 @@ def test_lora_trains_only_the_adapter_and_exports_it(tmp_path: Path, llama_dir: 
     losses = [r["loss"] for r in _rows(cfg, "train")]
     assert losses[-1] < 0.5 * losses[0]
     final = Path(cfg.out_dir) / "final"
-    assert is_adapter_dir(final) and not (final / "model.safetensors").exists()
+    assert is_lora_dir(final) and not (final / "model.safetensors").exists()
     manifest = json.loads((final / MANIFEST).read_text())
     assert manifest["base"] == llama_dir and manifest["dtype"] == "bfloat16"
     from safetensors.torch import load_file

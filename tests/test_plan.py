@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from taskprune.errors import TaskpruneError
 from taskprune.models import get_adapter
 from taskprune.models.base import NeuronGroup
-from taskprune.plan import PruningPlan, RateSpec, check_rate, make_plan, select_units
+from taskprune.pruning.plan import PruningPlan, RateSpec, check_rate, make_plan, select_units
 
 
 def test_select_keeps_the_highest_per_head_with_ties_to_lower_index() -> None:
@@ -80,7 +80,7 @@ def test_plans_with_rounded_widths_slice_like_their_masks(family: str) -> None:
     """A plan made with multiple_of has widths that are multiples of it, and its sliced model equals the masked one."""
     from conftest import sample_inputs
 
-    from taskprune.prune import apply, masked
+    from taskprune.pruning.apply import apply, masked
 
     model = make_model(family).eval()
     adapter = get_adapter(model)
@@ -149,7 +149,7 @@ def test_plan_round_trip_and_provenance(tmp_path, family: str) -> None:  # noqa:
 
 
 def test_malformed_or_shuffled_keep_lists_are_refused(tmp_path) -> None:  # noqa: ANN001
-    from taskprune.prune import apply, mask
+    from taskprune.pruning.apply import apply, mask
 
     model = make_model("t5-relu")
     plan = make_plan(model, {g.name: torch.randn(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
@@ -191,7 +191,7 @@ def test_scores_for_another_model_are_refused() -> None:
 
 def test_a_pruned_model_can_be_planned_again() -> None:
     """Re-pruning: empty (zero-width) groups need no scores and stay empty."""
-    from taskprune.prune import apply
+    from taskprune.pruning.apply import apply
 
     model = make_model("bert2bert")
     scores = {g.name: torch.randn(g.size) for g in get_adapter(model).groups()}

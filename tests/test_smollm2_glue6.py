@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import SHARED_DATA, needs_shared_data
 
-from taskprune.model_sources import project_model_dir
+from taskprune.sources.resolve import project_model_dir
 
 MODEL = project_model_dir("smollm2-glue6")
 needs_adapter = pytest.mark.skipif(

@@ -11,11 +11,12 @@ from conftest import logits, make_model, make_tokenizer, sample_inputs
 
 from taskprune.api import compress, save_compressed
 from taskprune.checkpoint import load_model
-from taskprune.data import IGNORE, LabelSpace, batches, targets_for
+from taskprune.data import IGNORE, LabelSpace, targets_for
+from taskprune.lm.batching import batches
 from taskprune.errors import TaskpruneError
 from taskprune.models import get_adapter
-from taskprune.plan import RateSpec, make_plan
-from taskprune.prune import apply, masked
+from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.apply import apply, masked
 from taskprune.scoring import ScoreConfig, ScoringJob, SMPConfig
 from taskprune.scoring.smp import (
     apply_weight_masks,
@@ -153,7 +154,7 @@ def test_structured_compress_through_the_api_is_physically_smaller() -> None:
 def test_smp_trains_at_the_widths_the_plan_keeps_with_multiple_of() -> None:
     """SMP's hard masks pick units exactly as the planner does, multiple_of included (it learnt at the unrounded
     width before, so units trained as dropped were kept); smp-unstructured refuses the rounding."""
-    from taskprune.plan import select_units
+    from taskprune.pruning.plan import select_units
     from taskprune.scoring.smp import _unit_mask
 
     model, tok = make_model("bert2bert"), make_tokenizer("bert2bert")

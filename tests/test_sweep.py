@@ -240,7 +240,7 @@ def test_results_belong_to_one_model_known_by_its_fingerprint(space: dict[str, P
     from tiny import tiny_t5
 
     from taskprune.checkpoint import load_model
-    from taskprune.fingerprint import fingerprint
+    from taskprune.sources.fingerprint import fingerprint
 
     cfg = _config(space, "mixed", [{"name": "x", "tasks": [str(space["task"])], "samples": [4, "all"],
                                     "rates": [0.5]}])

@@ -29,7 +29,7 @@ from typing import Any
 from ..api import RANDOM_METHODS
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES, MODULES
-from ..plan import RateSpec, check_rate
+from ..pruning.plan import RateSpec, check_rate
 from ..validate import check_depths, positive_int
 
 NO_EXAMPLES = ("random", "svd")  # methods that never look at examples

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskpruneError
-from ..io import atomic_write_text, check_writable
+from ..files import atomic_write_text, check_writable
 from .claims import claims_section
 from .results import METRIC, dense_accuracy, latest_rows, row_kind, row_rate
 

@@ -23,14 +23,14 @@ from torch import nn
 
 from ..api import TRANSFORMS, compress, score
 from ..checkpoint import load_model, load_tokenizer
-from ..distributed import SINGLE, Shard, barrier, device_for, sum_ints
+from ..runtime.distributed import SINGLE, Shard, barrier, device_for, sum_ints
 from ..errors import TaskpruneError
 from ..evaluate import count_parameters, evaluate
-from ..fingerprint import fingerprint
-from ..io import check_writable
+from ..sources.fingerprint import fingerprint
+from ..files import check_writable
 from ..models import get_adapter
-from ..plan import RateSpec, make_plan
-from ..prune import masked
+from ..pruning.plan import RateSpec, make_plan
+from ..pruning.apply import masked
 from ..scoring import ScoreConfig, Scores
 from ..tasks import Example, get_task, load_examples, require_data_dir, sample_k_shot
 from .config import ALL, Run, SweepConfig, load_config

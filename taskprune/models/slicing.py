@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..placement import set_weight, weight_value
+from ..runtime.placement import set_weight, weight_value
 
 _ZERO_MARK = "taskprune_zero_width"
 

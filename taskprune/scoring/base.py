@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data import Batch, LabelSpace
-from ..distributed import SINGLE, Shard
+from ..runtime.distributed import SINGLE, Shard
 from ..errors import TaskpruneError
 from ..models import NeuronGroup
 
@@ -69,7 +69,7 @@ class ScoreConfig:
     units that separate the classes), ``signed`` is eq. 6 read literally, ``abs_sum`` is |signed sum|.
     ``position_agg``: ``sum`` sums h*grad over positions before taking a sign-free aggregate,
     ``abs`` sums |h*grad| per position. ``seed`` draws the trial of the random baselines.
-    ``target_rates`` (a :class:`~taskprune.plan.RateSpec` as a dict) is for methods that learn masks for a
+    ``target_rates`` (a :class:`~taskprune.pruning.plan.RateSpec` as a dict) is for methods that learn masks for a
     given rate (SMP); :func:`taskprune.api.compress` fills it in.
     """
 
@@ -107,7 +107,7 @@ class ScoringJob:
     ``batches`` are the tokenised fit examples (any re-iterable sequence; :class:`~taskprune.data.LazyBatches`
     tokenises one batch at a time), ``labels`` the task's label targets, ``groups`` the neuron groups
     to score (a method may score only those it needs, e.g. SMP only those pruned at the target rates).
-    ``shard`` says which batches this process takes when several share the work (:mod:`taskprune.distributed`):
+    ``shard`` says which batches this process takes when several share the work (:mod:`taskprune.runtime.distributed`):
     every rank is given ALL batches, in the same order, and scores those it :meth:`owns`.
     """
 
@@ -167,7 +167,7 @@ def run_scorer(name: str, job: ScoringJob) -> Scores:
     """
     from dataclasses import replace
 
-    from ..distributed import all_reduce_sum
+    from ..runtime.distributed import all_reduce_sum
 
     scorer = get_scorer(name)
     if not job.shard.active or combine_mode(name) != "sum":
@@ -213,7 +213,7 @@ def save_scores(scores: Scores, path: str | Path, meta: dict[str, str] | None = 
     """Scores as safetensors (one 1-D float tensor per group), written atomically."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write
+    from ..files import atomic_write
 
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in scores.items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta or {}), overwrite)

@@ -1,7 +1,7 @@
 """FLAP's fluctuation metric (An et al., AAAI 2024), the peer's importance in this engine.
 
 A unit whose input to the consumer barely varies over tokens can be replaced by its mean (FLAP's bias
-compensation, :mod:`taskprune.repair` ``bias``), so its importance is how much it fluctuates, weighted by how
+compensation, :mod:`taskprune.pruning.repair` ``bias``), so its importance is how much it fluctuates, weighted by how
 strongly the consumer reads it: ``score_j = sum over the unit's channels of Var_t(x_c) * ||W[:, c]||^2``. No labels:
 the decoder (a causal LM's answer) is teacher-forced over every candidate label, as in repair's calibration.
 FLAP removes whole heads; for the per-dim Q/K units of T5/BERT attentions, which feed a softmax rather than a
@@ -15,14 +15,14 @@ import torch
 from ..data import Batch
 from ..lm import model_kind
 from ..models import get_adapter
-from ..placement import weight_value
+from ..runtime.placement import weight_value
 from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
 def _pooled(sums: dict[str, list[list]]) -> dict[str, list[list]]:
     """Every rank's [n, Σx, Σx²] per group and site, added up (a rank that scored no batch adds nothing)."""
-    from ..distributed import all_gather_objects
+    from ..runtime.distributed import all_gather_objects
 
     pooled: dict[str, list[list]] = {}
     for part in all_gather_objects({k: [[float(n), s1, s2] for n, s1, s2 in v] for k, v in sums.items()}):

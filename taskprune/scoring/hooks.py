@@ -109,7 +109,7 @@ def run_scoring(
 
     Only this process's batches are scored (all of them in one process; see :attr:`ScoringJob.shard`).
     """
-    from ..placement import execution_device, offloaded_weights_refetched
+    from ..runtime.placement import execution_device, offloaded_weights_refetched
 
     adapter = get_adapter(job.model)
     device = execution_device(job.model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch, LabelSpace
-from ..distributed import SINGLE
+from ..runtime.distributed import SINGLE
 from ..models import get_adapter
 from .attribution import supervised_attribution
 from .base import Scores, ScoringJob, no_progress, register_scorer

@@ -7,7 +7,7 @@ removed fraction grows from 0 to the target rate on a schedule (:class:`SMPConfi
 get gradients: the weights stay bit-identical.
 
 - ``smp`` (structured): one score per unit of every neuron group in scope, top-k within each head exactly
-  as the planner selects (:func:`~taskprune.plan.select_units`). The learnt scores then go through the
+  as the planner selects (:func:`~taskprune.pruning.plan.select_units`). The learnt scores then go through the
   same plan -> apply/mask path as attribution, so the two compare at equal widths.
 - ``smp-unstructured`` (the SMP paper's setting): one score per weight of every prunable linear; the
   result keeps the dense shapes with zeros (plus the masks). It saves nothing and runs no faster
@@ -28,8 +28,8 @@ from ..data import IGNORE
 from ..errors import TaskpruneError
 from ..lm import TeacherForced, model_kind
 from ..models import NeuronGroup, get_adapter
-from ..placement import execution_device, offloaded_weights_refetched
-from ..plan import RateSpec, select_units
+from ..runtime.placement import execution_device, offloaded_weights_refetched
+from ..pruning.plan import RateSpec, select_units
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
 
@@ -94,7 +94,7 @@ def _optimise(
     are broadcast at the end to rule out rounding drift). A step then sees ``world_size`` batches at once: the
     result equals a one-process run with that many times the batch size, not the one-process run itself.
     """
-    from ..distributed import all_reduce_mean_, broadcast_
+    from ..runtime.distributed import all_reduce_mean_, broadcast_
 
     model, config, shard = job.model, job.config, job.shard
     cfg = config.smp

@@ -23,15 +23,16 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_model, load_tokenizer
-from ..data import LabelSpace, batches
+from ..data import LabelSpace
+from ..lm.batching import batches
 from ..errors import TaskpruneError
 from ..evaluate import rank_scores
 from ..lm import model_kind
-from ..fingerprint import fingerprint
-from ..io import atomic_write_text, check_writable
+from ..sources.fingerprint import fingerprint
+from ..files import atomic_write_text, check_writable
 from ..models import get_adapter
-from ..plan import PruningPlan
-from ..prune import apply, validate_plan
+from ..pruning.plan import PruningPlan
+from ..pruning.apply import apply, validate_plan
 from ..tasks import Example, Task, get_task, list_tasks
 from ..validate import nonneg_float, positive_float, positive_int
 from .cache import ByteLRU

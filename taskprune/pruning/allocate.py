@@ -20,7 +20,7 @@ allocated per group:
   fitness on held-out fit examples improves: the KL divergence from the dense model's label distribution (no
   labels needed). Masks on the one model, so each candidate costs one forward pass over the held-out examples.
 
-The result is a :class:`~taskprune.plan.RateSpec` with per-group rates (``group_rates``), recorded in the plan.
+The result is a :class:`~taskprune.pruning.plan.RateSpec` with per-group rates (``group_rates``), recorded in the plan.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .data import Batch, LabelSpace
-from .errors import TaskpruneError
-from .lm import model_kind
-from .models import Adapter, NeuronGroup, get_adapter
+from ..data import Batch, LabelSpace
+from ..errors import TaskpruneError
+from ..lm import model_kind
+from ..models import Adapter, NeuronGroup, get_adapter
 from .plan import RateSpec
-from .scoring.base import Progress, Scores, no_progress
+from ..scoring.base import Progress, Scores, no_progress
 
 ALLOCATIONS = ("uniform", "global", "global-raw", "global-param", "search")
 MAX_RATE = 0.95
@@ -140,7 +140,7 @@ def search_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: floa
     """Local search over per-pool rates from the global allocation, judged by KL to the dense label distribution
     on ``batches`` (held-out fit examples). Each move raises one pool's rate by ``step`` and lowers another's so the
     removed parameters stay at the budget; it is kept when the fitness improves."""
-    from .prune import masked
+    from .apply import masked
 
     adapter = get_adapter(model)
     pools = _pools(adapter, rates)

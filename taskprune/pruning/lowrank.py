@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import TaskpruneError
-from .fingerprint import fingerprint
-from .models import get_adapter
+from ..errors import TaskpruneError
+from ..sources.fingerprint import fingerprint
+from ..models import get_adapter
 from .plan import RateSpec, check_rate
 
 LOWRANK_KEY = "taskprune_lowrank"

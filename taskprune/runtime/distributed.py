@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import TaskpruneError
+from ..errors import TaskpruneError
 
 #: a collective may wait this long for a slower rank (a sweep's ranks finish hours apart); a rank that DIES is
 #: noticed at once: torchrun stops the others, and gloo/NCCL fail the pending collective

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .errors import TaskpruneError
-from .models import Adapter, NeuronGroup, get_adapter
-from .placement import has_offloaded
+from ..errors import TaskpruneError
+from ..models import Adapter, NeuronGroup, get_adapter
+from ..runtime.placement import has_offloaded
 from .plan import PruningPlan
 
 

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .data import IGNORE, Batch, LabelSpace, end_token_id, targets_for
-from .errors import TaskpruneError
-from .models import NeuronGroup, get_adapter
-from .tasks import Example, Task
+from ..data import IGNORE, Batch, LabelSpace, end_token_id, targets_for
+from ..errors import TaskpruneError
+from ..models import NeuronGroup, get_adapter
+from ..tasks import Example, Task
 
 #: tokens kept from the END of an over-long causal prompt (the question, the answer instruction and the chat
 #: template's assistant header live there); the rest of ``max_length`` comes from its start

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import TaskpruneError
-from .io import atomic_dir
+from ..errors import TaskpruneError
+from ..files import atomic_dir
+from .cache import cache_dir, cached_dir
+from .hf import auto_model_class
 
 MANIFEST = "taskprune-adapter.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -36,12 +38,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_adapter_dir(path: Path) -> bool:
+def is_lora_dir(path: Path) -> bool:
     """A folder holding a PEFT adapter (and no full model of its own)."""
     return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
-def save_adapter(peft_model: Any, out_dir: str | Path, base: str, dtype: torch.dtype,  # noqa: ANN401
+def save_lora(peft_model: Any, out_dir: str | Path, base: str, dtype: torch.dtype,  # noqa: ANN401
                  extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
     """Write ``peft_model``'s adapter to ``out_dir`` atomically: weights in ``dtype``, ``base`` recorded as the base
     model's name (the portable one the user gave, not a cache path) and the manifest with the weights' hash."""
@@ -84,25 +86,23 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def merged_model(folder: Path, name: str | None = None) -> Path:
-    """The cached merged folder of the adapter in ``folder`` (merged now if not yet)."""
-    from .model_sources import cache_dir, cached_dir, resolve_model
-
+def merged_model(folder: Path, resolve: Callable[[str], str], name: str | None = None) -> Path:
+    """The cached merged folder of the adapter in ``folder`` (merged now if not yet); ``resolve`` turns the base's
+    recorded name into a loadable folder (:func:`taskprune.sources.resolve.resolve_model`, passed in so that this
+    module does not depend on the resolver that depends on it)."""
     manifest = read_manifest(folder)
     out = cache_dir() / "merged" / f"{name or folder.name}-{manifest['sha256'][:16]}"
     if (out / "config.json").is_file():
         return out
-    base = resolve_model(manifest["base"])
+    base = resolve(manifest["base"])
     try:
         from peft import PeftModel
     except ImportError:
         raise TaskpruneError("models given as LoRA adapters need the peft package: pip install peft") from None
     from transformers import AutoConfig, AutoTokenizer
 
-    from .checkpoint import _auto_model_class
-
     def write(tmp: Path) -> None:
-        model_class = _auto_model_class(AutoConfig.from_pretrained(base))
+        model_class = auto_model_class(AutoConfig.from_pretrained(base))
         model = model_class.from_pretrained(base, dtype=torch.float32)
         with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -28,7 +28,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .errors import TaskpruneError
+from ..errors import TaskpruneError
 
 DeviceMap = Union[str, dict[str, Union[int, str]]]
 #: the named strategies of accelerate / transformers (``auto`` = ``balanced`` over the GPUs, then CPU, then disk)
@@ -165,7 +165,7 @@ def _offload_home(module: nn.Module, name: str) -> tuple[Any, str, str | None] |
     home = getattr(module, _HOME, None)
     if home is None and getattr(getattr(module, "_hf_hook", None), "offload", False):
         raise TaskpruneError("this model was dispatched with offloading outside taskprune: load it with "
-                             "taskprune.load_model(..., device_map=...) (or call taskprune.placement.mark_offloaded)")
+                             "taskprune.load_model(..., device_map=...) (or call taskprune.runtime.placement.mark_offloaded)")
     return None if home is None else (home[0], home[1] + name, home[2])
 
 

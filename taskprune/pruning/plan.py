@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TaskpruneError
-from .fingerprint import fingerprint
-from .io import atomic_write_text
-from .models import LAYER_TYPES, MODULES, NeuronGroup, get_adapter
+from ..errors import TaskpruneError
+from ..sources.fingerprint import fingerprint
+from ..files import atomic_write_text
+from ..models import LAYER_TYPES, MODULES, NeuronGroup, get_adapter
 
 PLAN_FORMAT = "taskprune-plan/1"
 #: what a whole-head group removes: query heads (as many per KV group) or whole key/value groups
@@ -52,7 +52,7 @@ class RateSpec:
     many in every key/value group, or whole ``kv`` groups with their query heads (which also shrinks the KV cache).
     Dims inside a rotary head are never removed (rotary pairs and per-head q/k norms would break).
     ``group_rates`` (group name -> rate, inside the scope) override everything: what a layer-adaptive allocation
-    (:mod:`taskprune.allocate`) produces and a plan records.
+    (:mod:`taskprune.pruning.allocate`) produces and a plan records.
     """
 
     rate: float = 0.0
@@ -173,8 +173,8 @@ class PruningPlan:
     samples: int | None = None
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    allocation: dict[str, Any] | None = None  # how the rates were spread (taskprune.allocate), None: as given
-    repair: dict[str, Any] | None = None  # how kept weights were re-solved (taskprune.repair), None: not repaired
+    allocation: dict[str, Any] | None = None  # how the rates were spread (taskprune.pruning.allocate), None: as given
+    repair: dict[str, Any] | None = None  # how kept weights were re-solved (taskprune.pruning.repair), None: not repaired
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: str = PLAN_FORMAT
 
@@ -254,7 +254,7 @@ class PruningPlan:
 def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate") -> None:
     """Refuse rates that name parts ``model`` lacks, which would silently prune nothing: a scope holding none of
     its groups (an encoder or cross-attention in a decoder-only LM) or depth overrides beyond its blocks."""
-    from .validate import check_depths
+    from ..validate import check_depths
 
     adapter = get_adapter(model)
     groups = adapter.groups()

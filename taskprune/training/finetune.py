@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import IGNORE, LabelSpace
-from .lm import label_space, model_kind, teacher_forced_logits
-from .errors import TaskpruneError
-from .evaluate import evaluate
-from .io import atomic_write, atomic_write_text, check_writable
-from .tasks import Example, Task, get_task, load_examples, require_data_dir
-from .validate import nonneg_float, nonneg_int, optional, positive_float, positive_int
+from ..data import IGNORE, LabelSpace
+from ..lm import label_space, model_kind, teacher_forced_logits
+from ..errors import TaskpruneError
+from ..evaluate import evaluate
+from ..files import atomic_write, atomic_write_text, check_writable
+from ..tasks import Example, Task, get_task, load_examples, require_data_dir
+from ..validate import nonneg_float, nonneg_int, optional, positive_float, positive_int
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 Log = Callable[[dict[str, Any]], None]
@@ -51,7 +51,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class FinetuneConfig:
-    """Everything a fine-tuning run depends on; the CLI (``python -m taskprune.finetune``) mirrors it."""
+    """Everything a fine-tuning run depends on; the CLI (``python -m taskprune.training.finetune``) mirrors it."""
 
     model: str
     out_dir: str
@@ -132,10 +132,10 @@ class FinetuneConfig:
     def _check_init_adapter(self) -> None:
         """A second stage trains the first stage's adapter further, so the export stays ONE adapter of the same
         base (loadable from the package base alone): its base must be ``model``, and its rank is the run's."""
-        from .adapters import is_adapter_dir, read_manifest
+        from ..sources.lora import is_lora_dir, read_manifest
 
         folder = Path(self.init_adapter)
-        if not is_adapter_dir(folder):
+        if not is_lora_dir(folder):
             raise TaskpruneError(f"--init-adapter {folder}: not a LoRA adapter folder (no adapter_config.json)")
         base = read_manifest(folder)["base"]
         if base != self.model:
@@ -320,7 +320,7 @@ def _mean_accuracy(metrics: dict[str, dict[str, float]]) -> float:
 
 
 def _load_base(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
-    from .checkpoint import load_model, load_tokenizer, tie_embeddings
+    from ..checkpoint import load_model, load_tokenizer, tie_embeddings
 
     model = load_model(cfg.model)
     tie_embeddings(model)  # bert2bert folders store the tied embedding twice (see seq2seq_init)
@@ -384,8 +384,8 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     ``save_every`` steps, atomically; resumed automatically with ``resume``), ``out_dir/config.json`` and the
     exported model in ``out_dir/final/`` (``dtype`` safetensors + config + tokenizer + metrics.json).
     """
-    from .adapters import save_adapter
-    from .checkpoint import save_pruned
+    from ..sources.lora import save_lora
+    from ..checkpoint import save_pruned
 
     out = check_writable(cfg.out_dir, folder=True, update=True)  # a run folder is resumed: existing is fine
     if cfg.threads:
@@ -505,7 +505,7 @@ def finetune(cfg: FinetuneConfig, progress: Progress | None = None, log: Log | N
     emit(row)
     text = json.dumps({"config": cfg.to_dict(), **result}, indent=2) + "\n"
     if peft_model is not None:
-        save_adapter(peft_model, final_dir, base=cfg.model, dtype=DTYPES[cfg.dtype],
+        save_lora(peft_model, final_dir, base=cfg.model, dtype=DTYPES[cfg.dtype],
                      extra_files={"metrics.json": lambda p: p.write_text(text, encoding="utf-8")})
     else:
         save_pruned(model, final_dir, tokenizer, dtype=DTYPES[cfg.dtype], overwrite=True,
@@ -534,14 +534,3 @@ def _truncate_log(path: Path, step: int) -> None:
     rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     keep = [r for r in rows if json.loads(r).get("step", 0) <= step or json.loads(r).get("event") == "resume"]
     atomic_write_text(path, "".join(r + "\n" for r in keep), overwrite=True)
-
-
-# ----- command line: `taskprune finetune` (taskprune/cli.py); `python -m taskprune.finetune` is the same ----
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["finetune", *sys.argv[1:]]))

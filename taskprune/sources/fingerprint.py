@@ -7,7 +7,7 @@ import hashlib
 import torch
 from torch import nn
 
-from .placement import weight_value
+from ..runtime.placement import weight_value
 
 _SAMPLES_PER_TENSOR = 4096
 

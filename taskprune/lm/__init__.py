@@ -1,0 +1,16 @@
+"""P(label | input), per model kind: how a model reads an input and scores a label (:mod:`.kinds`)."""
+
+from .kinds import (
+    KINDS,
+    ModelKind,
+    Seq2SeqKind,
+    TeacherForced,
+    label_space,
+    model_kind,
+    target_logp,
+    teacher_forced_logits,
+    use_chat_template,
+)
+
+__all__ = ["KINDS", "ModelKind", "Seq2SeqKind", "TeacherForced", "label_space", "model_kind", "target_logp",
+           "teacher_forced_logits", "use_chat_template"]
