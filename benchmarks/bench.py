@@ -40,11 +40,12 @@ from timing import STEADY_MARK, median_seconds, paired_seconds, rerun_with_stead
 from taskprune.api import compress, score, scoring_job  # noqa: E402
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
 from taskprune.data import LabelSpace
-from taskprune.lm.batching import batches, length_order  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
 from taskprune.lm import model_kind  # noqa: E402
-from taskprune.pruning.plan import RateSpec, make_plan  # noqa: E402
+from taskprune.lm.batching import batches, length_order  # noqa: E402
 from taskprune.pruning.apply import apply  # noqa: E402
+from taskprune.pruning.plan import make_plan  # noqa: E402
+from taskprune.pruning.rates import RateSpec
 from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
 
 FALLBACK = ["a gripping, beautifully acted film", "dull and lifeless", "the plot makes no sense at all",

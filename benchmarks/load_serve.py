@@ -37,8 +37,8 @@ from timing import median_seconds, rerun_with_steady_allocator  # noqa: E402
 
 from taskprune.checkpoint import load_model, load_tokenizer  # noqa: E402
 from taskprune.data import LabelSpace
-from taskprune.lm.batching import batches  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
+from taskprune.lm.batching import batches  # noqa: E402
 from taskprune.pruning.apply import apply  # noqa: E402
 from taskprune.serve import ServeLimits, TaskService  # noqa: E402
 from taskprune.tasks import Example, get_task  # noqa: E402

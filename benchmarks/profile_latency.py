@@ -17,10 +17,11 @@ from torch.profiler import ProfilerActivity, profile
 from taskprune.api import score
 from taskprune.checkpoint import load_model, load_tokenizer
 from taskprune.data import LabelSpace
-from taskprune.lm.batching import batches, length_order
 from taskprune.evaluate import rank_scores
-from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.lm.batching import batches, length_order
 from taskprune.pruning.apply import apply
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.tasks import get_task, load_examples, sample_k_shot
 
 MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::baddbmm",

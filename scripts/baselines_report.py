@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import taskprune as tp
-from taskprune.api import TRANSFORMS
+from taskprune.catalogue import get_method
 from taskprune.files import atomic_write_text
 from taskprune.models import get_adapter
 
@@ -123,7 +123,7 @@ def _one(model: torch.nn.Module, tok: Any, task: tp.Task, fit: list, method: str
          evaluate: Callable[[torch.nn.Module], dict[str, float]], args: argparse.Namespace) -> dict[str, Any]:
     """One method at one rate: compress (timed), evaluate, count the prunable parameters left."""
     t0 = time.perf_counter()
-    if method in TRANSFORMS:  # svd, smp-unstructured: the library's compress step, timed as a whole
+    if not get_method(method).selects_units:  # svd, smp-unstructured: the library's compress step, timed as a whole
         result = tp.compress(model, tok, task, fit, rates, method=method, config=config, batch_size=args.batch_size)
         seconds = time.perf_counter() - t0
         changed = result.model

@@ -26,13 +26,14 @@ import torch
 
 import taskprune as tp
 import taskprune.api
-from taskprune.api import calibration_examples, compress
-from taskprune.cli import POSITIVE_INT
+from taskprune.api import compress
+from taskprune.cli.options import POSITIVE_INT
 from taskprune.experiments.report import shared_legend
 from taskprune.experiments.results import eval_set_id, pack_outcomes, row_outcomes
 from taskprune.experiments.stats import Comparisons, Point, as_runs, holm, paired_compare
-from taskprune.pruning.plan import RateSpec
+from taskprune.pruning.rates import RateSpec
 from taskprune.pruning.repair import RepairConfig
+from taskprune.recipe import DEFAULT_CALIBRATION, calibration_examples, resolve_method
 
 #: name -> (method, allocate, repair); the order is the table's
 VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
@@ -109,17 +110,17 @@ def run(args: argparse.Namespace) -> None:
 
 def _repairs(variant: str) -> bool:
     """Whether the variant repairs, i.e. depends on the calibration inputs (the dense model does not)."""
-    return variant != "dense" and tp.api.resolve_method(*VARIANTS[variant])[2] != "none"
+    return variant != "dense" and resolve_method(*VARIANTS[variant])[2] != "none"
 
 
 def _calibration_suffix(n: int, variant: str) -> str:
     """Row-id suffix of a non-default calibration size (rows at the default keep their historical ids); the
     dense model and variants without repair do not depend on it."""
-    return f"-cal{n}" if _repairs(variant) and n != tp.api.DEFAULT_CALIBRATION else ""
+    return f"-cal{n}" if _repairs(variant) and n != DEFAULT_CALIBRATION else ""
 
 
 def _calibration(row: dict) -> int:
-    return int(row.get("calibration", tp.api.DEFAULT_CALIBRATION))
+    return int(row.get("calibration", DEFAULT_CALIBRATION))
 
 
 # ----- report ------------------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def _pooled_section(rows: list[dict], tasks: list[str]) -> list[str]:
 def _calibration_section(rows: list[dict], tasks: list[str], out: Path, plt: Any, samples: int) -> list[str]:
     """How many unlabelled calibration inputs repair needs: accuracy per calibration size (``samples`` = the
     scoring examples only, no unlabelled inputs), each size paired-tested against the default (Holm-adjusted)."""
-    default = tp.api.DEFAULT_CALIBRATION
+    default = DEFAULT_CALIBRATION
     groups: dict[tuple[str, str, float], dict[int, list[dict]]] = {}
     for r in rows:
         if _repairs(r["variant"]):
@@ -303,7 +304,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--calibration", type=POSITIVE_INT, default=tp.api.DEFAULT_CALIBRATION)
+    ap.add_argument("--calibration", type=POSITIVE_INT, default=DEFAULT_CALIBRATION)
     ap.add_argument("--eval-examples", type=int, default=0, help="cap on eval examples (0: the whole split)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/beyond/results.jsonl"))

@@ -6,12 +6,14 @@ examples, removes the least important units layer by layer and returns a physica
 
 __version__ = "0.1.0"
 
-from .api import compress, compress_trials, list_methods, save_compressed, score
+from .api import compress, compress_trials, save_compressed, score
+from .catalogue import list_methods
 from .checkpoint import load_model, load_pruned, load_tokenizer, save_pruned
 from .errors import TaskpruneError
 from .evaluate import count_parameters, evaluate
-from .pruning.plan import PruningPlan, RateSpec, make_plan
 from .pruning.apply import apply, mask, masked
+from .pruning.plan import PruningPlan, make_plan
+from .pruning.rates import RateSpec
 from .scoring import ScoreConfig, SMPConfig
 from .tasks import Example, Task, get_task, load_examples, sample_k_shot
 

@@ -19,24 +19,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .pruning.allocate import ALLOCATIONS, MAX_RATE, global_rates, removed_fraction, search_rates
+from .catalogue import DEFAULT_METHOD, get_method
 from .checkpoint import save_pruned
-from .lm.batching import LazyBatches, length_order
-from .runtime.distributed import SINGLE, Shard
 from .errors import TaskpruneError
-from .sources.fingerprint import fingerprint
 from .lm import model_kind
+from .lm.batching import LazyBatches, length_order
+from .method import TransformRequest
 from .models import get_adapter
-from .runtime.placement import has_offloaded, is_dispatched
-from .pruning.plan import PruningPlan, RateSpec, check_rates_fit, make_plan
+from .pruning.allocate import global_rates, removed_fraction, search_rates
 from .pruning.apply import apply
+from .pruning.plan import PruningPlan, make_plan
+from .pruning.rates import RateSpec, check_rates_fit
 from .pruning.repair import RepairConfig
 from .pruning.repair import repair as repair_model
-from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, list_scorers, save_scores, score_metadata
-from .scoring.base import Progress, needs_examples, no_progress, run_scorer
+from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_trials, resolve_method
+from .runtime.distributed import SINGLE, Shard
+from .runtime.placement import is_dispatched
+from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, save_scores, score_metadata
+from .scoring.base import Progress, no_progress, run_scorer
+from .sources.fingerprint import fingerprint
 from .tasks import Example, Task
 
 DEFAULT_MODEL_NAME = "minilm-glue6"
@@ -57,17 +60,12 @@ def default_data_dir() -> Path | None:
     return Path(env) if env else None
 
 
-#: scorers whose score of a group does not depend on which other groups are scored (no shared random stream):
-#: ``compress`` scores only the groups its rates prune, so a decoder-only plan never back-propagates into the encoder
-GROUP_LOCAL = ("attribution", "attribution-unsupervised", "activation", "random-attribution", "fisher", "flap")
-
-
 def scoring_job(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], config: ScoreConfig | None = None,
                 batch_size: int = 8, max_length: int = 256, progress: Progress = no_progress,
                 method: str | None = None, only: RateSpec | None = None, shard: Shard = SINGLE) -> ScoringJob:
     """Tokenise ``examples`` and gather what every scoring method is given: every non-empty group, or with
     ``only`` just those it prunes (rate > 0). ``shard``: this process's part when several share the work."""
-    if not examples and (method is None or needs_examples(method)):
+    if not examples and (method is None or get_method(method).needs_examples):
         raise TaskpruneError(f"no examples to score task {task.name} with")
     groups = [g for g in get_adapter(model).groups() if g.size > 0 and (only is None or only.rate_for(g) > 0)]
     kind = model_kind(model)
@@ -105,7 +103,7 @@ def score(
 def examples_per_rank(method: str, n_examples: int, batch_size: int, shard: Shard | None) -> list[int]:
     """How many examples each process reads for ``method`` (its length is the number of processes)."""
     shard = shard or SINGLE
-    if method == "svd" or (method in list_scorers() and not needs_examples(method)):
+    if not get_method(method).needs_examples:
         return [0] * shard.world_size  # svd and random scores read no example
     return shard.examples_per_rank(n_examples, batch_size)
 
@@ -123,149 +121,6 @@ class CompressResult:
     note: str | None = None
     extra_files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     examples_per_rank: list[int] | None = None  # how many examples each process scored (None: one process)
-
-
-def _compress_svd(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example], rates: RateSpec,
-                  config: ScoreConfig, batch_size: int, max_length: int, progress: Progress,
-                  shard: Shard) -> CompressResult:
-    from .pruning.lowrank import factorize
-
-    if has_offloaded(model):
-        raise TaskpruneError("svd factorises every weight in memory: it does not run on a model with offloaded "
-                             "weights (--device-map with cpu/disk offload); load the model whole")
-    t0 = time.perf_counter()
-    out = factorize(model, rates)
-    return CompressResult(out, None, {}, time.perf_counter() - t0, "svd",
-                          note="low-rank factorisation (no examples used): load it with taskprune.load_pruned")
-
-
-def _compress_smp_unstructured(model: nn.Module, tokenizer: Any, task: Task, examples: list[Example],
-                               rates: RateSpec, config: ScoreConfig, batch_size: int, max_length: int,
-                               progress: Progress, shard: Shard) -> CompressResult:
-    from safetensors.torch import save_file
-
-    from .scoring.smp import apply_weight_masks, learn_weight_masks
-
-    if is_dispatched(model):
-        raise TaskpruneError("smp-unstructured learns a mask per weight through a functional call of the whole "
-                             "model: it does not run on a model placed by --device-map; load the model whole")
-    if rates.multiple_of != 1:
-        raise TaskpruneError("multiple_of rounds the widths of pruned units; smp-unstructured zeroes single weights "
-                             "in dense shapes: leave multiple_of at 1 for it")
-    t0 = time.perf_counter()
-    masks, _ = learn_weight_masks(scoring_job(model, tokenizer, task, examples, config, batch_size, max_length,
-                                              progress, shard=shard))
-    out = apply_weight_masks(model, masks)
-    tensors = {k: v.to(dtype=torch.uint8).contiguous() for k, v in masks.items()}
-    return CompressResult(
-        out, None, {}, time.perf_counter() - t0, "smp-unstructured",
-        note="unstructured: the zeroed weights keep their dense shapes, so the model is neither smaller nor "
-             "faster without a sparse kernel or format (masks in masks.safetensors)",
-        extra_files={"masks.safetensors": lambda p: save_file(tensors, str(p), metadata={"task": task.name})},
-    )
-
-
-# Methods that change the model some other way than by selecting units (a scorer + plan).
-TRANSFORMS: dict[str, Callable[..., CompressResult]] = {
-    "svd": _compress_svd,
-    "smp-unstructured": _compress_smp_unstructured,
-}
-RANDOM_METHODS = ("random", "random-attribution")
-
-
-def list_methods() -> list[str]:
-    """Every method ``compress`` accepts: the registered scorers, the peers' presets and the transforms."""
-    return sorted([*list_scorers(), *TRANSFORMS, *(p for p in PRESETS if p not in list_scorers())])
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A peer method as a combination of this engine's parts: its scorer, its allocation and its repair."""
-
-    scorer: str
-    allocate: str
-    repair: str
-
-
-#: taskprune's own recipe, the default of ``compress``: the paper's attribution scores, then the allocation and the
-#: repair that measured best together (reports/beyond); ``--method attribution`` is the paper's method alone
-DEFAULT_METHOD = "taskprune"
-#: calibration inputs for repair and the search allocation (scoring examples + unlabelled fit examples)
-DEFAULT_CALIBRATION = 128
-DEFAULT_SEARCH_ITERATIONS = 40
-#: calibration inputs the search allocation judges each candidate on (one masked forward over them per candidate)
-SEARCH_EXAMPLES = 64
-
-#: recipes that combine this engine's parts: ours, and peers implemented from their papers (docs/method.md)
-PRESETS: dict[str, Preset] = {
-    DEFAULT_METHOD: Preset("attribution", "global-raw", "ls"),
-    "flap": Preset("flap", "global", "bias"),  # An et al. 2024: fluctuation, adaptive structure, bias compensation
-    "kwon": Preset("fisher", "global-raw", "scale"),  # Kwon et al. 2022: Fisher mask, global search, rescaling
-}
-
-
-def calibration_examples(pool: list[Example], scoring: list[Example], n: int, seed: int = 0) -> list[Example]:
-    """``n`` calibration inputs: the scoring examples first, then others drawn (seeded) from ``pool`` (labels are
-    not used, so any task input will do: repair needs inputs, not answers)."""
-    import random
-
-    chosen = list(scoring[:n])
-    taken = {(e.text, e.prompt) for e in chosen}
-    rest = [e for e in pool if (e.text, e.prompt) not in taken]
-    return chosen + random.Random(seed).sample(rest, min(len(rest), n - len(chosen)))
-
-
-def resolve_method(method: str, allocate: str | None, repair: str | None) -> tuple[str, str, str]:
-    """(scorer, allocation, repair mode) for ``method``; explicit ``allocate``/``repair`` override a preset's."""
-    preset = PRESETS.get(method)
-    scorer = preset.scorer if preset else method
-    return (scorer, allocate or (preset.allocate if preset else "uniform"),
-            repair or (preset.repair if preset else "none"))
-
-
-def check_recipe(method: str, rates: RateSpec, allocate: str | None = None, repair: str | None = None) -> None:
-    """Refuse a method / allocation / repair / rates combination that cannot be honoured, before any model is
-    loaded or scored: minutes of work should not end in an error the flags alone already showed, and nothing
-    the user asked for may be dropped silently (per-part rates under an allocation that sets every group's rate)."""
-    if method in TRANSFORMS:
-        if allocate not in (None, "uniform") or repair not in (None, "none"):
-            raise TaskpruneError(f"{method} does not select units: it takes no allocation or repair (drop --allocate "
-                                 "and --repair)")
-        if method == "svd" and rates.multiple_of != 1:
-            raise TaskpruneError("svd's ranks follow the paper's parameter budget and are not rounded: leave "
-                                 "--multiple-of at 1 for svd")
-        return
-    scorer, allocation, repair_mode = resolve_method(method, allocate, repair)
-    if scorer not in list_scorers():
-        raise TaskpruneError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
-    if allocation not in ALLOCATIONS:
-        raise TaskpruneError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
-    RepairConfig(mode=repair_mode)  # refuses an unknown mode
-    if allocation != "uniform" and rates.rate > MAX_RATE:
-        raise TaskpruneError(f"{method}'s {allocation} allocation keeps at least {1 - MAX_RATE:.0%} of every group, so "
-                             f"it cannot remove {rates.rate:g} of the parameters: pass --allocate uniform for a rate "
-                             f"above {MAX_RATE}")
-    overrides = [flag for flag, given in (("--module-rate", rates.module_rates), ("--layer-type-rate",
-                 rates.layer_type_rates), ("--depth-rate", rates.depth_rates)) if given]
-    if allocation != "uniform" and overrides:
-        raise TaskpruneError(f"{' and '.join(overrides)} {'set' if len(overrides) > 1 else 'sets'} rates per part, but "
-                             f"{method}'s {allocation} allocation sets every group's rate from the budget: pass "
-                             "--allocate uniform with per-part rates (--modules and --layer-types narrow the scope "
-                             "with any allocation)")
-
-
-def check_trials(method: str, trials: int, evaluated: bool, allocate: str | None = None,
-                 repair: str | None = None) -> None:
-    """Refuse a ``--trials`` run that cannot be done, before any model is loaded (see :func:`compress_trials`)."""
-    if method not in RANDOM_METHODS:
-        raise TaskpruneError(f"--trials is for the random methods ({', '.join(RANDOM_METHODS)}); {method} is deterministic")
-    if trials < 1:
-        raise TaskpruneError(f"--trials must be at least 1, got {trials}")
-    if not evaluated:
-        raise TaskpruneError("trials are compared by evaluation: no eval examples were given")
-    if allocate not in (None, "uniform") or repair not in (None, "none"):
-        raise TaskpruneError("trials are evaluated as uniform, unrepaired masks of the model: they take no --allocate "
-                             "or --repair")
 
 
 def compress(
@@ -307,10 +162,14 @@ def compress(
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     shard = shard or SINGLE
     counts = examples_per_rank(method, len(examples), batch_size, shard) if shard.active else None
-    if method in TRANSFORMS:
-        result = TRANSFORMS[method](model, tokenizer, task, examples, rates, config, batch_size, max_length,
-                                    progress, shard)
-        return replace(result, examples_per_rank=counts)
+    spec = get_method(method)
+    if spec.transform is not None:
+        t0 = time.perf_counter()
+        req = TransformRequest(model, tokenizer, task, examples, rates, config, progress, lambda: scoring_job(
+            model, tokenizer, task, examples, config, batch_size, max_length, progress, shard=shard))
+        out = spec.transform(req)
+        return CompressResult(out.model, None, {}, time.perf_counter() - t0, method, note=out.note,
+                              extra_files=out.extra_files, examples_per_rank=counts)
     scorer, allocation, repair_mode = resolve_method(method, allocate, repair_cfg.mode if repair_cfg else repair)
     repair_cfg = replace(repair_cfg, mode=repair_mode) if repair_cfg else RepairConfig(mode=repair_mode)
     if repair_cfg.mode != "none" and is_dispatched(model):
@@ -318,7 +177,7 @@ def compress(
                              "placed by a device map; use repair none (--repair none)")
     t0 = time.perf_counter()
     scores = score(model, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
-                   max_length=max_length, progress=progress, only=rates if scorer in GROUP_LOCAL else None,
+                   max_length=max_length, progress=progress, only=rates if get_method(scorer).group_local else None,
                    shard=shard)
     kind = model_kind(model)
     labels = kind.label_space(tokenizer, task)

@@ -11,7 +11,6 @@ its layers swapped for empty low-rank ones before the weights are read.
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from pathlib import Path
@@ -22,15 +21,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .runtime import placement
 from .errors import TaskpruneError
 from .files import atomic_dir
+from .models import get_adapter
+from .pruning.apply import record_widths, slice_model
 from .pruning.lowrank import LOWRANK_KEY, restore_lowrank
+from .runtime import placement
+from .runtime.placement import DeviceMap
 from .sources.hf import auto_model_class
 from .sources.resolve import resolve_model
-from .models import get_adapter
-from .runtime.placement import DeviceMap
-from .pruning.apply import record_widths, slice_model
 
 
 def _check_model_dir(path: str | Path) -> Path:
@@ -102,10 +101,10 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
         raise TaskpruneError(f"cannot load model {name_or_path!s}{local}: {str(err).splitlines()[0]}") from None
     except SafetensorError as err:
         raise _weights_error(name_or_path, err) from None
-    get_adapter(model)  # refuse unsupported architectures here, with one clear line
+    adapter = get_adapter(model)  # refuse unsupported architectures here, with one clear line
     if device_map is not None:
         placement.mark_offloaded(model, offload_folder)
-    tie_embeddings(model)
+    adapter.after_load()
     return model.eval()
 
 
@@ -198,7 +197,7 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, *, device_ma
         raise TaskpruneError(
             f"{path} does not match its {recorded} (missing {really_missing[:3]}, unexpected {unexpected[:3]})"
         )
-    tie_embeddings(model)
+    get_adapter(model).after_load()
     if dtype is not None:
         model.to(dtype)
     return model.eval()
@@ -219,81 +218,8 @@ def _dispatch_pruned(model: nn.Module, path: Path, recorded: str, dtype: torch.d
         raise TaskpruneError(f"{path} does not load with this device map or does not match its {recorded} "
                              f"({str(err).splitlines()[0]})") from None
     placement.mark_offloaded(model, folder)
-    tie_embeddings(model)
+    get_adapter(model).after_load()
     return model.eval()
-
-
-# -- encoder/decoder embedding ties ---------------------------------------------------------------
-# transformers 5.x cannot declare a tie between the encoder and the decoder of an EncoderDecoderModel, and
-# save_pretrained refuses a shared tensor: a tied bert2bert is saved with the decoder embedding as a second,
-# identical copy, and tie_embeddings() restores the single tensor after loading.
-
-def _word_embeddings(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
-    return model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
-
-
-def is_tied(model: nn.Module) -> bool:
-    """True if the decoder's word embeddings are the encoder's tensor."""
-    enc, dec = _word_embeddings(model)
-    return enc.weight is dec.weight
-
-
-TIE_MARK = "taskprune_tied_embeddings"
-
-
-def _is_seq2seq_of_stacks(model: nn.Module) -> bool:
-    return getattr(model.config, "model_type", None) == "encoder-decoder"
-
-
-def tie_embeddings(model: nn.Module, force: bool = False) -> bool:
-    """Make the decoder's word embeddings (and an LM head tied to them) the encoder's tensor.
-
-    Without ``force`` this only re-ties what :func:`save_pruned` recorded as tied (config flag
-    ``taskprune_tied_embeddings``) and whose two copies are still equal: merely equal embeddings, or an
-    LM head that was not tied to the decoder embeddings, are left alone. Returns whether the model is tied.
-    """
-    if not _is_seq2seq_of_stacks(model):
-        return False
-    enc, dec = _word_embeddings(model)
-    if enc.weight is dec.weight:
-        return True
-    if "meta" in (enc.weight.device.type, dec.weight.device.type):
-        return False  # offloaded by a device map: two copies (the checkpoint holds both), accelerate places them
-    if not force and not getattr(model.config, TIE_MARK, False):
-        return False
-    if enc.weight.shape != dec.weight.shape or (not force and not torch.equal(enc.weight, dec.weight)):
-        return False
-    out = model.decoder.get_output_embeddings()
-    head_follows = out is not None and (out.weight is dec.weight or torch.equal(out.weight, dec.weight))
-    dec.weight = enc.weight
-    if head_follows:
-        out.weight = enc.weight
-    setattr(model.config, TIE_MARK, True)
-    return True
-
-
-def _savable(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """``model``, or a copy cast to ``dtype`` whose decoder embedding is a separate tensor, for save_pretrained.
-
-    The copy's config records the tie (``taskprune_tied_embeddings``) so loading can restore it.
-    """
-    tied = _is_seq2seq_of_stacks(model) and is_tied(model)
-    if _is_seq2seq_of_stacks(model) and not tied and getattr(model.config, TIE_MARK, False):
-        setattr(model.config, TIE_MARK, False)  # untied since it was loaded: say so in what is saved
-    if not tied and dtype is None:
-        return model
-    m = copy.deepcopy(model)
-    if dtype is not None:
-        m.to(dtype)
-    if tied:
-        enc, dec = _word_embeddings(m)
-        out = m.decoder.get_output_embeddings()
-        head_follows = out is not None and out.weight is dec.weight
-        dec.weight = nn.Parameter(enc.weight.detach().clone())
-        if head_follows:
-            out.weight = dec.weight
-        setattr(m.config, TIE_MARK, True)
-    return m
 
 
 def save_pruned(
@@ -309,7 +235,7 @@ def save_pruned(
     ``extra_files`` maps a file name to a callable ``write(path)`` (e.g. the plan and the scores);
     ``dtype`` casts the saved copy (e.g. ``torch.float16``), ``model`` itself is not changed.
     """
-    to_save = _savable(model, dtype)
+    to_save = get_adapter(model).savable(dtype)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # a device-mapped model is saved shard by shard from where its weights are
@@ -321,3 +247,42 @@ def save_pruned(
             writer(tmp / name)
 
     return atomic_dir(out_dir, write, overwrite)
+
+
+def fp16_checkpoint_size(model: nn.Module, folder: Path) -> tuple[int, int]:
+    """(bytes on disk, values stored) of ``model`` saved as an fp16 checkpoint in ``folder``: what a user ships."""
+    import math
+
+    from safetensors import safe_open
+
+    save_pruned(model, folder, dtype=torch.float16)
+    files = sorted(folder.glob("*.safetensors"))
+    values = 0
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            values += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118
+    return sum(p.stat().st_size for p in files), values
+
+
+def loading_notes(plan: Any, model: nn.Module, family: bool = True) -> list[str]:  # noqa: ANN401
+    """One line each on how ``plan``'s rates were spread and its weights repaired, and what that means for
+    loading the checkpoint (what ``compress`` and ``demo`` print after saving); ``family``: also the model
+    family's own note on widths no stock config field holds."""
+    if plan is None:
+        return []
+    lines = []
+    if plan.allocation:
+        a = plan.allocation
+        widths = {n: len(g["keep"]) for n, g in plan.groups.items()}
+        lines.append(f"allocation: {a['method']}, {a['removed_fraction']:.1%} of the prunable parameters removed; "
+                     f"widths range {min(widths.values())}-{max(widths.values())} per group")
+        lines.append("note: per-layer widths have no stock config field: load this checkpoint with "
+                     "taskprune.load_pruned (for a checkpoint plain from_pretrained loads, pass --allocate uniform)")
+    if plan.repaired_with:
+        r = plan.repair
+        lines.append(f"repair: {r['mode']} on {r['calibration_examples']} calibration inputs ({r['groups']} groups "
+                     "re-solved)")
+    family_note = get_adapter(model).loading_note(plan) if family else None
+    if family_note:
+        lines.append(f"note: {family_note}")
+    return lines

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from .data import Batch, LabelSpace
-from .lm.batching import batches, length_order, n_batches
 from .errors import TaskpruneError
 from .lm import ModelKind, Seq2SeqKind, model_kind
-from .pruning.lowrank import LowRankLinear
+from .lm.batching import batches, length_order, n_batches
 from .models import Adapter, NeuronGroup, get_adapter
+from .pruning.lowrank import LowRankLinear
 from .runtime.placement import execution_device
 from .scoring.base import Progress, no_progress
 from .tasks import Example, Task, compute_metrics

@@ -23,8 +23,9 @@ from conftest import make_model, make_tokenizer
 from taskprune.checkpoint import save_pruned
 from taskprune.cli import main
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.scoring import save_scores
 
 ROWS = [("good movie", 1), ("great film", 1), ("awful movie", 0), ("bad film", 0)]

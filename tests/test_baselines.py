@@ -9,8 +9,9 @@ from conftest import logits, make_model, make_tokenizer, sample_inputs
 from taskprune.data import LabelSpace
 from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply, masked
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.scoring.random_attribution import random_label_space
 from taskprune.tasks import Example, Task

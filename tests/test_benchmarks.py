@@ -11,7 +11,8 @@ import torch
 from conftest import make_model, make_tokenizer
 
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

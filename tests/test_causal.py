@@ -11,12 +11,13 @@ from tiny import tiny_causal, tiny_causal_tokenizer
 
 from taskprune.api import score
 from taskprune.checkpoint import load_pruned, save_pruned
-from taskprune.lm.batching import batches
 from taskprune.evaluate import evaluate
 from taskprune.lm import model_kind, target_logp, teacher_forced_logits
+from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply, masked
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.scoring import ScoreConfig
 from taskprune.tasks import Example, Task
 
@@ -293,7 +294,7 @@ def test_pruning_scope_outside_a_decoder_only_model_is_refused() -> None:
 
 def test_finetuning_loss_is_the_continuation_cross_entropy(model_type: str) -> None:
     """Fine-tuning reads causal examples through the same home: loss on the label continuation only."""
-    from taskprune.training.finetune import teacher_forcing_loss
+    from taskprune.training.loop import teacher_forcing_loss
 
     model, tok = tiny_causal(model_type), tiny_causal_tokenizer()
     labels = model_kind(model).label_space(tok, TASK)
@@ -438,9 +439,8 @@ def test_a_missing_or_broken_gguf_file_is_one_line(tmp_path, capsys, monkeypatch
 def test_cli_tuning_flags_reach_the_recipe(tmp_path, capsys) -> None:  # noqa: ANN001
     """--repair-alpha, --repair-order and --calibration, given with a recipe that uses them, are what the plan
     records (their defaults are None so that unused ones can be refused: the None must not leak through)."""
-    from taskprune.pruning.plan import PruningPlan
-
     from taskprune.cli import main
+    from taskprune.pruning.plan import PruningPlan
 
     common = _cli_space(tmp_path)
     assert main(["compress", *common, "--samples", "4", "--rate", "0.3", "--repair", "ls", "--repair-alpha", "0.5",

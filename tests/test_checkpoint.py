@@ -9,10 +9,11 @@ from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
 
 from taskprune.checkpoint import load_model, load_pruned, save_pruned
 from taskprune.errors import TaskpruneError
-from taskprune.sources.fingerprint import fingerprint
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
+from taskprune.sources.fingerprint import fingerprint
 
 
 def _scores(model, seed: int = 0):  # noqa: ANN001, ANN202
@@ -114,8 +115,8 @@ def test_outputs_get_ordinary_permissions(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_encoder_decoder_embedding_ties_survive_saving_and_nothing_else_is_tied(tmp_path) -> None:  # noqa: ANN001
-    from taskprune.checkpoint import is_tied, tie_embeddings
     from taskprune.evaluate import count_parameters
+    from taskprune.models.bert2bert import is_tied, tie_embeddings
 
     tied = make_model("bert2bert")
     assert tie_embeddings(tied, force=True) and is_tied(tied)

@@ -8,7 +8,8 @@ import itertools
 
 import pytest
 
-from taskprune.experiments.claims import check_claims, claims_section
+from taskprune.experiments.claims import check_claims
+from taskprune.experiments.report import claims_section
 from taskprune.experiments.results import pack_outcomes
 
 _ids = itertools.count()

@@ -308,9 +308,9 @@ def test_timing_pairs_alternate_and_the_ratio_is_the_median_of_pairs() -> None:
 
 def test_demo_size_counts_what_the_files_hold(tmp_path: Path) -> None:
     """A tied bert2bert's word embedding is one parameter tensor but is stored twice (encoder and decoder copies)."""
-    from taskprune.checkpoint import tie_embeddings
-    from taskprune.cli import _fp16_checkpoint
+    from taskprune.checkpoint import fp16_checkpoint_size as _fp16_checkpoint
     from taskprune.evaluate import count_parameters
+    from taskprune.models.bert2bert import tie_embeddings
 
     model = make_model("bert2bert")
     assert tie_embeddings(model, force=True)
@@ -333,7 +333,9 @@ def test_rate_text_names_the_modules_the_model_has() -> None:
     from tiny import tiny_causal, tiny_t5
 
     import taskprune as tp
-    from taskprune.cli import _rate_text
+    from taskprune.pruning.rates import RateSpec
+
+    _rate_text = RateSpec.describe
 
     assert _rate_text(tp.RateSpec(rate=0.5), tiny_causal("llama")) == "rate 0.5 on decoder"
     assert _rate_text(tp.RateSpec(rate=0.5), tiny_t5()) == "rate 0.5 on encoder+decoder"

@@ -26,10 +26,10 @@ from tiny import tiny_causal, tiny_causal_tokenizer, tiny_t5, tiny_tokenizer
 
 import taskprune as tp
 from taskprune.api import default_model_dir, scoring_job
-from taskprune.runtime.distributed import Shard
 from taskprune.experiments.config import Run
 from taskprune.experiments.results import load_rows
 from taskprune.experiments.runner import split_runs
+from taskprune.runtime.distributed import Shard
 from taskprune.scoring import ScoreConfig, SMPConfig
 from taskprune.scoring import base as scoring_base
 

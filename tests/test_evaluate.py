@@ -9,11 +9,12 @@ import torch
 from conftest import make_model, make_tokenizer
 
 from taskprune.data import IGNORE, LabelSpace, targets_for
-from taskprune.lm.batching import batches, length_order
 from taskprune.evaluate import count_parameters, evaluate, rank_scores
+from taskprune.lm.batching import batches, length_order
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.tasks import Example, Task
 
 TASK = Task(name="toy", template="{text}", label_words=("very good", "bad"), label_values=("1", "0"))
@@ -76,7 +77,7 @@ def test_shared_prefix_scoring_equals_per_candidate_scoring(family: str, words: 
     leading word-pieces, a target that is the whole prefix, uneven lengths, padded inputs, pruned and zero-width
     models."""
     if budget is not None:  # the module, not the function taskprune.evaluate that shadows it on the package
-        monkeypatch.setattr(importlib.import_module("taskprune.lm"), "REPEAT_BUDGET_BYTES", budget)
+        monkeypatch.setattr(importlib.import_module("taskprune.lm.kinds"), "REPEAT_BUDGET_BYTES", budget)
     task = Task(name="toy", template="{text}", label_words=words)
     model, tok = make_model(family), make_tokenizer(family)
     g = torch.Generator().manual_seed(1)
@@ -103,8 +104,9 @@ def test_parameter_counts_follow_widths(family: str) -> None:
 
 def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) -> None:
     """With a decoder-only plan masked in, cached encoder outputs give exactly the uncached predictions."""
-    from taskprune.pruning.plan import RateSpec, make_plan
     from taskprune.pruning.apply import masked
+    from taskprune.pruning.plan import make_plan
+    from taskprune.pruning.rates import RateSpec
     from taskprune.tasks import Example, Task
 
     task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))

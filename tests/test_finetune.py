@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 from tiny import WORDS, Interrupted, interrupt_at, tiny_bert2bert, tiny_t5, tiny_tokenizer
 from transformers import BertConfig, BertModel, EncoderDecoderModel
 
-from taskprune.checkpoint import is_tied, tie_embeddings
-from taskprune.evaluate import count_parameters
 from taskprune.errors import TaskpruneError
-from taskprune.training.finetune import FinetuneConfig, batch_for_step, finetune, mixture_weights, task_schedule
+from taskprune.evaluate import count_parameters
+from taskprune.models.bert2bert import is_tied, tie_embeddings
+from taskprune.training.config import FinetuneConfig
+from taskprune.training.loop import finetune
+from taskprune.training.mixing import batch_for_step, mixture_weights, task_schedule
 from taskprune.training.seq2seq_init import build_bert2bert, init_seq2seq
 
 POS = ["good movie", "great film", "a very good film", "this movie was great", "good and great"]
@@ -85,7 +87,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path) -> None:
 
 def test_a_resume_with_other_settings_is_refused_before_the_model_loads(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import taskprune.training.finetune as ft
+    import taskprune.training.loop as ft
 
     model = _save(tiny_t5(), tiny_tokenizer(), tmp_path / "t5")
     cfg = _cfg(tmp_path, model, steps=8, save_every=4, log_every=1)

@@ -12,13 +12,14 @@ import torch
 from test_finetune import _cfg, _rows, _save, _task_dir
 from tiny import Interrupted, interrupt_at, tiny_causal, tiny_causal_tokenizer
 
-from taskprune.sources.lora import MANIFEST, WEIGHTS, is_lora_dir
 from taskprune.checkpoint import load_model, load_tokenizer
 from taskprune.errors import TaskpruneError
 from taskprune.evaluate import evaluate
-from taskprune.training.finetune import FinetuneConfig, batch_indices, bucketed_batch, finetune
-from taskprune.tasks import load_examples
-from taskprune.tasks import get_task
+from taskprune.sources.lora import MANIFEST, WEIGHTS, is_lora_dir
+from taskprune.tasks import get_task, load_examples
+from taskprune.training.config import FinetuneConfig
+from taskprune.training.loop import finetune
+from taskprune.training.mixing import batch_indices, bucketed_batch
 
 pytest.importorskip("peft")
 

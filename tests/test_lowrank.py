@@ -15,11 +15,12 @@ from torch import nn
 from taskprune.checkpoint import load_model, load_pruned, save_pruned
 from taskprune.errors import TaskpruneError
 from taskprune.evaluate import count_parameters
-from taskprune.sources.fingerprint import fingerprint
-from taskprune.pruning.lowrank import LowRankLinear, factorize, is_lowrank, lowrank_rank
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply
+from taskprune.pruning.lowrank import LowRankLinear, factorize, is_lowrank, lowrank_rank
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
+from taskprune.sources.fingerprint import fingerprint
 
 
 def _linear(d: int, k: int, bias: bool = True, seed: int = 0) -> nn.Linear:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from taskprune.errors import TaskpruneError
 from taskprune.models import get_adapter
 from taskprune.models.base import NeuronGroup
-from taskprune.pruning.plan import PruningPlan, RateSpec, check_rate, make_plan, select_units
+from taskprune.pruning.plan import PruningPlan, make_plan, select_units
+from taskprune.pruning.rates import RateSpec, check_rate
 
 
 def test_select_keeps_the_highest_per_head_with_ties_to_lower_index() -> None:

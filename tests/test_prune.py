@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskprune.errors import TaskpruneError
-from taskprune.sources.fingerprint import fingerprint
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply, mask, masked
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
+from taskprune.sources.fingerprint import fingerprint
 
 MODELS = {name: make() for name, make in FAMILIES.items()}
 
@@ -177,8 +178,9 @@ def test_a_shared_cut_leaves_the_base_untouched_and_shares_only_whole_tensors(fa
 
 def test_a_plan_lacking_a_group_is_refused_by_apply_and_mask_naming_it() -> None:
     from taskprune.errors import TaskpruneError
-    from taskprune.pruning.plan import RateSpec, make_plan
     from taskprune.pruning.apply import apply, mask
+    from taskprune.pruning.plan import make_plan
+    from taskprune.pruning.rates import RateSpec
 
     model = make_model("t5-relu")
     g = torch.Generator().manual_seed(0)
@@ -193,7 +195,7 @@ def test_a_plan_lacking_a_group_is_refused_by_apply_and_mask_naming_it() -> None
 def test_library_compress_refuses_depths_the_model_lacks_before_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
     import taskprune.api as api
     from taskprune.errors import TaskpruneError
-    from taskprune.pruning.plan import RateSpec
+    from taskprune.pruning.rates import RateSpec
     from taskprune.tasks import Example, Task
 
     def no_scoring(*_a, **_k):  # noqa: ANN002, ANN003, ANN202

@@ -15,15 +15,16 @@ import torch
 from conftest import logits, make_model, make_tokenizer, sample_inputs
 from tiny import tiny_causal, tiny_causal_tokenizer
 
-from taskprune.pruning.allocate import global_rates, removed_fraction, search_rates
 from taskprune.api import compress
 from taskprune.checkpoint import load_pruned, save_pruned
-from taskprune.lm.batching import batches
 from taskprune.errors import TaskpruneError
 from taskprune.lm import label_space, model_kind, teacher_forced_logits
+from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
+from taskprune.pruning.allocate import global_rates, removed_fraction, search_rates
 from taskprune.pruning.apply import apply, masked
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.pruning.repair import RepairConfig, repair
 from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.tasks import Example, Task

@@ -7,8 +7,8 @@ import torch
 from conftest import make_model, make_tokenizer
 
 from taskprune.data import LabelSpace, targets_for
-from taskprune.lm.batching import batches
 from taskprune.errors import TaskpruneError
+from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
 from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.tasks import Example, Task
@@ -199,7 +199,7 @@ def test_scoring_memory_scales_with_the_batch_not_the_examples() -> None:
 def test_compress_scores_only_the_pruned_groups_and_skips_the_encoder_backward(method: str) -> None:
     """A decoder-only plan: scores of the decoder groups equal full scoring's, and no gradient reaches the encoder."""
     from taskprune.api import compress, score
-    from taskprune.pruning.plan import RateSpec
+    from taskprune.pruning.rates import RateSpec
     from taskprune.tasks import Example, Task
 
     task = Task(name="toy", template="{text}", label_words=("good", "bad"), label_values=("1", "0"))

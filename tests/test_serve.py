@@ -17,11 +17,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from taskprune.checkpoint import load_pruned, save_pruned  # noqa: E402
 from taskprune.data import LabelSpace
-from taskprune.lm.batching import batches  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
+from taskprune.lm.batching import batches  # noqa: E402
 from taskprune.models import get_adapter  # noqa: E402
-from taskprune.pruning.plan import PruningPlan, RateSpec, make_plan  # noqa: E402
 from taskprune.pruning.apply import apply  # noqa: E402
+from taskprune.pruning.plan import PruningPlan, make_plan
+from taskprune.pruning.rates import RateSpec  # noqa: E402
 from taskprune.serve import ByteLRU, ServeLimits, TaskService  # noqa: E402
 from taskprune.serve.app import create_app  # noqa: E402
 from taskprune.serve.service import owned_bytes  # noqa: E402

@@ -12,11 +12,12 @@ from conftest import logits, make_model, make_tokenizer, sample_inputs
 from taskprune.api import compress, save_compressed
 from taskprune.checkpoint import load_model
 from taskprune.data import IGNORE, LabelSpace, targets_for
-from taskprune.lm.batching import batches
 from taskprune.errors import TaskpruneError
+from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
-from taskprune.pruning.plan import RateSpec, make_plan
 from taskprune.pruning.apply import apply, masked
+from taskprune.pruning.plan import make_plan
+from taskprune.pruning.rates import RateSpec
 from taskprune.scoring import ScoreConfig, ScoringJob, SMPConfig
 from taskprune.scoring.smp import (
     apply_weight_masks,

@@ -27,16 +27,27 @@ seeds). The rules, stated again in the report:
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from .results import METRIC, row_kind, row_outcomes, row_rate
-from .stats import ALPHA, Comparisons, Point, holm
+from .results import (
+    Pair,
+    Row,
+    Unpairable,
+    compare_pairs,
+    group_rows,
+    mean_abs_gap,
+    mean_acc,
+    mean_signed_gap,
+    method_pairs,
+    module_groups,
+    part_acc,
+    part_groups,
+    part_pairs,
+    row_kind,
+    row_rate,
+)
+from .stats import ALPHA, Comparisons, margin_tests, point_pvalues, pooled_tests, significance
 
 TOLERANCE = 3.0  # accuracy points: the margin of "≈", "as good as" and "can go"
 MANY_EXAMPLES = 1000  # fewest fit examples that may stand in for "all" when a sweep capped it
@@ -47,32 +58,14 @@ RELATED = {("rte", "qnli"), ("mrpc", "qnli")}
 UNRELATED = {("sst2", "qnli"), ("cb", "qnli")}
 NOT_TESTED = "not tested"
 
-Row = dict[str, Any]
-Pair = tuple[tuple, list[Row], list[Row]]  # (point label, A's rows (seeds), B's rows)
-
 
 @dataclass
 class Claim:
+    """One claim's verdict and the numbers behind it (a row of the report's claims table)."""
+
     text: str
     verdict: str  # "holds", "does not hold", "inconclusive", "not tested", "not measured"
     evidence: str
-
-    def line(self) -> str:
-        cells = (c.replace("|", "\\|") for c in (self.text, self.evidence))  # |x| must not split the table
-        text, evidence = cells
-        return f"| {text} | **{self.verdict}** | {evidence} |"
-
-
-def _acc(rows: Iterable[Row]) -> float:
-    return statistics.fmean(r["metrics"][METRIC] for r in rows)
-
-
-def _groups(rows: Iterable[Row], key: Callable[[Row], tuple]) -> dict[tuple, list[Row]]:
-    """The rows of each key (the seeds of one setting)."""
-    out: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        out[key(r)].append(r)
-    return dict(out)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -83,45 +76,12 @@ def _task(t: str) -> str:
     return t.upper()
 
 
-class _Untestable(Exception):
-    """The rows cannot be paired: no per-example outcomes, or different eval examples."""
-
-
-def _runs(rows: list[Row]) -> tuple[str, np.ndarray]:
-    """(eval set id, [seeds, examples] 0/1) of one setting's rows."""
-    got = [row_outcomes(r) for r in rows]
-    if any(g is None for g in got):
-        raise _Untestable
-    ids = {g[0] for g in got}  # type: ignore[index]
-    if len(ids) != 1:
-        raise _Untestable("the seeds of one setting were evaluated on different examples")
-    return ids.pop(), np.stack([g[1] for g in got]).astype(np.float64)  # type: ignore[index]
-
-
-def _comparisons(pairs: Sequence[Pair]) -> Comparisons:
-    points = []
-    cache: dict[tuple[int, ...], tuple[str, np.ndarray]] = {}  # one array per setting: the bootstrap reuses it
-
-    def runs(rows: list[Row]) -> tuple[str, np.ndarray]:
-        key = tuple(id(r) for r in rows)
-        if key not in cache:
-            cache[key] = _runs(rows)
-        return cache[key]
-
-    for _, ra, rb in pairs:
-        (ida, a), (idb, b) = runs(ra), runs(rb)
-        if ida != idb:
-            raise _Untestable("two compared runs were evaluated on different examples")
-        points.append(Point(a, b, ida))
-    return Comparisons(points)
-
-
 def _tested(text: str, pairs: Sequence[Pair], means: str, decide: Callable[[Comparisons], tuple[str, str]]) -> Claim:
     """The claim's verdict from ``decide`` on the paired points, or "not tested" (with the means) when the rows
     cannot be paired."""
     try:
-        cmp = _comparisons(pairs)
-    except _Untestable as why:
+        cmp = compare_pairs(pairs)
+    except Unpairable as why:
         rows = list({id(r): r for _, ra, rb in pairs for r in (*ra, *rb)}.values())  # a row may serve several points
         missing = sum(r.get("outcomes") is None for r in rows)
         reason = str(why) or f"no per-example outcomes in {missing} of the {len(rows)} rows it needs"
@@ -130,86 +90,26 @@ def _tested(text: str, pairs: Sequence[Pair], means: str, decide: Callable[[Comp
     return Claim(text, verdict, evidence)
 
 
-def _pvalues(cmp: Comparisons) -> tuple[list[float], list[float]]:
-    """(two-sided p per point, Holm-adjusted over the points)."""
-    ps = [cmp.point(k).p for k in range(len(cmp.points))]
-    return ps, holm(ps)
-
-
-def _significance(cmp: Comparisons) -> tuple[list[bool], list[bool], int]:
-    """(A significantly above B per point, significantly below, how many above at unadjusted p < alpha)."""
-    ps, adj = _pvalues(cmp)
-    d = cmp.diffs
-    above = [bool(d[k] > 0 and adj[k] < ALPHA) for k in range(len(ps))]
-    below = [bool(d[k] < 0 and adj[k] < ALPHA) for k in range(len(ps))]
-    return above, below, sum(bool(d[k] > 0 and ps[k] < ALPHA) for k in range(len(ps)))
-
-
 def _by_task(pairs: Sequence[Pair], stat: Callable[[list[int]], str]) -> str:
     """``stat`` of each task's point indices (the task is the second field of a point label)."""
     tasks = sorted({p[0][1] for p in pairs})
     return "; ".join(f"{_task(t)} {stat([k for k, p in enumerate(pairs) if p[0][1] == t])}" for t in tasks)
 
 
-def _module_groups(rows: list[Row]) -> dict[tuple, list[Row]]:
-    """(experiment, task, module, method, samples, rate) -> rows (seeds), module-scope rows, rates in (0, 1)."""
-    return _groups((r for r in rows if row_kind(r) == "module" and 0 < row_rate(r) < 1),
-                   lambda r: (r["experiment"], r["task"], r["setting"], r["method"], str(r["samples"]), row_rate(r)))
-
-
-def _sample_order(samples: str) -> tuple[int, int]:
-    return (1, 0) if samples == "all" else (0, int(samples))
-
-
-def _pairs(groups: dict[tuple, list[Row]], a: str, b: str) -> list[Pair]:
-    """One point per (experiment, task, module, rate, example count) where methods a and b were both run.
-
-    Equal example counts pair up; a method that reads no examples (random, svd: recorded with 0) pairs once,
-    with the other method's smallest example count.
-    """
-    by_point: dict[tuple, dict[str, dict[str, list[Row]]]] = defaultdict(lambda: defaultdict(dict))
-    for (exp, task, module, method, samples, rate), v in groups.items():
-        if method in (a, b):
-            by_point[(exp, task, module, rate)][method][samples] = v
-    out: list[Pair] = []
-    for point, methods in by_point.items():
-        va, vb = methods.get(a, {}), methods.get(b, {})
-        common = sorted(set(va) & set(vb), key=_sample_order)
-        if common:
-            out += [(point, va[s], vb[s]) for s in common]
-        elif va and vb and ("0" in va or "0" in vb):
-            first = lambda d: d[min(d, key=_sample_order)]  # noqa: E731
-            out.append((point, first(va), first(vb)))
-    return out
-
-
-def _mean_gap(pairs: Sequence[Pair]) -> float:
-    return statistics.fmean(abs(_acc(a) - _acc(b)) for _, a, b in pairs)
-
-
-def _signed(pairs: Sequence[Pair]) -> float:
-    return statistics.fmean(_acc(a) - _acc(b) for _, a, b in pairs)
-
-
-def _holds_above(cmp: Comparisons, idx: Sequence[int]) -> str:
-    above, below, _ = _significance(cmp)
-    return f"{sum(above[k] for k in idx)} above / {sum(below[k] for k in idx)} below of {len(idx)}"
-
-
 def ap_beats_baselines(rows: list[Row]) -> Claim:
     text = "AP beats the baselines (FPP, RAP, RP, SVD) in most cases"
-    groups = _module_groups(rows)
+    groups = module_groups(rows)
     pairs: list[Pair] = []
     for b, name in ((FPP, "FPP"), (RAP, "RAP"), (RP, "RP"), (SVD, "SVD")):
-        pairs += [((name, *p[0]), p[1], p[2]) for p in _pairs(groups, AP, b)]
+        pairs += [((name, *p[0]), p[1], p[2]) for p in method_pairs(groups, AP, b)]
     if not pairs:
         return Claim(text, _verdict(None), "needs attribution and a baseline on the same module rates")
     names = list(dict.fromkeys(p[0][0] for p in pairs))
-    wins = sum(_acc(a) > _acc(b) for _, a, b in pairs)
+    wins = sum(mean_acc(a) > mean_acc(b) for _, a, b in pairs)
     means = f"AP strictly above the baseline at {wins} of {len(pairs)} points"
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        above, below, raw = _significance(cmp)
+        above, below, raw = significance(cmp)
         parts = []
         for name in names:
             idx = [k for k, p in enumerate(pairs) if p[0][0] == name]
@@ -228,7 +128,7 @@ def _equivalence(cmp: Comparisons, pairs: Sequence[Pair], what: str) -> tuple[st
     """The "≈" rule on paired points: the mean absolute gap's upper bound within TOLERANCE."""
     gap, lo, hi = cmp.mean_abs_gap()
     verdict = "holds" if hi <= TOLERANCE else "does not hold" if lo > TOLERANCE else "inconclusive"
-    _, adj = _pvalues(cmp)
+    _, adj = point_pvalues(cmp)
     tost = sum(cmp.point(k).equivalent(TOLERANCE) for k in range(len(pairs)))
     return verdict, (
         f"mean |{what}| = {gap:.2f} points over {len(pairs)} points, one-sided {100 * (1 - ALPHA):g} % bounds "
@@ -242,24 +142,25 @@ def _approx(text: str, pairs: list[Pair], names: tuple[str, str]) -> Claim:
     if not pairs:
         return Claim(text, _verdict(None), f"needs {names[0]} and {names[1]} on the same settings")
     what = f"{names[0]} − {names[1]}"
-    means = f"mean |{what}| = {_mean_gap(pairs):.2f} over {len(pairs)} points, signed {_signed(pairs):+.2f}"
+    means = (f"mean |{what}| = {mean_abs_gap(pairs):.2f} over {len(pairs)} points, signed "
+             f"{mean_signed_gap(pairs):+.2f}")
     return _tested(text, pairs, means, lambda cmp: _equivalence(cmp, pairs, what))
 
 
 def _method_approx(text: str, rows: list[Row], a: str, b: str, names: tuple[str, str]) -> Claim:
-    return _approx(text, _pairs(_module_groups(rows), a, b), names)
+    return _approx(text, method_pairs(module_groups(rows), a, b), names)
 
 
 def rap_sometimes_ap(rows: list[Row]) -> Claim:
     text = "RAP is sometimes as good as AP"
-    pairs = _pairs(_module_groups(rows), RAP, AP)
+    pairs = method_pairs(module_groups(rows), RAP, AP)
     if not pairs:
         return Claim(text, _verdict(None), "needs RAP and AP on the same module rates")
-    close = sum(abs(_acc(x) - _acc(y)) <= TOLERANCE or _acc(x) > _acc(y) for _, x, y in pairs)
+    close = sum(abs(mean_acc(x) - mean_acc(y)) <= TOLERANCE or mean_acc(x) > mean_acc(y) for _, x, y in pairs)
     means = f"RAP within {TOLERANCE:g} points of AP (or above) at {close} of {len(pairs)} points"
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        good, bad = _margin_tests(cmp)
+        good, bad = margin_tests(cmp, TOLERANCE)
         quarter = len(pairs) / 4
         if sum(good) >= quarter:
             verdict = "holds"
@@ -274,19 +175,10 @@ def rap_sometimes_ap(rows: list[Row]) -> Claim:
     return _tested(text, pairs, means, decide)
 
 
-def _margin_tests(cmp: Comparisons) -> tuple[list[bool], list[bool]]:
-    """Per point: A shown at most TOLERANCE below B, and A shown more than TOLERANCE below B (each one-sided,
-    Holm-adjusted over the points)."""
-    points = [cmp.point(k) for k in range(len(cmp.points))]
-    good = holm([c.p_noninferior(TOLERANCE) for c in points])
-    bad = holm([c.p_inferior(TOLERANCE) for c in points])
-    return [a < ALPHA for a in good], [a < ALPHA for a in bad]
-
-
 def _above_rule(text: str, pairs: list[Pair], means: str, unit: str, per: Callable[[Comparisons], str]) -> Claim:
     """"A beats B": significantly above (Holm over the points) at more than half of them."""
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        above, below, raw = _significance(cmp)
+        above, below, raw = significance(cmp)
         return _verdict(sum(above) > len(pairs) / 2), (
             f"significantly above at {sum(above)} of {len(pairs)} {unit} points, below at {sum(below)} (Holm; "
             f"{raw} above at unadjusted p < {ALPHA:g}); {per(cmp)}")
@@ -295,7 +187,7 @@ def _above_rule(text: str, pairs: list[Pair], means: str, unit: str, per: Callab
 
 def decoder_more_robust(rows: list[Row]) -> Claim:
     text = "The decoder is more robust to pruning than the encoder"
-    groups = _module_groups(rows)
+    groups = module_groups(rows)
     pairs: list[Pair] = []
     for (exp, task, module, method, samples, rate), dec in groups.items():
         if module == "decoder" and method == AP:
@@ -304,7 +196,7 @@ def decoder_more_robust(rows: list[Row]) -> Claim:
                 pairs.append(((exp, task, samples, rate), dec, enc))
     if not pairs:
         return Claim(text, _verdict(None), "needs AP on both modules at the same rates")
-    wins = sum(_acc(d) > _acc(e) for _, d, e in pairs)
+    wins = sum(mean_acc(d) > mean_acc(e) for _, d, e in pairs)
     return _above_rule(text, pairs, f"decoder-pruned above encoder-pruned at {wins} of {len(pairs)} points",
                        "(experiment, task, examples, rate)",
                        lambda cmp: "decoder − encoder pooled by task: "
@@ -314,14 +206,14 @@ def decoder_more_robust(rows: list[Row]) -> Claim:
 def integrated_like_specific(rows: list[Row]) -> Claim:
     text = ("Module-integrated ≈ module-specific: pruning both modules costs about what the worse of the two "
             "alone costs")
-    cells = _groups((r for r in rows if row_kind(r) == "grid" and r["method"] == AP),
-                    lambda r: ((r["task"], r["eval_task"], str(r["samples"])), r["rates"]["module_rates"]["encoder"],
-                               r["rates"]["module_rates"]["decoder"]))
+    cells = group_rows((r for r in rows if row_kind(r) == "grid" and r["method"] == AP),
+                       lambda r: ((r["task"], r["eval_task"], str(r["samples"])),
+                                  r["rates"]["module_rates"]["encoder"], r["rates"]["module_rates"]["decoder"]))
     pairs: list[Pair] = []
     for (key, e, d), both in cells.items():
         alone = [cells.get((key, e, 0.0)), cells.get((key, 0.0, d))]
         if e > 0 and d > 0 and alone[0] is not None and alone[1] is not None:
-            worse = min(alone, key=_acc)  # chosen by its accuracy, then compared example by example
+            worse = min(alone, key=mean_acc)  # chosen by its accuracy, then compared example by example
             pairs.append(((None, key[1], "", (e, d)), both, worse))
     if not pairs:
         return Claim(text, _verdict(None), "needs an encoder x decoder grid with 0 in both axes")
@@ -330,9 +222,9 @@ def integrated_like_specific(rows: list[Row]) -> Claim:
 
 def few_examples_enough(rows: list[Row], task: str = "sst2") -> Claim:
     text = f"10 examples ≈ all examples on {_task(task)}"
-    groups = _groups((r for r in rows if row_kind(r) == "module" and r["task"] == task and r["method"] == AP
-                      and 0 < row_rate(r) < 1),
-                     lambda r: (r["experiment"], r["setting"], row_rate(r), str(r["samples"])))
+    groups = group_rows((r for r in rows if row_kind(r) == "module" and r["task"] == task and r["method"] == AP
+                         and 0 < row_rate(r) < 1),
+                        lambda r: (r["experiment"], r["setting"], row_rate(r), str(r["samples"])))
     # "all" where the sweep ran it; else the largest count of at least MANY_EXAMPLES stands in for it (a sweep
     # that cannot afford every fit example, e.g. 67k SST-2 scorings of a causal LM, caps "all") and is named
     def most(exp: str, module: str, rate: float) -> str | None:
@@ -362,8 +254,8 @@ def unsupervised_like_supervised(rows: list[Row]) -> Claim:
 
 def related_domain_better(rows: list[Row]) -> Claim:
     text = "A related unseen domain is preserved better than an unrelated one"
-    groups = _groups((r for r in rows if row_kind(r) == "unseen" and r["method"] == AP and 0 < row_rate(r) < 1),
-                     lambda r: (r["eval_task"], r["setting"], row_rate(r), r["task"]))
+    groups = group_rows((r for r in rows if row_kind(r) == "unseen" and r["method"] == AP and 0 < row_rate(r) < 1),
+                        lambda r: (r["eval_task"], r["setting"], row_rate(r), r["task"]))
     pairs: list[Pair] = []
     for (ev, module, rate, src), v in groups.items():
         if (src, ev) in RELATED:
@@ -374,77 +266,35 @@ def related_domain_better(rows: list[Row]) -> Claim:
     if not pairs:
         return Claim(text, _verdict(None), "needs AP scored on a related and an unrelated task, evaluated on one")
     names = ", ".join(sorted({p[0][0] for p in pairs}))
-    wins = sum(_acc(a) > _acc(b) for _, a, b in pairs)
+    wins = sum(mean_acc(a) > mean_acc(b) for _, a, b in pairs)
     return _above_rule(text, pairs, f"{names}: related above unrelated at {wins} of {len(pairs)} points",
                        f"{names} (module, rate)", lambda cmp: f"related − unrelated pooled {cmp.pooled().brief()}")
-
-
-ByRate = dict[float, list[Row]]  # the rows (seeds) of one part at each rate
-
-
-def _part_groups(rows: list[Row], kind: str, parts: set[str]) -> dict[tuple[str, str], dict[str, ByRate]]:
-    """(task, module) -> {part: {rate: rows}} for layer-type or depth rows, at the rates in (0, 1] that every part
-    of ``parts`` present there was run at (so parts are compared at equal rates)."""
-    groups = _groups((r for r in rows if row_kind(r) == kind and r["method"] == AP and row_rate(r) > 0
-                      and r["setting"].split(":", 1)[1] in parts),
-                     lambda r: (r["task"], *r["setting"].split(":", 1), row_rate(r)))
-    by_tm: dict[tuple[str, str], dict[str, ByRate]] = defaultdict(lambda: defaultdict(dict))
-    for (task, module, part, rate), v in groups.items():
-        by_tm[task, module][part][rate] = v
-    out = {}
-    for key, per_part in by_tm.items():
-        shared = set.intersection(*(set(v) for v in per_part.values()))
-        if shared:
-            out[key] = {p: {r: v[r] for r in sorted(shared)} for p, v in per_part.items()}
-    return out
-
-
-def _part_tests(tests: list[tuple[tuple, ByRate, ByRate]]) -> tuple[list[Pair], list[list[int]]]:
-    """Points for "pruning part B hurts more than pruning part A" tests: (label, A's rates, B's rates) each pooled
-    over its rates; returns the pairs and each test's point indices."""
-    pairs: list[Pair] = []
-    members: list[list[int]] = []
-    for label, a, b in tests:
-        members.append(list(range(len(pairs), len(pairs) + len(a))))
-        pairs += [((*label, rate), a[rate], b[rate]) for rate in a]
-    return pairs, members
-
-
-def _pooled_tests(cmp: Comparisons, members: list[list[int]]) -> tuple[list[bool], list[str]]:
-    """Per test: A significantly above B pooled over its rates (Holm over the claim's tests), and its brief."""
-    pooled = [cmp.pooled(m) for m in members]
-    adj = holm([c.p for c in pooled])
-    return [c.diff > 0 and a < ALPHA for c, a in zip(pooled, adj)], [c.brief() for c in pooled]
-
-
-def _part_acc(part: ByRate) -> float:
-    return statistics.fmean(_acc(v) for v in part.values())
 
 
 def layer_types(rows: list[Row]) -> list[Claim]:
     enc_text = "Encoder: self-attention matters more than the FFN (pruning it hurts more)"
     dec_text = "Decoder: cross-attention matters most"
-    enc = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "ffn"}).items()
+    enc = {t: p for (t, m), p in part_groups(rows, "layer_type", {"self_attn", "ffn"}, AP).items()
            if m == "encoder" and len(p) == 2}
     decoder_only = False
     if not enc and not any(r.get("setting", "").endswith(":cross_attn") for r in rows):
         # a decoder-only model: its one stack is self-attention + FFN like an encoder, so the encoder's claim
         # is the one it can test
-        enc = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "ffn"}).items()
+        enc = {t: p for (t, m), p in part_groups(rows, "layer_type", {"self_attn", "ffn"}, AP).items()
                if m == "decoder" and len(p) == 2}
         decoder_only = bool(enc)
         if decoder_only:
             enc_text = "Decoder-only stack: self-attention matters more than the FFN (the paper's encoder claim)"
-    dec = {t: p for (t, m), p in _part_groups(rows, "layer_type", {"self_attn", "cross_attn", "ffn"}).items()
+    dec = {t: p for (t, m), p in part_groups(rows, "layer_type", {"self_attn", "cross_attn", "ffn"}, AP).items()
            if m == "decoder" and len(p) == 3}
-    fmt = lambda p: ", ".join(f"{k} {_part_acc(v):.1f}" for k, v in sorted(p.items()))  # noqa: E731
+    fmt = lambda p: ", ".join(f"{k} {part_acc(v):.1f}" for k, v in sorted(p.items()))  # noqa: E731
     claims = []
     if enc:
         tasks = sorted(enc)
-        pairs, members = _part_tests([((t,), enc[t]["ffn"], enc[t]["self_attn"]) for t in tasks])
+        pairs, members = part_pairs([((t,), enc[t]["ffn"], enc[t]["self_attn"]) for t in tasks])
 
         def decide_enc(cmp: Comparisons) -> tuple[str, str]:
-            ok, briefs = _pooled_tests(cmp, members)
+            ok, briefs = pooled_tests(cmp, members)
             return _verdict(all(ok)), ("mean accuracy over rates with only that type pruned; ffn − self_attn pooled "
                                        "over rates (Holm over tasks): " + "; ".join(
                                            f"{_task(t)} {fmt(enc[t])}, {b} ({'yes' if o else 'no'})"
@@ -454,11 +304,11 @@ def layer_types(rows: list[Row]) -> list[Claim]:
         claims.append(Claim(enc_text, _verdict(None), "needs encoder layer-type runs"))
     if dec:
         tasks = sorted(dec)
-        pairs, members = _part_tests([((t, o), dec[t][o], dec[t]["cross_attn"]) for t in tasks
-                                      for o in ("self_attn", "ffn")])
+        pairs, members = part_pairs([((t, o), dec[t][o], dec[t]["cross_attn"]) for t in tasks
+                                     for o in ("self_attn", "ffn")])
 
         def decide_dec(cmp: Comparisons) -> tuple[str, str]:
-            ok, briefs = _pooled_tests(cmp, members)
+            ok, briefs = pooled_tests(cmp, members)
             return _verdict(all(ok)), ("mean accuracy over rates with only that type pruned; self_attn − cross_attn "
                                        "and ffn − cross_attn pooled over rates (Holm over the tests): " + "; ".join(
                                            f"{_task(t)} {fmt(dec[t])}, {briefs[2 * i]} and {briefs[2 * i + 1]} "
@@ -473,16 +323,16 @@ def layer_types(rows: list[Row]) -> list[Claim]:
 
 def low_layers_matter_most(rows: list[Row]) -> Claim:
     text = "Low layers matter most (pruning the lowest third hurts most)"
-    parts = {k: p for k, p in _part_groups(rows, "depth", {"low", "mid", "high"}).items() if len(p) == 3}
+    parts = {k: p for k, p in part_groups(rows, "depth", {"low", "mid", "high"}, AP).items() if len(p) == 3}
     if not parts:
         return Claim(text, _verdict(None), "needs depth runs with low / mid / high thirds")
     keys = sorted(parts)
-    pairs, members = _part_tests([(k, parts[k][o], parts[k]["low"]) for k in keys for o in ("mid", "high")])
-    accs = lambda p: " / ".join(f"{d} {_part_acc(p[d]):.1f}" for d in ("low", "mid", "high"))  # noqa: E731
+    pairs, members = part_pairs([(k, parts[k][o], parts[k]["low"]) for k in keys for o in ("mid", "high")])
+    accs = lambda p: " / ".join(f"{d} {part_acc(p[d]):.1f}" for d in ("low", "mid", "high"))  # noqa: E731
     means = "; ".join(f"{_task(t)} {m} {accs(parts[t, m])}" for t, m in keys)
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        ok, briefs = _pooled_tests(cmp, members)
+        ok, briefs = pooled_tests(cmp, members)
         both = [ok[2 * i] and ok[2 * i + 1] for i in range(len(keys))]
         return _verdict(sum(both) > len(keys) / 2), (
             f"lowest third significantly worst in {sum(both)} of {len(keys)} (task, module); mid − low and "
@@ -494,24 +344,25 @@ def low_layers_matter_most(rows: list[Row]) -> Claim:
 
 def whole_layer_can_go(rows: list[Row]) -> Claim:
     text = "A layer pruned at rate 1.0 can go (some whole block costs ≤ 3 points)"
-    dense = _groups((r for r in rows if row_kind(r) == "dense"), lambda r: (r["eval_task"],))
-    single = _groups((r for r in rows if row_kind(r) == "depth" and r["method"] == AP and row_rate(r) == 1.0
-                      and len(r["rates"]["depth_rates"]) == 1
-                      and r["rates"]["depth_rates"][0][0] == r["rates"]["depth_rates"][0][1]
-                      and (r["eval_task"],) in dense),
-                     lambda r: (r["task"], r["setting"].split(":")[0], r["rates"]["depth_rates"][0][0], r["eval_task"]))
+    dense = group_rows((r for r in rows if row_kind(r) == "dense"), lambda r: (r["eval_task"],))
+    single = group_rows((r for r in rows if row_kind(r) == "depth" and r["method"] == AP and row_rate(r) == 1.0
+                         and len(r["rates"]["depth_rates"]) == 1
+                         and r["rates"]["depth_rates"][0][0] == r["rates"]["depth_rates"][0][1]
+                         and (r["eval_task"],) in dense),
+                        lambda r: (r["task"], r["setting"].split(":")[0], r["rates"]["depth_rates"][0][0],
+                                   r["eval_task"]))
     if not single:
         return Claim(text, _verdict(None), "needs single-block runs at rate 1.0")
     # the seeds (and experiments) of each block against the dense model on the same eval set
     pairs: list[Pair] = [((t, m, b), v, dense[(ev,)]) for (t, m, b, ev), v in sorted(single.items())]
     keys = sorted({(t, m) for (t, m, _), _, _ in pairs})
-    drop = {p[0]: _acc(p[2]) - _acc(p[1]) for p in pairs}
+    drop = {p[0]: mean_acc(p[2]) - mean_acc(p[1]) for p in pairs}
     means = "; ".join(f"{_task(t)} {m} {sum(d <= TOLERANCE for k, d in drop.items() if k[:2] == (t, m))}/"
                       f"{sum(k[:2] == (t, m) for k in drop)} blocks with a mean drop ≤ {TOLERANCE:g}"
                       for t, m in keys)
 
     def decide(cmp: Comparisons) -> tuple[str, str]:
-        good, bad = _margin_tests(cmp)
+        good, bad = margin_tests(cmp, TOLERANCE)
         gone = {p[0]: g for p, g in zip(pairs, good)}
         stays = {p[0]: b for p, b in zip(pairs, bad)}
         parts, ok, refuted = [], [], []
@@ -569,34 +420,3 @@ def _claims(rows: list[Row]) -> list[Claim]:
         whole_layer_can_go(rows),
     ]
 
-
-RULES = (
-    "Verdicts come from paired tests over the eval examples (`taskprune/experiments/stats.py`), never from counting "
-    "wins of any size: exact McNemar when each side is one run; a two-level paired bootstrap (10,000 replicates "
-    "resampling the eval examples and, where a side has several seeds, its seeds; seed 0) otherwise. "
-    f"The p-values of one claim's tests are Holm-adjusted together; alpha = {ALPHA:g}. "
-    "\"Beats\"/\"better\"/\"more robust\" = significantly higher at more than half of the compared points; "
-    "\"matters more\"/\"hurts most\" = pruning it costs significantly more, pooled over the rates both were run at. "
-    f"\"≈\" = the one-sided 95 % upper bound of the mean absolute gap over the points ≤ {TOLERANCE:g} accuracy "
-    "points (TOST-style: shown close, not merely not shown different); \"does not hold\" when its lower bound is "
-    f"above {TOLERANCE:g}, \"inconclusive\" in between. \"As good as\" and \"can go\" = shown at most "
-    f"{TOLERANCE:g} points worse (one-sided non-inferiority test), \"does not hold\" when shown more than "
-    f"{TOLERANCE:g} points worse where it matters, \"inconclusive\" in between; for \"beats\" and \"matters "
-    "more\", \"does not hold\" means not shown. Brackets are 95 % intervals of the difference "
-    "in accuracy points; means are over seeds; rates 0 and 1 are left out of method comparisons. Rows recorded "
-    "without per-example outcomes (older sweeps) give \"not tested\": re-run the sweep. "
-    "Code: `taskprune/experiments/claims.py`."
-)
-
-
-def claims_section(rows: list[Row]) -> list[str]:
-    """Markdown: the claims table, or nothing when no claim can be tested."""
-    claims = check_claims(rows)
-    if all(c.verdict == "not measured" for c in claims):
-        return []
-    left_out = unpaired_rows(rows)
-    note = (f" {left_out} of the {len(rows)} rows were recorded without per-example outcomes (an older sweep): "
-            "each claim is judged on the rows that have them, and only a claim with none of its rows among them "
-            "falls back to the older rows (\"not tested\")." if left_out else "")
-    return ["## The paper's claims, checked", "", RULES + note, "",
-            "| claim | verdict | our numbers |", "|---|---|---|", *(c.line() for c in claims), ""]

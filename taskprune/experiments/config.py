@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api import RANDOM_METHODS
+from ..catalogue import get_method, list_methods
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES, MODULES
-from ..pruning.plan import RateSpec, check_rate
+from ..pruning.rates import RateSpec, check_rate
 from ..validate import check_depths, positive_int
 
-NO_EXAMPLES = ("random", "svd")  # methods that never look at examples
 ALL = "all"  # every fit example
 
 EXPERIMENT_KEYS = {"name", "tasks", "eval_tasks", "methods", "modules", "rates", "grid", "layer_types", "depths",
@@ -170,8 +169,6 @@ def _task_ref(task: str) -> str:
 
 def expand(exp: dict[str, Any], n_layers: int | None = None) -> list[Run]:
     """Every run of one experiment, in an order that keeps runs sharing a scoring together."""
-    from ..api import list_methods
-
     if not isinstance(exp, dict) or "name" not in exp:
         raise TaskpruneError("every experiment needs a name")
     unknown = set(exp) - EXPERIMENT_KEYS
@@ -208,9 +205,9 @@ def expand(exp: dict[str, Any], n_layers: int | None = None) -> list[Run]:
     for task in tasks:
         for eval_task in eval_tasks or [task]:
             for method in methods:
-                for n in ([0] if method in NO_EXAMPLES else samples):
-                    for s_seed in ([0] if method in NO_EXAMPLES or n == ALL else sample_seeds):
-                        for t_seed in (trial_seeds if method in RANDOM_METHODS else [0]):
+                for n in ([0] if not get_method(method).needs_examples else samples):
+                    for s_seed in ([0] if not get_method(method).needs_examples or n == ALL else sample_seeds):
+                        for t_seed in (trial_seeds if get_method(method).random else [0]):
                             for setting, spec in points:
                                 runs.append(Run(exp["name"], task, eval_task, method, n, s_seed, t_seed,
                                                 spec.to_dict(), setting, dict(options)))

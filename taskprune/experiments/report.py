@@ -27,8 +27,9 @@ from typing import Any
 
 from ..errors import TaskpruneError
 from ..files import atomic_write_text, check_writable
-from .claims import claims_section
+from .claims import TOLERANCE, Claim, check_claims, unpaired_rows
 from .results import METRIC, dense_accuracy, latest_rows, row_kind, row_rate
+from .stats import ALPHA
 
 
 def _task_label(task: str) -> str:
@@ -282,3 +283,43 @@ def _std_table(rows: list[dict[str, Any]]) -> list[str]:
             n = max(len(v) for v in cells.values())
             lines.append(f"| {_task_label(task)} | {module} | {method} | {statistics.fmean(stds):.2f} | {n} |")
     return lines + [""]
+
+
+def _claim_row(claim: Claim) -> str:
+    """One row of the claims table."""
+    cells = (c.replace("|", "\\|") for c in (claim.text, claim.evidence))  # |x| must not split the table
+    text, evidence = cells
+    return f"| {text} | **{claim.verdict}** | {evidence} |"
+
+
+#: how the verdicts are decided, stated above the claims table (the code that decides them: :mod:`.claims`)
+RULES = (
+    "Verdicts come from paired tests over the eval examples (`taskprune/experiments/stats.py`), never from counting "
+    "wins of any size: exact McNemar when each side is one run; a two-level paired bootstrap (10,000 replicates "
+    "resampling the eval examples and, where a side has several seeds, its seeds; seed 0) otherwise. "
+    f"The p-values of one claim's tests are Holm-adjusted together; alpha = {ALPHA:g}. "
+    "\"Beats\"/\"better\"/\"more robust\" = significantly higher at more than half of the compared points; "
+    "\"matters more\"/\"hurts most\" = pruning it costs significantly more, pooled over the rates both were run at. "
+    f"\"≈\" = the one-sided 95 % upper bound of the mean absolute gap over the points ≤ {TOLERANCE:g} accuracy "
+    "points (TOST-style: shown close, not merely not shown different); \"does not hold\" when its lower bound is "
+    f"above {TOLERANCE:g}, \"inconclusive\" in between. \"As good as\" and \"can go\" = shown at most "
+    f"{TOLERANCE:g} points worse (one-sided non-inferiority test), \"does not hold\" when shown more than "
+    f"{TOLERANCE:g} points worse where it matters, \"inconclusive\" in between; for \"beats\" and \"matters "
+    "more\", \"does not hold\" means not shown. Brackets are 95 % intervals of the difference "
+    "in accuracy points; means are over seeds; rates 0 and 1 are left out of method comparisons. Rows recorded "
+    "without per-example outcomes (older sweeps) give \"not tested\": re-run the sweep. "
+    "Code: `taskprune/experiments/claims.py`."
+)
+
+
+def claims_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: the claims table, or nothing when no claim can be tested."""
+    claims = check_claims(rows)
+    if all(c.verdict == "not measured" for c in claims):
+        return []
+    left_out = unpaired_rows(rows)
+    note = (f" {left_out} of the {len(rows)} rows were recorded without per-example outcomes (an older sweep): "
+            "each claim is judged on the rows that have them, and only a claim with none of its rows among them "
+            "falls back to the older rows (\"not tested\")." if left_out else "")
+    return ["## The paper's claims, checked", "", RULES + note, "",
+            "| claim | verdict | our numbers |", "|---|---|---|", *(_claim_row(c) for c in claims), ""]

@@ -5,6 +5,10 @@ starts, so a kill -9 loses at most the run in flight. The processes of a distrib
 same file, each row under an exclusive lock (:func:`locked`). A kill in the middle of that write can leave a
 partial last line; :func:`load_rows` drops it (and truncates the file back to the last complete line) so
 the next append starts on a clean line.
+
+The rows are then read back by what they vary (:func:`row_kind`, :func:`row_rate`), grouped into settings (the
+seeds of one run configuration) and paired setting against setting, example by example (:func:`compare_pairs`),
+for the claims (:mod:`.claims`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import numpy as np
 
 from ..errors import TaskpruneError
 from ..models import LAYER_TYPES
+from .stats import Comparisons, Point
 
 METRIC = "accuracy"  # what the report and the claims read from each row
 
@@ -211,3 +218,135 @@ def row_rate(row: dict[str, Any]) -> float:
     if rates.get("depth_rates"):
         return float(rates["depth_rates"][-1][2])
     return float(rates["rate"])
+
+
+# Selecting and grouping a sweep's rows: the settings (each with its seeds) that a comparison puts side by side.
+
+Row = dict[str, Any]
+Pair = tuple[tuple, list[Row], list[Row]]  # (point label, A's rows (seeds), B's rows)
+ByRate = dict[float, list[Row]]  # the rows (seeds) of one part at each rate
+
+
+def mean_acc(rows: Iterable[Row]) -> float:
+    """The mean metric over rows (the seeds of one setting)."""
+    return statistics.fmean(r["metrics"][METRIC] for r in rows)
+
+
+def group_rows(rows: Iterable[Row], key: Callable[[Row], tuple]) -> dict[tuple, list[Row]]:
+    """The rows of each key (the seeds of one setting)."""
+    out: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return dict(out)
+
+
+def module_groups(rows: list[Row]) -> dict[tuple, list[Row]]:
+    """(experiment, task, module, method, samples, rate) -> rows (seeds), module-scope rows, rates in (0, 1)."""
+    return group_rows((r for r in rows if row_kind(r) == "module" and 0 < row_rate(r) < 1),
+                      lambda r: (r["experiment"], r["task"], r["setting"], r["method"], str(r["samples"]),
+                                 row_rate(r)))
+
+
+def _sample_order(samples: str) -> tuple[int, int]:
+    return (1, 0) if samples == "all" else (0, int(samples))
+
+
+def method_pairs(groups: dict[tuple, list[Row]], a: str, b: str) -> list[Pair]:
+    """One point per (experiment, task, module, rate, example count) of :func:`module_groups` where methods a and
+    b were both run.
+
+    Equal example counts pair up; a method that reads no examples (random, svd: recorded with 0) pairs once,
+    with the other method's smallest example count.
+    """
+    by_point: dict[tuple, dict[str, dict[str, list[Row]]]] = defaultdict(lambda: defaultdict(dict))
+    for (exp, task, module, method, samples, rate), v in groups.items():
+        if method in (a, b):
+            by_point[(exp, task, module, rate)][method][samples] = v
+    out: list[Pair] = []
+    for point, methods in by_point.items():
+        va, vb = methods.get(a, {}), methods.get(b, {})
+        common = sorted(set(va) & set(vb), key=_sample_order)
+        if common:
+            out += [(point, va[s], vb[s]) for s in common]
+        elif va and vb and ("0" in va or "0" in vb):
+            first = lambda d: d[min(d, key=_sample_order)]  # noqa: E731
+            out.append((point, first(va), first(vb)))
+    return out
+
+
+def mean_abs_gap(pairs: Sequence[Pair]) -> float:
+    """Mean over the points of |A's mean - B's mean| (the means a claim shows when it cannot be tested)."""
+    return statistics.fmean(abs(mean_acc(a) - mean_acc(b)) for _, a, b in pairs)
+
+
+def mean_signed_gap(pairs: Sequence[Pair]) -> float:
+    """Mean over the points of A's mean - B's mean (which way the gaps of :func:`mean_abs_gap` lean)."""
+    return statistics.fmean(mean_acc(a) - mean_acc(b) for _, a, b in pairs)
+
+
+def part_groups(rows: list[Row], kind: str, parts: set[str], method: str) -> dict[tuple[str, str], dict[str, ByRate]]:
+    """(task, module) -> {part: {rate: rows}} for ``method``'s layer-type or depth rows, at the rates in (0, 1] that
+    every part of ``parts`` present there was run at (so parts are compared at equal rates)."""
+    groups = group_rows((r for r in rows if row_kind(r) == kind and r["method"] == method and row_rate(r) > 0
+                         and r["setting"].split(":", 1)[1] in parts),
+                        lambda r: (r["task"], *r["setting"].split(":", 1), row_rate(r)))
+    by_tm: dict[tuple[str, str], dict[str, ByRate]] = defaultdict(lambda: defaultdict(dict))
+    for (task, module, part, rate), v in groups.items():
+        by_tm[task, module][part][rate] = v
+    out = {}
+    for key, per_part in by_tm.items():
+        shared = set.intersection(*(set(v) for v in per_part.values()))
+        if shared:
+            out[key] = {p: {r: v[r] for r in sorted(shared)} for p, v in per_part.items()}
+    return out
+
+
+def part_pairs(tests: list[tuple[tuple, ByRate, ByRate]]) -> tuple[list[Pair], list[list[int]]]:
+    """Points for "pruning part B hurts more than pruning part A" tests: (label, A's rates, B's rates) each pooled
+    over its rates; returns the pairs and each test's point indices."""
+    pairs: list[Pair] = []
+    members: list[list[int]] = []
+    for label, a, b in tests:
+        members.append(list(range(len(pairs), len(pairs) + len(a))))
+        pairs += [((*label, rate), a[rate], b[rate]) for rate in a]
+    return pairs, members
+
+
+def part_acc(part: ByRate) -> float:
+    """A part's mean accuracy over its rates."""
+    return statistics.fmean(mean_acc(v) for v in part.values())
+
+
+class Unpairable(Exception):
+    """The rows cannot be paired: no per-example outcomes, or different eval examples."""
+
+
+def setting_runs(rows: list[Row]) -> tuple[str, np.ndarray]:
+    """(eval set id, [seeds, examples] 0/1) of one setting's rows."""
+    got = [row_outcomes(r) for r in rows]
+    if any(g is None for g in got):
+        raise Unpairable
+    ids = {g[0] for g in got}  # type: ignore[index]
+    if len(ids) != 1:
+        raise Unpairable("the seeds of one setting were evaluated on different examples")
+    return ids.pop(), np.stack([g[1] for g in got]).astype(np.float64)  # type: ignore[index]
+
+
+def compare_pairs(pairs: Sequence[Pair]) -> Comparisons:
+    """The paired points of ``pairs``, example by example, in one bootstrap; :class:`Unpairable` when they cannot
+    be paired."""
+    points = []
+    cache: dict[tuple[int, ...], tuple[str, np.ndarray]] = {}  # one array per setting: the bootstrap reuses it
+
+    def runs(rows: list[Row]) -> tuple[str, np.ndarray]:
+        key = tuple(id(r) for r in rows)
+        if key not in cache:
+            cache[key] = setting_runs(rows)
+        return cache[key]
+
+    for _, ra, rb in pairs:
+        (ida, a), (idb, b) = runs(ra), runs(rb)
+        if ida != idb:
+            raise Unpairable("two compared runs were evaluated on different examples")
+        points.append(Point(a, b, ida))
+    return Comparisons(points)

@@ -21,23 +21,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import TRANSFORMS, compress, score
+from ..api import compress, score
+from ..catalogue import get_method
 from ..checkpoint import load_model, load_tokenizer
-from ..runtime.distributed import SINGLE, Shard, barrier, device_for, sum_ints
 from ..errors import TaskpruneError
 from ..evaluate import count_parameters, evaluate
-from ..sources.fingerprint import fingerprint
 from ..files import check_writable
 from ..models import get_adapter
-from ..pruning.plan import RateSpec, make_plan
 from ..pruning.apply import masked
+from ..pruning.plan import make_plan
+from ..pruning.rates import RateSpec
+from ..runtime.distributed import SINGLE, Shard, barrier, device_for, sum_ints
 from ..scoring import ScoreConfig, Scores
+from ..sources.fingerprint import fingerprint
 from ..tasks import Example, get_task, load_examples, require_data_dir, sample_k_shot
 from .config import ALL, Run, SweepConfig, load_config
 from .results import append_row, eval_set_id, load_rows, locked, pack_outcomes
 
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
-RATE_TARGETED = ("smp",)  # scorers whose scores depend on the target rates
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
     config = replace(ScoreConfig.from_dict({"seed": run.trial_seed, **run.options}), target_rates=run.rates)
     fit = ctx.fit(run)
     enc_same = not ctx.touches_encoder(spec)
-    if run.method in TRANSFORMS:
+    if not get_method(run.method).selects_units:
         result = compress(ctx.model, ctx.tok, task, fit, spec, method=run.method, config=config,
                           batch_size=ctx.cfg.batch_size, max_length=ctx.cfg.max_length)
         evaluated = ctx.evaluate(result.model, run.eval_task, enc_same)
@@ -133,7 +134,7 @@ def _execute(ctx: _Context, run: Run) -> dict[str, Any]:
             kept -= result.model.config.taskprune_weight_sparsity["zeroed"]
         return {**evaluated, "score_seconds": result.scoring_seconds, "kept_prunable": kept / ctx.base_prunable,
                 "n_fit": len(fit)}
-    if run.method in RATE_TARGETED:
+    if get_method(run.method).rate_targeted:
         t0 = time.perf_counter()
         scores = score(ctx.model, ctx.tok, task, fit, method=run.method, config=config,
                        batch_size=ctx.cfg.batch_size, max_length=ctx.cfg.max_length)

@@ -19,7 +19,9 @@ than comparing two accuracies: examples both get right or both get wrong say not
   rate 0.3 is hard at 0.5 too) and eval sets resampled independently (stratified). Per-point results are the
   marginals of that draw; pooled results (the mean difference, the mean absolute gap) read all its columns.
 - **Many points, one claim**: :func:`holm` adjusts a family of p-values (Holm's step-down: controls the chance
-  of any false "significant" in the family, and is never less powerful than Bonferroni).
+  of any false "significant" in the family, and is never less powerful than Bonferroni); :func:`significance`,
+  :func:`margin_tests` and :func:`pooled_tests` apply it to the points (or groups of points) of a
+  :class:`Comparisons`.
 - **Equivalence is not "no significant difference"**: two noisy runs are never significantly different.
   "A ≈ B within ±m" is shown by an interval, TOST-style: the (1 - 2 alpha) interval of the difference lies inside
   ±m (two one-sided tests at alpha). Over several points, :meth:`Comparisons.mean_abs_gap` bounds the mean
@@ -250,3 +252,36 @@ def paired_compare(correct_a: Sequence[int] | Sequence[Sequence[int]] | np.ndarr
     m worse". Example: ``paired_compare(pruned_correct, dense_correct).p < 0.05``.
     """
     return Comparisons([Point(as_runs(correct_a), as_runs(correct_b))], n_boot=n_boot, seed=seed, alpha=alpha).point(0)
+
+
+def point_pvalues(cmp: Comparisons) -> tuple[list[float], list[float]]:
+    """(two-sided p per point, Holm-adjusted over the points): the points of one claim are one family."""
+    ps = [cmp.point(k).p for k in range(len(cmp.points))]
+    return ps, holm(ps)
+
+
+def significance(cmp: Comparisons) -> tuple[list[bool], list[bool], int]:
+    """(A significantly above B per point, significantly below, how many above at unadjusted p < alpha), Holm over
+    the points; the unadjusted count shows what the adjustment took away."""
+    ps, adj = point_pvalues(cmp)
+    d = cmp.diffs
+    above = [bool(d[k] > 0 and adj[k] < ALPHA) for k in range(len(ps))]
+    below = [bool(d[k] < 0 and adj[k] < ALPHA) for k in range(len(ps))]
+    return above, below, sum(bool(d[k] > 0 and ps[k] < ALPHA) for k in range(len(ps)))
+
+
+def margin_tests(cmp: Comparisons, margin: float) -> tuple[list[bool], list[bool]]:
+    """Per point: A shown at most ``margin`` below B, and A shown more than ``margin`` below B (each one-sided,
+    Holm-adjusted over the points): non-inferiority and its mirror, so "not shown either way" can be told apart."""
+    points = [cmp.point(k) for k in range(len(cmp.points))]
+    good = holm([c.p_noninferior(margin) for c in points])
+    bad = holm([c.p_inferior(margin) for c in points])
+    return [a < ALPHA for a in good], [a < ALPHA for a in bad]
+
+
+def pooled_tests(cmp: Comparisons, members: Sequence[Sequence[int]]) -> tuple[list[bool], list[str]]:
+    """Per test (a group of points, e.g. one comparison at several rates): A significantly above B pooled over its
+    points (Holm over the tests), and its brief."""
+    pooled = [cmp.pooled(m) for m in members]
+    adj = holm([c.p for c in pooled])
+    return [c.diff > 0 and a < ALPHA for c, a in zip(pooled, adj)], [c.brief() for c in pooled]

@@ -8,6 +8,7 @@ same way. Adding an architecture means writing one adapter file and registering 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -141,6 +142,23 @@ class Adapter(ABC):
     @abstractmethod
     def write_widths(self, config: Any, widths: dict[str, int]) -> None:
         """Record widths in ``config``: stock fields (d_ff, d_kv, intermediate_size) where uniform and > 0."""
+
+    # ----- save/load hooks: what a family needs beyond save_pretrained / from_pretrained ----------
+
+    def after_load(self) -> None:
+        """Restore, after loading, what saving could not keep (bert2bert: the encoder/decoder embedding tie)."""
+
+    def savable(self, dtype: torch.dtype | None) -> nn.Module:
+        """The model as ``save_pretrained`` should see it: itself, or a copy cast to ``dtype``."""
+        if dtype is None:
+            return self.model
+        out = copy.deepcopy(self.model)
+        return out.to(dtype)
+
+    def loading_note(self, plan: Any) -> str | None:  # noqa: ANN401
+        """Why plain ``from_pretrained`` cannot load ``plan``'s checkpoint of this family even with uniform widths
+        (a width no stock config field holds), or None."""
+        return None
 
     def decoder_start_token_id(self) -> int:
         """Token that starts every decoder sequence (teacher forcing and generation); seq2seq families only."""

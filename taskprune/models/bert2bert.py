@@ -10,12 +10,87 @@ no stock config field; such checkpoints load through :func:`taskprune.load_prune
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from .base import Adapter, GroupParts, NeuronGroup, register_adapter
 from .slicing import is_zero_width
+
+
+# -- encoder/decoder embedding ties ---------------------------------------------------------------
+# transformers 5.x cannot declare a tie between the encoder and the decoder of an EncoderDecoderModel, and
+# save_pretrained refuses a shared tensor: a tied bert2bert is saved with the decoder embedding as a second,
+# identical copy, and tie_embeddings() restores the single tensor after loading.
+def _word_embeddings(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
+    return model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
+
+
+def is_tied(model: nn.Module) -> bool:
+    """True if the decoder's word embeddings are the encoder's tensor."""
+    enc, dec = _word_embeddings(model)
+    return enc.weight is dec.weight
+
+
+TIE_MARK = "taskprune_tied_embeddings"
+
+
+def _is_seq2seq_of_stacks(model: nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) == "encoder-decoder"
+
+
+def tie_embeddings(model: nn.Module, force: bool = False) -> bool:
+    """Make the decoder's word embeddings (and an LM head tied to them) the encoder's tensor.
+
+    Without ``force`` this only re-ties what :func:`save_pruned` recorded as tied (config flag
+    ``taskprune_tied_embeddings``) and whose two copies are still equal: merely equal embeddings, or an
+    LM head that was not tied to the decoder embeddings, are left alone. Returns whether the model is tied.
+    """
+    if not _is_seq2seq_of_stacks(model):
+        return False
+    enc, dec = _word_embeddings(model)
+    if enc.weight is dec.weight:
+        return True
+    if "meta" in (enc.weight.device.type, dec.weight.device.type):
+        return False  # offloaded by a device map: two copies (the checkpoint holds both), accelerate places them
+    if not force and not getattr(model.config, TIE_MARK, False):
+        return False
+    if enc.weight.shape != dec.weight.shape or (not force and not torch.equal(enc.weight, dec.weight)):
+        return False
+    out = model.decoder.get_output_embeddings()
+    head_follows = out is not None and (out.weight is dec.weight or torch.equal(out.weight, dec.weight))
+    dec.weight = enc.weight
+    if head_follows:
+        out.weight = enc.weight
+    setattr(model.config, TIE_MARK, True)
+    return True
+
+
+def savable_copy(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model``, or a copy cast to ``dtype`` whose decoder embedding is a separate tensor, for save_pretrained.
+
+    The copy's config records the tie (``taskprune_tied_embeddings``) so loading can restore it.
+    """
+    tied = _is_seq2seq_of_stacks(model) and is_tied(model)
+    if _is_seq2seq_of_stacks(model) and not tied and getattr(model.config, TIE_MARK, False):
+        setattr(model.config, TIE_MARK, False)  # untied since it was loaded: say so in what is saved
+    if not tied and dtype is None:
+        return model
+    m = copy.deepcopy(model)
+    if dtype is not None:
+        m.to(dtype)
+    if tied:
+        enc, dec = _word_embeddings(m)
+        out = m.decoder.get_output_embeddings()
+        head_follows = out is not None and out.weight is dec.weight
+        dec.weight = nn.Parameter(enc.weight.detach().clone())
+        if head_follows:
+            out.weight = dec.weight
+        setattr(m.config, TIE_MARK, True)
+    return m
+
 
 
 def _layers(stack: nn.Module) -> nn.ModuleList:
@@ -87,6 +162,17 @@ class Bert2BertAdapter(Adapter):
             ffn = {w for n, w in widths.items() if groups[n].kind == "ffn" and groups[n].module == module}
             if len(ffn) == 1 and min(ffn) > 0:
                 getattr(config, module).intermediate_size = min(ffn)
+
+    def after_load(self) -> None:
+        tie_embeddings(self.model)
+
+    def savable(self, dtype: torch.dtype | None) -> nn.Module:
+        return savable_copy(self.model, dtype)
+
+    def loading_note(self, plan: Any) -> str | None:  # noqa: ANN401
+        attention_pruned = any(len(g["keep"]) < g["size"] for n, g in plan.groups.items() if not n.endswith(".ffn"))
+        return ("BERT attention widths have no stock config field: load this checkpoint with taskprune.load_pruned"
+                if attention_pruned else None)
 
     def decoder_start_token_id(self) -> int:
         cfg = self.model.config

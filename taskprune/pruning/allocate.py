@@ -37,8 +37,8 @@ from ..data import Batch, LabelSpace
 from ..errors import TaskpruneError
 from ..lm import model_kind
 from ..models import Adapter, NeuronGroup, get_adapter
-from .plan import RateSpec
 from ..scoring.base import Progress, Scores, no_progress
+from .rates import RateSpec
 
 ALLOCATIONS = ("uniform", "global", "global-raw", "global-param", "search")
 MAX_RATE = 0.95

@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskpruneError
-from ..sources.fingerprint import fingerprint
+from ..method import Method, Transformed, TransformRequest, register_method
 from ..models import get_adapter
-from .plan import RateSpec, check_rate
+from ..runtime.placement import has_offloaded
+from ..sources.fingerprint import fingerprint
+from .rates import RateSpec, check_rate
 
 LOWRANK_KEY = "taskprune_lowrank"
 
@@ -179,3 +181,16 @@ def restore_lowrank(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
                                                linear.bias is not None, device=w.device, dtype=w.dtype))
     setattr(model.config, LOWRANK_KEY, dict(ranks))
     return model
+
+
+def _svd_transform(req: TransformRequest) -> Transformed:
+    """``--method svd``: every prunable weight factorised at the paper's parameter budget (no examples read)."""
+    if has_offloaded(req.model):
+        raise TaskpruneError("svd factorises every weight in memory: it does not run on a model with offloaded "
+                             "weights (--device-map with cpu/disk offload); load the model whole")
+    return Transformed(factorize(req.model, req.rates),
+                       note="low-rank factorisation (no examples used): load it with taskprune.load_pruned")
+
+
+register_method(Method("svd", "svd (low-rank factorisation, the paper's baseline)", transform=_svd_transform,
+                       needs_examples=False, combine="same", whole_model=True, scores_alone=False, order=90))

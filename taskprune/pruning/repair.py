@@ -39,9 +39,9 @@ from ..data import Batch, LabelSpace
 from ..errors import TaskpruneError
 from ..lm import model_kind
 from ..models import Adapter, NeuronGroup, get_adapter
-from .plan import PruningPlan
-from .apply import mask
 from ..scoring.base import Progress, no_progress
+from .apply import mask
+from .plan import PruningPlan
 
 REPAIR_MODES = ("none", "ls", "bias", "scale")
 #: group kinds with a linear consumer whose input is the group's units (QK units feed a softmax: not repairable)

@@ -14,7 +14,7 @@ from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
 
-@register_scorer("activation")
+@register_scorer("activation", help="activation (FPP, the paper's baseline)", group_local=True, order=30)
 def activation_scores(job: ScoringJob) -> Scores:
     """Feature-based pruning (FPP): mean-free activation magnitude, summed."""
     model, labels = job.model, job.labels

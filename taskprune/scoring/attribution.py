@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data import IGNORE, Batch
 from ..lm import teacher_forced_logits
+from ..method import recipe
 from .base import Scores, ScoringJob, register_scorer
 from .hooks import ActivationRecorder, run_scoring
 
@@ -35,7 +36,8 @@ def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> 
     return (hg if position_agg == "sum" else hg.abs()).sum(1)
 
 
-@register_scorer("attribution")
+@register_scorer("attribution", help="attribution (supervised, eqs. 4-6: the paper's method)", group_local=True,
+                 order=10)
 def supervised_attribution(job: ScoringJob) -> Scores:
     """Supervised attribution toward each example's gold label (eqs. 4-6)."""
     model, labels, config = job.model, job.labels, job.config
@@ -55,7 +57,7 @@ def supervised_attribution(job: ScoringJob) -> Scores:
     return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
 
 
-@register_scorer("fisher")
+@register_scorer("fisher", help="fisher (Kwon et al.'s Fisher scores)", group_local=True, order=60)
 def fisher(job: ScoringJob) -> Scores:
     """Kwon et al. (2022): the diagonal Fisher information of a unit's mask, ``sum_x (sum_pos h * d log P(y|x) / d h)^2``
     — each example's attribution of the gold label's log-likelihood, squared, then summed (instead of the paper's
@@ -78,7 +80,11 @@ def fisher(job: ScoringJob) -> Scores:
     return run_scoring(job, "fisher", per_batch)
 
 
-@register_scorer("attribution-unsupervised")
+#: Kwon et al. 2022 as a recipe of this engine's parts: Fisher scores, one global ranking, per-unit rescaling
+recipe("kwon", "fisher", "global-raw", "scale", help="kwon (Fisher + global ranking + rescaling)", order=80)
+
+
+@register_scorer("attribution-unsupervised", help="attribution-unsupervised (eq. 10)", group_local=True, order=20)
 def unsupervised_attribution(job: ScoringJob) -> Scores:
     """Label-free attribution over every candidate label with absolute values (eq. 10)."""
     model, labels = job.model, job.labels

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from ..data import Batch, LabelSpace
-from ..runtime.distributed import SINGLE, Shard
 from ..errors import TaskpruneError
+from ..method import Combine, Method, register_method, registered
 from ..models import NeuronGroup
+from ..runtime.distributed import SINGLE, Shard
 
 Scores = dict[str, torch.Tensor]
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -130,33 +131,23 @@ class ScoringJob:
 
 Scorer = Callable[[ScoringJob], Scores]
 
-#: How a method's work is shared by several processes (:func:`run_scorer`):
-#: ``sum``  — scores are sums over examples: each rank sums its batches, the partial sums are all-reduced;
-#: ``same`` — the method reads no examples: every rank computes the whole (identical) result;
-#: ``self`` — the method synchronises itself (SMP all-reduces its mask gradients every step, like DDP).
-Combine = Literal["sum", "same", "self"]
-
 _SCORERS: dict[str, Scorer] = {}
-_EXAMPLE_FREE: set[str] = set()
-_COMBINE: dict[str, Combine] = {}
 
 
-def register_scorer(name: str, needs_examples: bool = True, combine: Combine = "sum") -> Callable[[Scorer], Scorer]:
-    """Register a method; ``needs_examples=False`` for those that never read the examples (random scores);
-    ``combine`` says how ranks share its work (see :data:`Combine`)."""
+def register_scorer(name: str, *, help: str, needs_examples: bool = True, combine: Combine = "sum",  # noqa: A002
+                    group_local: bool = False, random: bool = False, rate_targeted: bool = False,
+                    allocate: str = "uniform", repair: str = "none", order: int = 100) -> Callable[[Scorer], Scorer]:
+    """Register a scoring method: its function here, its record in the catalogue (:class:`taskprune.method.Method`,
+    whose fields these arguments are); ``allocate``/``repair`` are what ``compress`` adds by default (FLAP's)."""
 
     def wrap(fn: Scorer) -> Scorer:
+        register_method(Method(name, help, scorer=name, allocate=allocate, repair=repair,
+                               needs_examples=needs_examples, combine=combine, group_local=group_local,
+                               random=random, rate_targeted=rate_targeted, order=order))
         _SCORERS[name] = fn
-        _COMBINE[name] = combine
-        if not needs_examples:
-            _EXAMPLE_FREE.add(name)
         return fn
 
     return wrap
-
-
-def combine_mode(name: str) -> Combine:
-    return _COMBINE.get(name, "sum")
 
 
 def run_scorer(name: str, job: ScoringJob) -> Scores:
@@ -170,7 +161,7 @@ def run_scorer(name: str, job: ScoringJob) -> Scores:
     from ..runtime.distributed import all_reduce_sum
 
     scorer = get_scorer(name)
-    if not job.shard.active or combine_mode(name) != "sum":
+    if not job.shard.active or registered()[name].combine != "sum":
         return scorer(job)
     abs_after = job.config.example_agg == "abs_sum"
     part = scorer(replace(job, config=replace(job.config, example_agg="signed")) if abs_after else job)
@@ -182,10 +173,6 @@ def get_scorer(name: str) -> Scorer:
     if name not in _SCORERS:
         raise TaskpruneError(f"unknown method {name!r}; choose from {', '.join(sorted(_SCORERS))}")
     return _SCORERS[name]
-
-
-def needs_examples(name: str) -> bool:
-    return name not in _EXAMPLE_FREE
 
 
 def list_scorers() -> list[str]:
@@ -230,3 +217,27 @@ def load_scores(path: str | Path) -> Scores:
         return load_file(str(path))
     except SafetensorError as err:
         raise TaskpruneError(f"{path} is not a safetensors scores file ({err})") from None
+
+
+def _meta_int(meta: dict[str, str], key: str, path: Path) -> int:
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise TaskpruneError(f"scores file metadata {key}={meta[key]!r} is not an integer") from None
+
+
+def load_scores_with_provenance(path: str | Path) -> tuple[Scores, dict[str, Any]]:
+    """Scores and what made them, as :func:`taskprune.pruning.plan.make_plan` records it (``task``, ``method``,
+    ``samples``, ``seed`` and the scoring ``options``): a plan made from a scores file keeps its provenance."""
+    from safetensors import safe_open
+
+    scores = load_scores(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    options: dict[str, Any] = {k: meta[k] for k in ("example_agg", "position_agg") if k in meta}
+    if "trial_seed" in meta:
+        options["seed"] = _meta_int(meta, "trial_seed", Path(path))
+    provenance = {"task": meta.get("task"), "method": meta.get("method"),
+                  "samples": _meta_int(meta, "samples", Path(path)) if "samples" in meta else None,
+                  "seed": _meta_int(meta, "seed", Path(path)) if "seed" in meta else None, "options": options}
+    return scores, provenance

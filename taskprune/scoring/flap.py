@@ -35,7 +35,8 @@ def _pooled(sums: dict[str, list[list]]) -> dict[str, list[list]]:
     return pooled
 
 
-@register_scorer("flap", combine="self")
+@register_scorer("flap", help="flap (FLAP's fluctuation scores; compress adds its global allocation and bias "
+                 "compensation)", combine="self", group_local=True, allocate="global", repair="bias", order=70)
 def flap_scores(job: ScoringJob) -> Scores:
     model, labels = job.model, job.labels
     kind = model_kind(model)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch, LabelSpace
-from ..runtime.distributed import SINGLE
 from ..models import get_adapter
+from ..runtime.distributed import SINGLE
 from .attribution import supervised_attribution
 from .base import Scores, ScoringJob, no_progress, register_scorer
 
@@ -30,7 +30,7 @@ def random_label_space(labels: LabelSpace, gold: list[int], vocab_size: int, avo
     return LabelSpace(tuple(targets), tuple(pieces))
 
 
-@register_scorer("random-attribution")
+@register_scorer("random-attribution", help="random-attribution (RAP)", group_local=True, random=True, order=40)
 def random_attribution(job: ScoringJob) -> Scores:
     """Attribution (eqs. 4-6) toward random non-label word-pieces; a new draw per trial seed."""
     from dataclasses import replace

@@ -27,9 +27,11 @@ from torch import nn
 from ..data import IGNORE
 from ..errors import TaskpruneError
 from ..lm import TeacherForced, model_kind
+from ..method import Method, Transformed, TransformRequest, register_method
 from ..models import NeuronGroup, get_adapter
-from ..runtime.placement import execution_device, offloaded_weights_refetched
-from ..pruning.plan import RateSpec, select_units
+from ..pruning.plan import select_units
+from ..pruning.rates import RateSpec
+from ..runtime.placement import execution_device, is_dispatched, offloaded_weights_refetched
 from .base import Scores, ScoringJob, SMPConfig, register_scorer
 from .hooks import recording
 
@@ -187,7 +189,8 @@ def learn_unit_scores(job: ScoringJob) -> tuple[Scores, list[float]]:
     return {k: v.detach().cpu() for k, v in scores.items()}, losses
 
 
-@register_scorer("smp", combine="self")
+@register_scorer("smp", help="smp (Static Model Pruning, learnt per-unit masks)", combine="self", rate_targeted=True,
+                 order=100)
 def smp_scores(job: ScoringJob) -> Scores:
     """Structured SMP: per-unit mask scores learnt for the target rates (groups at rate 0 get none)."""
     return learn_unit_scores(job)[0]
@@ -255,3 +258,28 @@ def apply_weight_masks(model: nn.Module, masks: Masks, *, inplace: bool = False)
     model.config.taskprune_weight_sparsity = {"masked_weights": total, "zeroed": total - kept,
                                               "fraction_zeroed": (total - kept) / max(total, 1)}
     return model
+
+
+def _unstructured_transform(req: TransformRequest) -> Transformed:
+    """``--method smp-unstructured``: a mask per weight, learnt like SMP's unit masks; zeros in dense shapes."""
+    from safetensors.torch import save_file
+
+    if is_dispatched(req.model):
+        raise TaskpruneError("smp-unstructured learns a mask per weight through a functional call of the whole "
+                             "model: it does not run on a model placed by --device-map; load the model whole")
+    if req.rates.multiple_of != 1:
+        raise TaskpruneError("multiple_of rounds the widths of pruned units; smp-unstructured zeroes single weights "
+                             "in dense shapes: leave multiple_of at 1 for it")
+    masks, _ = learn_weight_masks(req.scoring_job())
+    out = apply_weight_masks(req.model, masks)
+    tensors = {k: v.to(dtype=torch.uint8).contiguous() for k, v in masks.items()}
+    return Transformed(
+        out, note="unstructured: the zeroed weights keep their dense shapes, so the model is neither smaller nor "
+                  "faster without a sparse kernel or format (masks in masks.safetensors)",
+        extra_files={"masks.safetensors": lambda p: save_file(tensors, str(p), metadata={"task": req.task.name})},
+    )
+
+
+register_method(Method("smp-unstructured", "smp-unstructured (per-weight masks: zeros, no speed-up)",
+                       transform=_unstructured_transform, combine="self", whole_model=True, rate_targeted=True,
+                       scores_alone=False, order=110))

@@ -24,15 +24,15 @@ from torch import nn
 
 from ..checkpoint import load_model, load_tokenizer
 from ..data import LabelSpace
-from ..lm.batching import batches
 from ..errors import TaskpruneError
 from ..evaluate import rank_scores
-from ..lm import model_kind
-from ..sources.fingerprint import fingerprint
 from ..files import atomic_write_text, check_writable
+from ..lm import model_kind
+from ..lm.batching import batches
 from ..models import get_adapter
-from ..pruning.plan import PruningPlan
 from ..pruning.apply import apply, validate_plan
+from ..pruning.plan import PruningPlan
+from ..sources.fingerprint import fingerprint
 from ..tasks import Example, Task, get_task, list_tasks
 from ..validate import nonneg_float, positive_float, positive_int
 from .cache import ByteLRU

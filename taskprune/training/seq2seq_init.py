@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..checkpoint import save_pruned, tie_embeddings
+from ..checkpoint import save_pruned
 from ..errors import TaskpruneError
+from ..models.bert2bert import tie_embeddings
 
 
 def minilm_dir() -> Path | None:

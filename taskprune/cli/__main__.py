@@ -1,0 +1,7 @@
+"""``python -m taskprune.cli`` is ``taskprune``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
