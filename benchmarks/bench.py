@@ -206,7 +206,7 @@ def part_b(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
             speed = statistics.median(a / b for a, b in zip(d, q))
             print(f"| {name} | {p} | {bs} | {dense_ms:.1f} | {pruned_ms:.1f} | {speed:.2f} | {ideal:.2f} | "
                   f"{speed / ideal:.2f} |")
-    if kind.name == "causal":
+    if not kind.has_encoder:  # decoder-only: generation speed too
         _generation(args, model, pruned_models, inputs[1][0])
 
 

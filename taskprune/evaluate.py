@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import Batch, LabelSpace
 from .errors import TaskpruneError
-from .lm import ModelKind, Seq2SeqKind, model_kind
+from .lm import ModelKind, model_kind
 from .lm.batching import batches, length_order, n_batches
 from .models import Adapter, NeuronGroup, get_adapter
 from .pruning.lowrank import LowRankLinear
@@ -88,7 +88,7 @@ def evaluate(
     it = batches([examples[i] for i in order], tokenizer, batch_size, max_length, kind)
     if encoder_cache is not None and generate:
         raise TaskpruneError("an encoder cache serves rank classification only, not generation")
-    if not isinstance(kind, Seq2SeqKind):
+    if not kind.has_encoder:
         encoder_cache = None  # no encoder to cache: every position depends on the pruned layers
     for i, batch in enumerate(progress(it, f"eval {task.name}", n_batches(len(examples), batch_size))):
         batch = batch.to(device)

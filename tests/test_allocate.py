@@ -102,7 +102,7 @@ def test_removed_fraction_rounds_per_head_as_the_plan_does(family: str) -> None:
     model = model_of(family)
     groups = get_adapter(model).groups()
     mixed = {g.name: (0.3, 0.55, 0.9)[i % 3] for i, g in enumerate(groups)}
-    for qk in (g for g in groups if g.kind == "qk"):  # Q/K and V/O of one attention share a rate
+    for qk in (g for g in groups if g.role == "qk"):  # Q/K and V/O of one attention share a rate
         mixed[qk.name.removesuffix("qk") + "vo"] = mixed[qk.name]
     for rates in (RateSpec(rate=0.3), RateSpec(rate=0.55), RateSpec(rate=0.9, layer_types=("ffn",)),
                   RateSpec(group_rates=mixed)):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taskprune.api import DEFAULT_CALIBRATION
 from taskprune.experiments.results import pack_outcomes
+from taskprune.recipe import DEFAULT_CALIBRATION
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -67,7 +67,7 @@ def random_scores(model, seed: int = 0) -> dict[str, torch.Tensor]:  # noqa: ANN
 def test_adapter_lists_whole_heads_under_gqa(model_type: str) -> None:
     model = tiny_causal(model_type)
     groups = get_adapter(model).groups()
-    heads = [g for g in groups if g.kind == "heads"]
+    heads = [g for g in groups if g.role == "heads"]
     assert [g.layer_type for g in groups] == ["self_attn", "ffn"] * 2
     head_dim = 12 if model_type == "qwen3" else 8
     assert all((g.size, g.n_heads, g.unit_width, g.module) == (4, 2, head_dim, "decoder") for g in heads)
@@ -217,7 +217,7 @@ def test_attribution_equals_finite_differences_for_a_two_token_label(model_type:
     labels = kind.label_space(tok, TWO_PIECE)
     assert labels.n_pieces == (2, 2)
     adapter = get_adapter(model)
-    group = next(g for g in adapter.groups() if g.kind == kind_name and g.depth == 1)
+    group = next(g for g in adapter.groups() if g.role == kind_name and g.depth == 1)
     site = adapter.sites(group)[0]
 
     pieces = labels.targets[1][: labels.n_pieces[1]]  # the word-pieces, not the end-of-turn token

@@ -79,7 +79,7 @@ def _zero_sublayer_reference(model, layer_type: str, kind: str):  # noqa: ANN001
     adapter = get_adapter(ref)
     with torch.no_grad():
         for g in adapter.groups():
-            if g.layer_type != layer_type or g.kind != kind:
+            if g.layer_type != layer_type or g.role != kind:
                 continue
             parts = adapter.parts(g)
             for lin in parts.producers:
@@ -109,7 +109,7 @@ def test_rate_one_removes_the_sublayer(family: str, layer_type: str, kind: str) 
     if kind == "ffn":  # width 0 is a real zero-width FFN
         pruned = apply(plan, model)
         torch.testing.assert_close(logits(pruned, inputs), masked_out, atol=1e-5, rtol=1e-5)
-        assert all(g.size == 0 for g in get_adapter(pruned).groups() if g.kind == "ffn")
+        assert all(g.size == 0 for g in get_adapter(pruned).groups() if g.role == "ffn")
 
 
 def test_rate_one_on_whole_attention_slices_to_zero_width(family: str) -> None:

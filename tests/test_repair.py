@@ -55,7 +55,7 @@ def _only(model, name: str, n_removed: int) -> RateSpec:  # noqa: ANN001
 def test_least_squares_merges_a_duplicated_unit_back_exactly(family: str, sequential: bool) -> None:
     model, tok = make_model(family).double(), make_tokenizer(family)
     adapter = get_adapter(model)
-    group = next(g for g in adapter.groups() if g.kind == "ffn" and g.module == "encoder")
+    group = next(g for g in adapter.groups() if g.role == "ffn" and g.module == "encoder")
     with torch.no_grad():  # unit 7 becomes a copy of unit 3: removing it loses nothing a re-solve cannot restore
         for lin in _ffn_parts(model, group).producers:
             lin.weight[7] = lin.weight[3]
@@ -84,7 +84,7 @@ def test_least_squares_merges_a_duplicated_unit_back_exactly(family: str, sequen
 def test_bias_compensation_absorbs_a_constant_unit_exactly() -> None:
     model, tok = make_model("bert2bert").double(), make_tokenizer("bert2bert")
     adapter = get_adapter(model)
-    group = next(g for g in adapter.groups() if g.kind == "ffn" and g.module == "decoder")
+    group = next(g for g in adapter.groups() if g.role == "ffn" and g.module == "decoder")
     with torch.no_grad():  # unit 5 reads nothing: its activation is gelu(bias), the same at every token
         producer = _ffn_parts(model, group).producers[0]
         producer.weight[5] = 0.0
@@ -159,7 +159,7 @@ def test_global_allocation_removes_the_budget(family: str, budget: float) -> Non
     assert abs(removed_fraction(model, rates) - budget) <= len(adapter.groups()) * per_unit / total
     assert len(set(rates.group_rates.values())) > 1  # not uniform
     for grp in adapter.groups():  # an attention's Q/K and V/O share one rate
-        if grp.kind == "qk":
+        if grp.role == "qk":
             vo = grp.name.removesuffix("qk") + "vo"
             assert rates.group_rates[grp.name] == rates.group_rates[vo]
     plan = make_plan(model, scores, rates)
@@ -188,9 +188,9 @@ def test_the_raw_ranking_keeps_whole_heads_that_the_per_parameter_ranking_remove
     g = torch.Generator().manual_seed(4)
     scores = {grp.name: adapter.prunable_parameters(grp, 1) * (1 + 0.01 * torch.rand(grp.size, generator=g))
               for grp in adapter.groups()}
-    heads = [grp.name for grp in adapter.groups() if grp.kind == "heads"]
-    assert heads and min(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.kind == "heads") > \
-        max(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.kind == "ffn")
+    heads = [grp.name for grp in adapter.groups() if grp.role == "heads"]
+    assert heads and min(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.role == "heads") > \
+        max(adapter.prunable_parameters(grp, 1) for grp in adapter.groups() if grp.role == "ffn")
     raw = global_rates(model, scores, RateSpec(rate=0.4), 0.4, standardise=False)
     per_param = global_rates(model, scores, RateSpec(rate=0.4), 0.4, per_parameter=True)
     assert all(raw.group_rates[h] == 0 for h in heads)

@@ -172,5 +172,5 @@ def run_info(args: argparse.Namespace) -> None:
     params = count_parameters(model)
     echo(f"{path}: family {adapter.family}, fingerprint {fingerprints.fingerprint(model)}, "
          f"{params['total']:,} parameters ({params['prunable']:,} prunable)")
-    rows = [[g.name, g.kind, g.n_heads, g.size, adapter.prunable_parameters(g)] for g in adapter.groups()]
+    rows = [[g.name, g.role, g.n_heads, g.size, adapter.prunable_parameters(g)] for g in adapter.groups()]
     echo(render_table(["group", "kind", "heads", "units", "parameters"], rows))

@@ -50,9 +50,18 @@ class TeacherForced:
 
 
 class ModelKind(ABC):
-    """How one kind of model reads inputs and scores label candidates."""
+    """How one kind of model reads inputs and scores label candidates: the ONE place that answers "seq2seq or
+    causal?" (callers ask these attributes, never the kind's name or the model's type)."""
 
     name: ClassVar[str]
+    #: an encoder reads the input once; the decoder's positions depend on it (encoder outputs can be cached/reused)
+    has_encoder: ClassVar[bool]
+    #: the task's causal template (a prompt the answer continues) is what this kind reads, where a task has one
+    reads_causal_prompt: ClassVar[bool]
+
+    def reserved_target_ids(self, model: nn.Module) -> set[int]:
+        """Token ids that can never be an answer's target (the decoder start token of a seq2seq model)."""
+        return set()
 
     def text(self, example: Example) -> str:
         """The text of ``example`` that a model of this kind reads (before any wrapping)."""
@@ -134,6 +143,11 @@ REPEAT_BUDGET_BYTES = 64 << 20
 
 class Seq2SeqKind(ModelKind):
     name = "seq2seq"
+    has_encoder = True
+    reads_causal_prompt = False
+
+    def reserved_target_ids(self, model: nn.Module) -> set[int]:
+        return {get_adapter(model).decoder_start_token_id()}
 
     def encode(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> Batch:
         enc = tokenizer([self.text(e) for e in examples], padding=True, truncation=True, max_length=max_length,
@@ -223,7 +237,7 @@ class Seq2SeqKind(ModelKind):
 
     def site_mask(self, group: NeuronGroup, site: int, batch: Batch, tf: TeacherForced) -> torch.Tensor:
         # site 1 of a cross-attention QK group is the key projection, applied to the encoder output
-        on_input = group.module == "encoder" or (group.layer_type == "cross_attn" and group.kind == "qk" and site == 1)
+        on_input = group.module == "encoder" or (group.layer_type == "cross_attn" and group.role == "qk" and site == 1)
         return batch.attention_mask if on_input else tf.positions
 
 
@@ -273,6 +287,8 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 class CausalKind(ModelKind):
     name = "causal"
+    has_encoder = False
+    reads_causal_prompt = True
 
     # -- inputs --------------------------------------------------------------------------------------
     def text(self, example: Example) -> str:
@@ -384,7 +400,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (Seq2SeqKind(), CausalKind())}
 
 def model_kind(model: nn.Module) -> ModelKind:
     """The kind of ``model``, as its adapter declares it."""
-    return KINDS[get_adapter(model).kind]
+    return KINDS[get_adapter(model).kind_name]
 
 
 def label_space(model: nn.Module, tokenizer: Any, task: Task) -> LabelSpace:

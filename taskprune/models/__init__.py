@@ -6,7 +6,7 @@ from torch import nn
 
 from ..errors import TaskpruneError
 from . import bert2bert, llama, t5  # noqa: F401  (register the built-in adapters)
-from .base import GROUP_KINDS, LAYER_TYPES, MODULES, Adapter, GroupParts, NeuronGroup, Site, registered_adapters
+from .base import GROUP_ROLES, LAYER_TYPES, MODULES, Adapter, GroupParts, NeuronGroup, Site, registered_adapters
 
 
 def get_adapter(model: nn.Module) -> Adapter:
@@ -24,4 +24,4 @@ def get_adapter(model: nn.Module) -> Adapter:
     )
 
 
-__all__ = ["Adapter", "GroupParts", "NeuronGroup", "Site", "get_adapter", "MODULES", "LAYER_TYPES", "GROUP_KINDS"]
+__all__ = ["Adapter", "GroupParts", "NeuronGroup", "Site", "get_adapter", "MODULES", "LAYER_TYPES", "GROUP_ROLES"]

@@ -22,11 +22,11 @@ ModuleName = Literal["encoder", "decoder"]
 LayerType = Literal["self_attn", "cross_attn", "ffn"]
 #: ``qk``/``vo``: dims inside the heads of an attention (T5, BERT); ``heads``: whole query heads of a
 #: grouped-query attention, units blocked by the key/value head they read (decoder-only LMs, rotary heads)
-GroupKind = Literal["ffn", "qk", "vo", "heads"]
+GroupRole = Literal["ffn", "qk", "vo", "heads"]
 
 MODULES: tuple[str, ...] = ("encoder", "decoder")
 LAYER_TYPES: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")
-GROUP_KINDS: tuple[str, ...] = ("ffn", "qk", "vo", "heads")
+GROUP_ROLES: tuple[str, ...] = ("ffn", "qk", "vo", "heads")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class NeuronGroup:
     name: str  # e.g. "decoder.3.cross_attn.qk"
     module: ModuleName
     layer_type: LayerType
-    kind: GroupKind
+    role: GroupRole  # what the units are: FFN units, QK or VO dims of heads, or whole heads
     depth: int
     size: int
     n_heads: int = 1
@@ -116,8 +116,9 @@ class Adapter(ABC):
     """
 
     family: ClassVar[str]
-    #: how the model maps an input to label probabilities (:mod:`taskprune.lm`): "seq2seq" or "causal"
-    kind: ClassVar[str] = "seq2seq"
+    #: the name of the :class:`taskprune.lm.ModelKind` that reads this family's inputs: "seq2seq" or "causal"
+    #: (only :func:`taskprune.lm.model_kind` reads it; every other question goes to that object)
+    kind_name: ClassVar[str] = "seq2seq"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -169,7 +170,7 @@ class Adapter(ABC):
     def sites(self, group: NeuronGroup) -> list[Site]:
         """Where the activation h lives: Q and K outputs (QK) or the consumer's input (FFN, VO)."""
         parts = self.parts(group)
-        if group.kind == "qk":
+        if group.role == "qk":
             return [Site(p, "output") for p in parts.producers]
         return [Site(parts.consumers[0], "input", group.unit_width)]
 
@@ -181,7 +182,7 @@ class Adapter(ABC):
         """
         from .slicing import slice_cols, slice_rows
 
-        zero = keep.numel() == 0 and group.kind != "ffn"
+        zero = keep.numel() == 0 and group.role != "ffn"
         idx = torch.arange(group.n_heads) * group.head_size if zero else keep
         parts = self.parts(group)
         for lin in parts.producers:

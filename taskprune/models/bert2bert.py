@@ -142,11 +142,11 @@ class Bert2BertAdapter(Adapter):
         return out
 
     def parts(self, group: NeuronGroup) -> GroupParts:
-        if group.kind == "ffn":
+        if group.role == "ffn":
             layer = self._layer(group)
             return GroupParts((layer.intermediate.dense,), (layer.output.dense,))
         attn = self._attention(group)
-        if group.kind == "qk":
+        if group.role == "qk":
             return GroupParts((attn.self.query, attn.self.key), ())
         return GroupParts((attn.self.value,), (attn.output.dense,))
 
@@ -159,7 +159,7 @@ class Bert2BertAdapter(Adapter):
     def write_widths(self, config: Any, widths: dict[str, int]) -> None:
         groups = self.group_by_name()
         for module in ("encoder", "decoder"):
-            ffn = {w for n, w in widths.items() if groups[n].kind == "ffn" and groups[n].module == module}
+            ffn = {w for n, w in widths.items() if groups[n].role == "ffn" and groups[n].module == module}
             if len(ffn) == 1 and min(ffn) > 0:
                 getattr(config, module).intermediate_size = min(ffn)
 

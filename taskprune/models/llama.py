@@ -39,7 +39,7 @@ def _layers(model: nn.Module) -> nn.ModuleList:
 @register_adapter
 class LlamaAdapter(Adapter):
     family = "llama"
-    kind = "causal"
+    kind_name = "causal"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -78,7 +78,7 @@ class LlamaAdapter(Adapter):
 
     def parts(self, group: NeuronGroup) -> GroupParts:
         layer = self._layer(group)
-        if group.kind == "ffn":
+        if group.role == "ffn":
             return GroupParts((layer.mlp.gate_proj, layer.mlp.up_proj), (layer.mlp.down_proj,))
         return GroupParts((layer.self_attn.q_proj,), (layer.self_attn.o_proj,))
 
@@ -92,7 +92,7 @@ class LlamaAdapter(Adapter):
         return None
 
     def slice_group(self, group: NeuronGroup, keep: torch.Tensor) -> int:
-        if group.kind == "ffn":
+        if group.role == "ffn":
             return super().slice_group(group, keep)
         attn = self._layer(group).self_attn
         d = self._head_dim(attn)
@@ -113,7 +113,7 @@ class LlamaAdapter(Adapter):
     def skeleton_keep(self, group: NeuronGroup, width: int) -> torch.Tensor:
         """Heads: the first ``width / kv`` query heads of each of the first ``kv`` KV groups, with ``kv`` the KV
         width recorded by :meth:`write_widths` (KV-granularity plans drop whole KV groups)."""
-        if group.kind == "ffn" or width == 0:
+        if group.role == "ffn" or width == 0:
             return super().skeleton_keep(group, width)
         kv = int(getattr(self.model.config, KV_WIDTHS_KEY, {}).get(group.name, group.n_heads))
         per = width // kv
@@ -122,7 +122,7 @@ class LlamaAdapter(Adapter):
     def prunable_parameters(self, group: NeuronGroup, width: int | None = None) -> int:
         """FFN as usual; heads: q rows and o columns per query head, plus k and v rows of every KV head (counted
         once per layer, at the current KV width: a layer pruned to nothing counts 0)."""
-        if group.kind == "ffn":
+        if group.role == "ffn":
             return super().prunable_parameters(group, width)
         width = group.size if width is None else width
         attn = self._layer(group).self_attn
@@ -139,10 +139,10 @@ class LlamaAdapter(Adapter):
     def write_widths(self, config: Any, widths: dict[str, int]) -> None:
         """Stock fields where every layer agrees: intermediate_size; num_attention_heads/num_key_value_heads."""
         groups = self.group_by_name()
-        ffn = {w for n, w in widths.items() if groups[n].kind == "ffn"}
+        ffn = {w for n, w in widths.items() if groups[n].role == "ffn"}
         if len(ffn) == 1 and min(ffn) > 0:
             config.intermediate_size = min(ffn)
-        per_layer = {n: self._heads(self._layer(groups[n]).self_attn) for n in widths if groups[n].kind == "heads"}
+        per_layer = {n: self._heads(self._layer(groups[n]).self_attn) for n in widths if groups[n].role == "heads"}
         setattr(config, KV_WIDTHS_KEY, {n: n_kv for n, (_, n_kv) in per_layer.items()})
         heads = set(per_layer.values())
         zero = any(widths[n] == 0 for n in per_layer)

@@ -63,12 +63,12 @@ class T5Adapter(Adapter):
         return out
 
     def parts(self, group: NeuronGroup) -> GroupParts:
-        if group.kind == "ffn":
+        if group.role == "ffn":
             ffn = self._ffn(group)
             producers = (ffn.wi_0, ffn.wi_1) if hasattr(ffn, "wi_0") else (ffn.wi,)
             return GroupParts(producers, (ffn.wo,))
         attn = self._attention(group)
-        if group.kind == "qk":
+        if group.role == "qk":
             return GroupParts((attn.q, attn.k), ())
         return GroupParts((attn.v,), (attn.o,))
 
@@ -79,8 +79,8 @@ class T5Adapter(Adapter):
 
     def write_widths(self, config: Any, widths: dict[str, int]) -> None:
         groups = self.group_by_name()
-        ffn = {w for n, w in widths.items() if groups[n].kind == "ffn"}
-        attn = {w // groups[n].n_heads for n, w in widths.items() if groups[n].kind != "ffn"}
+        ffn = {w for n, w in widths.items() if groups[n].role == "ffn"}
+        attn = {w // groups[n].n_heads for n, w in widths.items() if groups[n].role != "ffn"}
         if len(ffn) == 1 and min(ffn) > 0:
             config.d_ff = min(ffn)
         if len(attn) == 1 and min(attn) > 0:

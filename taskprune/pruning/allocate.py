@@ -50,7 +50,7 @@ def _pools(adapter: Adapter, rates: RateSpec) -> dict[str, list[NeuronGroup]]:
     for g in adapter.groups():
         if g.size == 0 or g.module not in rates.modules or g.layer_type not in rates.layer_types:
             continue
-        key = g.attention if g.kind in ("qk", "vo") else g.name
+        key = g.attention if g.role in ("qk", "vo") else g.name
         pools.setdefault(key, []).append(g)
     return pools
 

@@ -32,19 +32,19 @@ def slice_model(adapter: Adapter, keep: dict[str, torch.Tensor]) -> dict[str, in
     widths = {g.name: g.size for g in groups}
     head_widths: dict[str, dict[str, int]] = {}
     for g in groups:
-        in_head = g.kind in ("qk", "vo")
+        in_head = g.role in ("qk", "vo")
         if g.name not in keep:
             if in_head:  # its current tensor width (a zero-width placeholder has 1 unit per head)
                 tensor_width = adapter.parts(g).producers[0].out_features // g.n_heads
-                head_widths.setdefault(g.attention, {}).setdefault(g.kind, tensor_width)
+                head_widths.setdefault(g.attention, {}).setdefault(g.role, tensor_width)
             continue
         idx = keep[g.name].to(torch.long)
         _check_keep(adapter, g, idx)
         widths[g.name] = adapter.slice_group(g, idx)
         if in_head:
-            head_widths.setdefault(g.attention, {})[g.kind] = max(widths[g.name], g.n_heads) // g.n_heads
-    by_attention = {g.attention: g for g in groups if g.kind == "qk"}
-    sliced = {g.attention for g in groups if g.name in keep and g.kind in ("qk", "vo")}
+            head_widths.setdefault(g.attention, {})[g.role] = max(widths[g.name], g.n_heads) // g.n_heads
+    by_attention = {g.attention: g for g in groups if g.role == "qk"}
+    sliced = {g.attention for g in groups if g.name in keep and g.role in ("qk", "vo")}
     for attention, hw in head_widths.items():
         if attention not in sliced:
             continue
@@ -82,8 +82,8 @@ def validate_plan(plan: PruningPlan, adapter: Adapter, slicing: bool = True) -> 
             raise TaskpruneError(f"plan group {name} does not exist in this model; the plan was made for another model")
         group = groups[name]
         _check_keep(adapter, group, plan.keep(name))
-        if group.kind in ("qk", "vo") and slicing:
-            per_head.setdefault(group.attention, {})[group.kind] = len(g["keep"]) // group.n_heads
+        if group.role in ("qk", "vo") and slicing:
+            per_head.setdefault(group.attention, {})[group.role] = len(g["keep"]) // group.n_heads
     for attention, widths in per_head.items():
         if len(set(widths.values())) > 1:
             raise TaskpruneError(

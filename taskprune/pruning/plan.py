@@ -188,10 +188,10 @@ def make_plan(
                     f"scores for {g.name} have {s.numel()} units but the model has {g.size}; "
                     "the scores were made for another model"
                 )
-            if g.kind == "heads" and rates.head_granularity == "kv":
+            if g.role == "heads" and rates.head_granularity == "kv":
                 keep = select_kv_groups(s, g.n_heads, rate)
             else:  # whole heads are already multiples of head_dim wide: no rounding for them
-                keep = select_units(s, g.n_heads, rate, 1 if g.kind == "heads" else rates.multiple_of)
+                keep = select_units(s, g.n_heads, rate, 1 if g.role == "heads" else rates.multiple_of)
         groups[g.name] = {"size": g.size, "n_heads": g.n_heads, "rate": rate, "keep": keep.tolist()}
     return PruningPlan(
         base_fingerprint=base_fingerprint or fingerprint(model),

@@ -126,7 +126,7 @@ def calibration_passes(model: nn.Module, batches: Iterable[Batch], labels: Label
 def _reads(model: nn.Module, group: NeuronGroup, p: _Pass) -> bool:
     """Whether ``group`` sees new tokens in pass ``p``: a seq2seq encoder reads the same input whatever the
     candidate label, so only its first candidate's pass counts (the others would count its tokens again)."""
-    return p.label == 0 or not (group.module == "encoder" and model_kind(model).name == "seq2seq")
+    return p.label == 0 or not (group.module == "encoder" and model_kind(model).has_encoder)
 
 
 def _positions(adapter: Adapter, group: NeuronGroup, p: _Pass) -> torch.Tensor:
@@ -206,7 +206,7 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
     adapter = get_adapter(work)
     by_name = base.group_by_name()
     groups = [by_name[n] for n, g in plan.groups.items()
-              if len(g["keep"]) < g["size"] and by_name[n].kind in REPAIRABLE and g["keep"]]
+              if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE and g["keep"]]
     if not groups:
         return work, {**config.to_dict(), "groups": 0, "tokens": 0}
     device = next(model.parameters()).device
@@ -241,7 +241,7 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
             encoder_out: dict[int, Any] = {}
             for i, p in enumerate(passes):
                 current[0] = i
-                if kind.name == "seq2seq":  # the encoder runs once per batch, on its first candidate's pass
+                if kind.has_encoder:  # the encoder runs once per batch, on its first candidate's pass
                     if p.label == 0:
                         encoder_out[id(p.batch)] = kind.encode_only(model, p.batch)
                     model(**p.kwargs, encoder_outputs=encoder_out[id(p.batch)])
@@ -258,7 +258,7 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
             consumer = adapter.parts(g).consumers[0]
             cols = keep_cols[g.name]
             if config.sequential:
-                if g.module == "decoder" and kind.name == "seq2seq" and not encoded:
+                if g.module == "decoder" and kind.has_encoder and not encoded:
                     for p in passes:  # every encoder group is repaired by now (forward order): run it once
                         if id(p.batch) not in encoded:
                             encoded[id(p.batch)] = kind.encode_only(work, p.batch)

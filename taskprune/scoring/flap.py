@@ -71,7 +71,7 @@ def flap_scores(job: ScoringJob) -> Scores:
         for n, s1, s2 in sites:
             n = max(float(n), 1.0)
             var.append((s2 / n - (s1 / n) ** 2).clamp(min=0).float())  # type: ignore[operator]
-        if g.kind == "qk":
+        if g.role == "qk":
             out[name] = var[0] * var[1] if len(var) > 1 else var[0]
             continue
         col = weight_value(adapter.parts(g).consumers[0], "weight").detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2

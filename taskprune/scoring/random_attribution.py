@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch, LabelSpace
-from ..models import get_adapter
+from ..lm import model_kind
 from ..runtime.distributed import SINGLE
 from .attribution import supervised_attribution
 from .base import Scores, ScoringJob, no_progress, register_scorer
@@ -41,8 +41,7 @@ def random_attribution(job: ScoringJob) -> Scores:
     per_batch_config = replace(config, example_agg="signed") if config.example_agg == "abs_sum" else config
     vocab = model.get_output_embeddings().weight.shape[0]
     avoid = {t for target in labels.targets for t in target}
-    if get_adapter(model).kind == "seq2seq":
-        avoid.add(get_adapter(model).decoder_start_token_id())
+    avoid |= model_kind(model).reserved_target_ids(model)
     total: Scores = {grp.name: torch.zeros(grp.size) for grp in job.groups}
     for i, batch in enumerate(job.progress(job.batches, "random attribution", len(job.batches))):
         gold = batch.gold.tolist()

@@ -293,7 +293,7 @@ class TaskService:
                 raise ServeError(413, f"inputs[{i}] is {chars} characters; the limit is "
                                       f"{self.limits.max_input_chars} (the input's own text, all columns together)")
             try:  # a decoder-only base reads the task's causal prompt where it has one (taskprune.lm)
-                text = t.render(raw, causal=self.adapter.kind == "causal" and bool(t.causal_template))
+                text = t.render(raw, causal=model_kind(self.adapter.model).reads_causal_prompt and bool(t.causal_template))
             except TaskpruneError as err:
                 raise ServeError(422, f"inputs[{i}]: {err}") from None
             texts.append(text)
