@@ -40,6 +40,7 @@ from .runtime.placement import is_dispatched
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, save_scores, score_metadata
 from .scoring.base import Progress, no_progress, run_scorer
 from .sources.fingerprint import fingerprint
+from .sources.resolve import project_model_dir
 from .tasks import Example, Task
 
 DEFAULT_MODEL_NAME = "minilm-glue6"
@@ -50,7 +51,7 @@ def default_model_dir() -> Path | None:
     env = os.environ.get("TASKPRUNE_MODEL")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL_NAME
+    candidate = project_model_dir(DEFAULT_MODEL_NAME)
     return candidate if (candidate / "config.json").is_file() else None
 
 

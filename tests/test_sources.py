@@ -198,10 +198,6 @@ def test_a_short_name_whose_package_is_missing_names_the_pip_install() -> None:
         packaged_file(short)
 
 
-@pytest.mark.xfail(strict=True, raises=TaskpruneError,
-                   reason="library bug: project_model_dir uses parents[1] of taskprune/sources/resolve.py, i.e. "
-                          "taskprune/models/<name> (the adapters package), since the move from "
-                          "taskprune/model_sources.py; the project's models live in <repo>/models/<name>")
 def test_a_project_model_name_resolves_to_the_source_trees_models_folder(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     repo_models = Path(__file__).resolve().parents[1] / "models" / "minilm-glue6"

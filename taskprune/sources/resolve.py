@@ -40,7 +40,8 @@ PROJECT_MODELS = ("minilm-glue6", "smollm2-glue6")
 
 
 def project_model_dir(name: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "models" / name
+    """``models/<name>`` of the source tree (this file is ``taskprune/sources/resolve.py`` in it)."""
+    return Path(__file__).resolve().parents[2] / "models" / name
 
 
 def packaged_file(short: PackagedModel) -> Path:
