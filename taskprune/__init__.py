@@ -1,4 +1,4 @@
-"""taskprune: compress a multi-task seq2seq model for ONE task, without training.
+"""taskprune: compress a multi-task language model (seq2seq or decoder-only) for ONE task, without training.
 
 Scores every neuron by attribution (activation x gradient of the label-token probabilities) on a few
 examples, removes the least important units layer by layer and returns a physically smaller model.
@@ -14,12 +14,13 @@ from .evaluate import count_parameters, evaluate
 from .pruning.apply import apply, mask, masked
 from .pruning.plan import PruningPlan, make_plan
 from .pruning.rates import RateSpec
+from .runtime import distributed  # `taskprune.distributed.init_from_env()` in torchrun scripts (docs/distributed.md)
 from .scoring import ScoreConfig, SMPConfig
 from .tasks import Example, Task, get_task, load_examples, sample_k_shot
 
 __all__ = [
     "Example", "PruningPlan", "RateSpec", "SMPConfig", "ScoreConfig", "Task", "TaskpruneError", "apply", "compress",
     "compress_trials", "list_methods",
-    "count_parameters", "evaluate", "get_task", "load_examples", "load_model", "load_pruned", "load_tokenizer",
+    "count_parameters", "distributed", "evaluate", "get_task", "load_examples", "load_model", "load_pruned", "load_tokenizer",
     "make_plan", "mask", "masked", "sample_k_shot", "save_compressed", "save_pruned", "score",
 ]

@@ -24,6 +24,7 @@ from torch import nn
 from .errors import TaskpruneError
 from .files import atomic_dir
 from .models import get_adapter
+from .portable.remote import REMOTE_KEY, check_remote_code, write_remote_code
 from .pruning.apply import record_widths, slice_model
 from .pruning.lowrank import LOWRANK_KEY, restore_lowrank
 from .runtime import placement
@@ -44,6 +45,7 @@ def _check_model_dir(path: str | Path) -> Path:
         raise TaskpruneError(f"{path / 'config.json'} is not valid JSON ({err}): the model folder is damaged") from None
     if not isinstance(config, dict):
         raise TaskpruneError(f"{path / 'config.json'} holds no JSON object: the model folder is damaged")
+    check_remote_code(path, config)  # its modeling file present and unchanged, before anything reads the folder
     return path
 
 
@@ -243,6 +245,7 @@ def save_pruned(
             to_save.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        write_remote_code(to_save, tmp)  # widths no stock field holds: the family's modeling file + auto_map
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
 
@@ -264,25 +267,35 @@ def fp16_checkpoint_size(model: nn.Module, folder: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), values
 
 
-def loading_notes(plan: Any, model: nn.Module, family: bool = True) -> list[str]:  # noqa: ANN401
-    """One line each on how ``plan``'s rates were spread and its weights repaired, and what that means for
-    loading the checkpoint (what ``compress`` and ``demo`` print after saving); ``family``: also the model
-    family's own note on widths no stock config field holds."""
-    if plan is None:
-        return []
+def loading_line(folder: str | Path) -> str:
+    """The ONE line that loads checkpoint ``folder`` where it goes: plain ``from_pretrained`` for stock widths,
+    with ``trust_remote_code=True`` where it carries its family's modeling file, ``taskprune.load_pruned`` for a
+    low-rank (svd) one."""
+    folder = Path(folder)
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    auto = "AutoModelForSeq2SeqLM" if raw.get("is_encoder_decoder") else "AutoModelForCausalLM"
+    if raw.get(LOWRANK_KEY):
+        return f"taskprune.load_pruned({str(folder)!r})  (low-rank layers have no transformers class)"
+    if raw.get(REMOTE_KEY):
+        return (f"transformers.{auto}.from_pretrained({str(folder)!r}, trust_remote_code=True)  (its widths have no "
+                f"stock config field: it carries {raw[REMOTE_KEY]['file']}; --allocate uniform gives a checkpoint "
+                "plain from_pretrained loads)")
+    return f"transformers.{auto}.from_pretrained({str(folder)!r})"
+
+
+def loading_notes(plan: Any, folder: str | Path | None) -> list[str]:  # noqa: ANN401
+    """One line each on how ``plan``'s rates were spread and its weights repaired, then how to load the checkpoint
+    saved in ``folder`` (what ``compress`` and ``demo --out`` print after saving)."""
     lines = []
-    if plan.allocation:
+    if plan is not None and plan.allocation:
         a = plan.allocation
         widths = {n: len(g["keep"]) for n, g in plan.groups.items()}
         lines.append(f"allocation: {a['method']}, {a['removed_fraction']:.1%} of the prunable parameters removed; "
                      f"widths range {min(widths.values())}-{max(widths.values())} per group")
-        lines.append("note: per-layer widths have no stock config field: load this checkpoint with "
-                     "taskprune.load_pruned (for a checkpoint plain from_pretrained loads, pass --allocate uniform)")
-    if plan.repaired_with:
+    if plan is not None and plan.repaired_with:
         r = plan.repair
         lines.append(f"repair: {r['mode']} on {r['calibration_examples']} calibration inputs ({r['groups']} groups "
                      "re-solved)")
-    family_note = get_adapter(model).loading_note(plan) if family else None
-    if family_note:
-        lines.append(f"note: {family_note}")
+    if folder is not None:
+        lines.append(f"load it with: {loading_line(folder)}")
     return lines

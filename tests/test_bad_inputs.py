@@ -349,7 +349,7 @@ def test_the_launchers_sigterm_while_an_error_is_reported_still_gives_one_line(
     def lost(*_a: object) -> str:
         raise PeerLost("another process of this job stopped (killed, crashed or failed): Connection closed")
 
-    real_error, calls = cli._error, []
+    real_error, calls = cli.report_error, []
 
     def error_hit_by_sigterm(*args: object, **kwargs: object) -> int:  # the signal arrives as handling begins
         calls.append(args[0])
@@ -358,7 +358,7 @@ def test_the_launchers_sigterm_while_an_error_is_reported_still_gives_one_line(
         return real_error(*args, **kwargs)
 
     monkeypatch.setattr(taskprune.sources.fingerprint, "fingerprint", lost)
-    monkeypatch.setattr(cli, "_error", error_hit_by_sigterm)
+    monkeypatch.setattr(cli, "report_error", error_hit_by_sigterm)
     monkeypatch.delenv("TASKPRUNE_DEBUG", raising=False)
     assert main(["info", "--model", f"{ws['root']}/model"]) == 1
     assert len(calls) == 2

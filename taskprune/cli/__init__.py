@@ -63,7 +63,7 @@ def _debug_wanted(args: argparse.Namespace | None) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get("TASKPRUNE_DEBUG", "") not in ("", "0")
 
 
-def _error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
+def report_error(message: str, debug: bool, code: int = EXIT_USER_ERROR) -> int:
     """Print the one error line (in a job of several processes: the first failing rank's, naming it)."""
     distributed.quiet_sigterm(ignore=True)  # the launcher stopping this rank now must not cut its one line, nor add one
     if debug:
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, debug)
     except distributed.Stopped as err:  # the launcher's SIGTERM came while another error was being handled
-        return _error(str(err), debug, EXIT_UNEXPECTED)
+        return report_error(str(err), debug, EXIT_UNEXPECTED)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
@@ -109,20 +109,20 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         code = func(args) or 0  # a command returns a non-zero code for work it did but could not finish
         distributed.finish()  # the other ranks wait here for rank 0's writing and printing
     except TaskpruneError as err:
-        return _error(_one_line(str(err), limit=2000), debug)
+        return report_error(_one_line(str(err), limit=2000), debug)
     except OSError as err:  # permissions, a file where a folder should be, a full disk: the user's to fix
         text = f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
-        return _error(_one_line(text), debug)
+        return report_error(_one_line(text), debug)
     except distributed.PeerLost as err:
-        return _error(_one_line(str(err)), debug, EXIT_UNEXPECTED)
+        return report_error(_one_line(str(err)), debug, EXIT_UNEXPECTED)
     except distributed.Stopped as err:
-        return _error(str(err), debug, EXIT_UNEXPECTED)
+        return report_error(str(err), debug, EXIT_UNEXPECTED)
     except KeyboardInterrupt:
         print("taskprune: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a bare traceback by default
         hint = "" if debug else f" ({DEBUG_HINT})"
-        return _error(f"{type(err).__name__}: {_one_line(str(err))}{hint}", debug, EXIT_UNEXPECTED)
+        return report_error(f"{type(err).__name__}: {_one_line(str(err))}{hint}", debug, EXIT_UNEXPECTED)
     finally:
         distributed.shutdown()
     return code

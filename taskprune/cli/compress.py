@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:
         echo(f"note: {result.note}")
-    for line in loading_notes(result.plan, result.model):
+    for line in loading_notes(result.plan, out):
         echo(line)
 
 

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
              f"{counted[0] / 1e6:.1f} M and {counted[1] / 1e6:.1f} M parameters: a tensor shared in memory (the "
              "tied word embedding of a bert2bert) counts once as a parameter but is saved under each name, since "
              "transformers cannot save an encoder/decoder tie (loading re-ties it)")
-    for line in loading_notes(result.plan, result.model, family=False):  # the demo shows the recipe
+    for line in loading_notes(result.plan, args.out):  # the recipe, and how to load a kept checkpoint
         echo(line)
     if args.out:
         echo(f"pruned checkpoint saved to {args.out}")

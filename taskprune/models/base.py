@@ -156,9 +156,11 @@ class Adapter(ABC):
         out = copy.deepcopy(self.model)
         return out.to(dtype)
 
-    def loading_note(self, plan: Any) -> str | None:  # noqa: ANN401
-        """Why plain ``from_pretrained`` cannot load ``plan``'s checkpoint of this family even with uniform widths
-        (a width no stock config field holds), or None."""
+    def remote_code(self) -> dict[str, Any] | None:
+        """How a checkpoint of this family whose widths no stock field holds loads without taskprune: ``file`` (a
+        modeling file in :mod:`taskprune.portable`), ``auto_map`` (Auto class -> class in that file) and ``config``
+        (what the file reads: the physical per-layer shapes); None where this model type
+        has none (its checkpoints then load through :func:`taskprune.load_pruned` only)."""
         return None
 
     def decoder_start_token_id(self) -> int:

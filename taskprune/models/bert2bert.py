@@ -169,10 +169,21 @@ class Bert2BertAdapter(Adapter):
     def savable(self, dtype: torch.dtype | None) -> nn.Module:
         return savable_copy(self.model, dtype)
 
-    def loading_note(self, plan: Any) -> str | None:  # noqa: ANN401
-        attention_pruned = any(len(g["keep"]) < g["size"] for n, g in plan.groups.items() if not n.endswith(".ffn"))
-        return ("BERT attention widths have no stock config field: load this checkpoint with taskprune.load_pruned"
-                if attention_pruned else None)
+    def remote_code(self) -> dict[str, Any] | None:
+        """Every layer's stored head widths (a pruned-away attention keeps one zero unit per head) and FFN units,
+        read by ``portable/modeling_taskprune_bert2bert.py``."""
+        layers: dict[str, list[dict[str, int]]] = {}
+        for module in ("encoder", "decoder"):
+            layers[module] = []
+            for layer in _layers(getattr(self.model, module)):
+                widths = {"self_attn": layer.attention.self.attention_head_size,
+                          "ffn": layer.intermediate.dense.out_features}
+                if module == "decoder":
+                    widths["cross_attn"] = layer.crossattention.self.attention_head_size
+                layers[module].append(widths)
+        return {"file": "modeling_taskprune_bert2bert.py",
+                "auto_map": {"AutoModelForSeq2SeqLM": "TaskpruneEncoderDecoderModel"},
+                "config": {"taskprune_layers": layers}}
 
     def decoder_start_token_id(self) -> int:
         cfg = self.model.config

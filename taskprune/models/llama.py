@@ -28,6 +28,8 @@ from .slicing import is_zero_width, slice_cols, slice_rows
 
 #: model types with the Llama layout (same module names, per-head q/k norms where present act within a head)
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3")
+#: the class-name stem of each model type in portable/modeling_taskprune_llama.py
+REMOTE_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 #: config field recording each layer's key/value head count (per-layer widths have no stock field)
 KV_WIDTHS_KEY = "taskprune_kv_heads"
 
@@ -152,6 +154,20 @@ class LlamaAdapter(Adapter):
             n_q, n_kv = next(iter(heads))
             config.head_dim = self._head_dim(_layers(self.model)[0].self_attn)
             config.num_attention_heads, config.num_key_value_heads = n_q, n_kv
+
+    def remote_code(self) -> dict[str, Any]:
+        """Every layer's stored query heads (a pruned-away attention keeps one zero head), key/value heads and FFN
+        units, read by ``portable/modeling_taskprune_llama.py``."""
+        layers, d = [], 0
+        for layer in _layers(self.model):
+            attn = layer.self_attn
+            d = self._head_dim(attn)
+            layers.append({"heads": attn.q_proj.out_features // d, "kv_heads": attn.k_proj.out_features // d,
+                           "ffn": layer.mlp.down_proj.in_features})
+        stock = self.model.config.model_type
+        name = REMOTE_NAMES[stock]
+        return {"file": "modeling_taskprune_llama.py", "auto_map": {"AutoModelForCausalLM": f"Taskprune{name}ForCausalLM"},
+                "config": {"taskprune_layers": layers, "head_dim": d}}
 
     def decoder_start_token_id(self) -> int:
         raise NotImplementedError("decoder-only models have no decoder start token")

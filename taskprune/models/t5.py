@@ -15,6 +15,9 @@ from torch import nn
 from .base import Adapter, GroupParts, NeuronGroup, register_adapter
 from .slicing import is_zero_width
 
+#: the class-name stem of each model type in portable/modeling_taskprune_t5.py
+REMOTE_NAMES = {"t5": "T5", "mt5": "MT5"}
+
 
 @register_adapter
 class T5Adapter(Adapter):
@@ -85,6 +88,26 @@ class T5Adapter(Adapter):
             config.d_ff = min(ffn)
         if len(attn) == 1 and min(attn) > 0:
             config.d_kv = min(attn)
+
+    def remote_code(self) -> dict[str, Any] | None:
+        """Every block's stored per-head widths (``d_kv``: a pruned-away attention keeps one zero unit per head) and
+        FFN units, read by ``portable/modeling_taskprune_t5.py`` (T5 and mT5; umT5 stays load_pruned-only)."""
+        stock = self.model.config.model_type
+        if stock not in REMOTE_NAMES:
+            return None
+        layers: dict[str, list[dict[str, int]]] = {}
+        for module in ("encoder", "decoder"):
+            layers[module] = []
+            for block in self._stack(module).block:
+                widths = {"self_attn": block.layer[0].SelfAttention.key_value_proj_dim,
+                          "ffn": block.layer[-1].DenseReluDense.wo.in_features}
+                if module == "decoder":
+                    widths["cross_attn"] = block.layer[1].EncDecAttention.key_value_proj_dim
+                layers[module].append(widths)
+        name = REMOTE_NAMES[stock]
+        return {"file": "modeling_taskprune_t5.py",
+                "auto_map": {"AutoModelForSeq2SeqLM": f"Taskprune{name}ForConditionalGeneration"},
+                "config": {"taskprune_layers": layers}}
 
     def decoder_start_token_id(self) -> int:
         start = self.model.config.decoder_start_token_id

@@ -189,7 +189,7 @@ def _svd_transform(req: TransformRequest) -> Transformed:
         raise TaskpruneError("svd factorises every weight in memory: it does not run on a model with offloaded "
                              "weights (--device-map with cpu/disk offload); load the model whole")
     return Transformed(factorize(req.model, req.rates),
-                       note="low-rank factorisation (no examples used): load it with taskprune.load_pruned")
+                       note="low-rank factorisation (no examples used)")
 
 
 register_method(Method("svd", "svd (low-rank factorisation, the paper's baseline)", transform=_svd_transform,
