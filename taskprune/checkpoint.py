@@ -29,8 +29,9 @@ from .pruning.apply import record_widths, slice_model
 from .pruning.lowrank import LOWRANK_KEY, restore_lowrank
 from .runtime import placement
 from .runtime.placement import DeviceMap
+from .sources.gguf import SOURCE_KEY
 from .sources.hf import auto_model_class
-from .sources.resolve import resolve_model
+from .sources.resolve import gguf_source, resolve_model
 
 
 def _check_model_dir(path: str | Path) -> Path:
@@ -107,6 +108,9 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
     if device_map is not None:
         placement.mark_offloaded(model, offload_folder)
     adapter.after_load()
+    source = gguf_source(path) if path.is_dir() else None
+    if source is not None:  # kept in every checkpoint pruned from it: GGUF export copies its tokenizer
+        setattr(model.config, SOURCE_KEY, str(source))
     return model.eval()
 
 

@@ -2,7 +2,7 @@
 
 One module per command group, each with its ``register(command)`` beside its ``run(args)``: :mod:`.compress`,
 :mod:`.pipeline` (score, plan, prune, eval, info), :mod:`.demo`, :mod:`.experiments` (sweep, report),
-:mod:`.serve`, :mod:`.train` (finetune, init-seq2seq); shared flags in :mod:`.options`.
+:mod:`.export` (GGUF), :mod:`.serve`, :mod:`.train` (finetune, init-seq2seq); shared flags in :mod:`.options`.
 
 Every user mistake surfaces as ``taskprune: error: <one line>`` with exit code 2, before any long computation:
 malformed flag values while the arguments are parsed (:mod:`taskprune.validate` behind every numeric flag),
@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import TaskpruneError
 from ..runtime import distributed
-from . import compress, demo, experiments, pipeline, serve, train
+from . import compress, demo, experiments, export, pipeline, serve, train
 from .inputs import quiet_transformers
 from .options import EXIT_USER_ERROR, Parser
 
@@ -32,7 +32,7 @@ DEBUG_HINT = "run with TASKPRUNE_DEBUG=1 or --debug for the traceback"
 #: commands that share their work across the processes of torchrun / accelerate launch (docs/distributed.md)
 DISTRIBUTED_COMMANDS = ("score", "compress", "sweep")
 #: the command groups, in the order ``taskprune --help`` lists them
-COMMAND_GROUPS = (compress, pipeline, demo, experiments, serve, train)
+COMMAND_GROUPS = (compress, pipeline, export, demo, experiments, serve, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +52,22 @@ def load(args: argparse.Namespace) -> tuple[str, nn.Module, Any]:
     tokenizer = load_tokenizer(path)
     use_chat_template(tokenizer, getattr(args, "chat_template", "auto"))
     return path, model, tokenizer
+
+
+def gguf_tokenizer(gguf: Path, tokenizer: str | None, chat_template: str) -> Any:  # noqa: ANN401
+    """The Hugging Face tokenizer that builds prompts for a GGUF file: ``--tokenizer``, else the file's own."""
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
+    else:
+        from transformers import PreTrainedTokenizerFast  # not AutoTokenizer: it reads the architecture (deci)
+
+        try:
+            tok = PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise TaskpruneError(f"cannot read a tokenizer from {gguf} ({' '.join(str(err).split())[:300]}): pass "
+                                 "--tokenizer with the checkpoint folder it was exported from") from None
+    use_chat_template(tok, chat_template)
+    return tok
 
 
 def check_fit(rates: RateSpec, model: nn.Module) -> None:

@@ -7,6 +7,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ..api import examples_per_rank, score
 from ..checkpoint import save_pruned
@@ -20,6 +21,7 @@ from ..runtime.distributed import current
 from ..scoring import save_scores, score_metadata
 from ..scoring.base import load_scores_with_provenance
 from ..sources import fingerprint as fingerprints
+from ..tasks import Example, Task
 from . import inputs
 from .options import (
     POSITIVE_INT,
@@ -69,6 +71,13 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--generate", action="store_true", help="predict by greedy generation instead of rank classification")
     p.add_argument("--latency", action="store_true", help="also measure latency per example at batch size 1")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--backend", default="torch", choices=["torch", "llama.cpp"],
+                   help="run the model in torch (default) or a .gguf file in llama.cpp (the runtime users deploy; same "
+                        "prompts, rank classification on llama.cpp's logits)")
+    p.add_argument("--tokenizer", default=None,
+                   help="--backend llama.cpp: the Hugging Face tokenizer that builds the prompts (default: the one "
+                        "in the GGUF file)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="--backend llama.cpp: CPU threads")
     p.set_defaults(func=run_eval)
 
     p = command("info", help="describe a model's neuron groups, or a plan",
@@ -139,6 +148,11 @@ def run_eval(args: argparse.Namespace) -> None:
     examples = inputs.examples(args, task, args.split)  # a wrong --data-dir is named before the model loads
     if args.examples:
         examples = examples[: args.examples]
+    if args.backend == "llama.cpp":
+        return _eval_gguf(args, task, examples)
+    if args.tokenizer or args.threads:
+        raise TaskpruneError("--tokenizer and --threads are for --backend llama.cpp (torch reads the model's own "
+                             "tokenizer and torch's thread setting)")
     _, model, tok = inputs.load(args)
     res = evaluate(model, tok, task, examples, batch_size=args.batch_size, max_length=args.max_length,
                    generate=args.generate, progress=tqdm_progress)
@@ -153,6 +167,25 @@ def run_eval(args: argparse.Namespace) -> None:
         echo(json.dumps({r[0]: r[1] for r in rows}))
     else:
         echo(f"{task.name} ({args.split}, {'generation' if args.generate else 'rank classification'})")
+        echo(render_table(["", "value"], rows))
+
+
+def _eval_gguf(args: argparse.Namespace, task: Task, examples: list[Example]) -> None:
+    from ..portable.llamacpp import evaluate_gguf
+
+    model = Path(inputs.model_path(args))
+    if model.suffix.lower() != ".gguf" or not model.is_file():
+        raise TaskpruneError(f"--backend llama.cpp runs a .gguf file (taskprune export writes one); {model} is not one")
+    tok = inputs.gguf_tokenizer(model, args.tokenizer, args.chat_template)
+    res = evaluate_gguf(model, tok, task, examples, max_length=args.max_length, threads=args.threads,
+                        generate=args.generate, progress=tqdm_progress)
+    rows: list[list[object]] = [[k, v] for k, v in res.metrics.items()]
+    rows += [["examples", res.n_examples], ["file size (MB)", model.stat().st_size / 1e6],
+             ["seconds", res.seconds]]
+    if args.json:
+        echo(json.dumps({r[0]: r[1] for r in rows}))
+    else:
+        echo(f"{task.name} ({args.split}, llama.cpp, {'generation' if args.generate else 'rank classification'})")
         echo(render_table(["", "value"], rows))
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from ..errors import TaskpruneError
 from .cache import cache_dir, cached_dir, file_key
 
+#: config attribute of a model whose weights came from a GGUF file: that file (its tokenizer is copied on export)
+SOURCE_KEY = "taskprune_source_gguf"
+
 
 def gguf_in(folder: Path) -> Path | None:
     if (folder / "config.json").is_file():
@@ -54,3 +57,4 @@ def convert_gguf(path: Path) -> Path:
         (tmp / "taskprune-source.json").write_text(json.dumps({"gguf": str(path.resolve()), "key": out.name}) + "\n")
 
     return cached_dir(out, write)
+

@@ -13,6 +13,7 @@ once and cached (:mod:`taskprune.sources.lora`).
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,18 @@ def resolve_model(name_or_path: str | Path) -> str:
         if found is not None:
             return str(convert_gguf(found))
     return name
+
+
+def gguf_source(folder: Path) -> Path | None:
+    """The GGUF file a converted folder came from, directly or through a LoRA adapter's base (their
+    ``taskprune-source.json``); None for any other folder."""
+    info = folder / "taskprune-source.json"
+    try:
+        data = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if data.get("gguf"):
+        return Path(data["gguf"])
+    if data.get("base"):
+        return gguf_source(Path(resolve_model(str(data["base"]))))
+    return None
