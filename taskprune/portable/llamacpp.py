@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TaskpruneError
 from ..evaluate import EvalResult
 from ..lm import KINDS
 from ..scoring.base import Progress, no_progress
@@ -38,8 +39,6 @@ class LlamaCppModel:
             self.llm = lib.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads,
                                  n_threads_batch=threads, verbose=False, **kw)
         except ValueError as err:
-            from ..errors import TaskpruneError
-
             raise TaskpruneError(f"llama.cpp cannot load {path}: {err}") from None
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -83,8 +82,6 @@ def evaluate_gguf(path: str | Path, tokenizer: Any, task: Task, examples: list[E
                   generate: bool = False, progress: Progress = no_progress) -> EvalResult:
     """The task's metrics by rank classification on llama.cpp's logits (see the module docstring), or with
     ``generate`` by greedy generation (an output that is no label word counts as wrong), as in torch."""
-    from ..errors import TaskpruneError
-
     if not examples:
         raise TaskpruneError(f"no examples to evaluate task {task.name} on")
     kind = KINDS["causal"]
