@@ -99,7 +99,7 @@ def main() -> None:
             files[name, kind_] = export_gguf(model, tok, args.out_dir / f"{name}-{kind_}.gguf", kind_, overwrite=True)[0]
 
     # parity: f32 file, F32 KV cache; greedy tokens with the f16 file and the default cache
-    llm = LlamaCppModel(files["pruned", "f32"], n_ctx=512, threads=args.threads, f32_cache=True)
+    llm = LlamaCppModel(files["pruned", "f32"], n_ctx=512, threads=args.threads, f32_cache=True, all_logits=True)
     worst = 0.0
     for e in dev[: args.parity_prompts]:
         ids = kind.prompt_ids(tok, e, 256)
@@ -133,8 +133,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for t in args.types:
         (db, dm), (pb, pm) = _tensor_bytes(files["dense", t]), _tensor_bytes(files["pruned", t])
-        d_runs, p_runs = alternating_pairs(lambda: _speed(files["dense", t], prompt, args.threads, 32),
-                                           lambda: _speed(files["pruned", t], prompt, args.threads, 32), args.pairs)
+        dense_file, pruned_file = files["dense", t], files["pruned", t]
+        d_runs, p_runs = alternating_pairs(lambda f=dense_file: _speed(f, prompt, args.threads, 32),
+                                           lambda f=pruned_file: _speed(f, prompt, args.threads, 32), args.pairs)
         pp = statistics.median(p[0] / d[0] for d, p in zip(d_runs, p_runs))
         tg = statistics.median(p[1] / d[1] for d, p in zip(d_runs, p_runs))
         print(f"| {t} | {files['dense', t].stat().st_size / 1e6:.1f} / {files['pruned', t].stat().st_size / 1e6:.1f} | "

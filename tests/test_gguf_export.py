@@ -41,7 +41,7 @@ def _pruned(model_type: str, per_layer: bool) -> torch.nn.Module:
     return apply(make_plan(model, scores, rates), model)
 
 
-def _llama(path: Path, f32_cache: bool = True):  # noqa: ANN202
+def _llama(path: Path, f32_cache: bool = True):
     import llama_cpp
 
     kw = {"type_k": 0, "type_v": 0} if f32_cache else {}
@@ -95,11 +95,17 @@ def test_rank_classification_through_llama_cpp_equals_torch(tmp_path: Path) -> N
     examples = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(TEXTS)]
     kind = KINDS["causal"]
     labels = kind.label_space(tok, TASK)
-    llm = LlamaCppModel(path, f32_cache=True)
+    last_only, every = LlamaCppModel(path, f32_cache=True), LlamaCppModel(path, f32_cache=True, all_logits=True)
     for e in examples:
-        got = llm.rank_scores(kind.prompt_ids(tok, e, 256), [list(t) for t in labels.targets])
+        prompt = kind.prompt_ids(tok, e, 256)
         want = kind.rank_scores(model, kind.encode(tok, [e], 256), labels)[0].tolist()
-        assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-4
+        for llm in (last_only, every):  # logits of the last position only, or of every position
+            got = llm.rank_scores(prompt, [list(t) for t in labels.targets])
+            assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-4
+        with torch.no_grad():
+            full = model(torch.tensor([prompt])).logits[0].numpy()
+        assert np.abs(every.logits(prompt) - full).max() <= 1e-4
+        assert last_only.greedy(prompt, 3) == every.greedy(prompt, 3)
     res = evaluate_gguf(path, tok, TASK, examples, f32_cache=True)
     assert res.predictions == evaluate(model, tok, TASK, examples).predictions
 

@@ -29,55 +29,68 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 
 
 class LlamaCppModel:
-    """A GGUF file loaded by llama.cpp with every position's logits kept (``logits_all``)."""
+    """A GGUF file loaded by llama.cpp.
+
+    With ``all_logits`` every position's logits are computed and kept (``logits_all``: needed only by
+    :meth:`logits`); without it llama.cpp computes the output layer for the last position of each ``eval`` only,
+    which is all rank classification and greedy decoding read (the output matmul over the whole prompt was most
+    of the time of a classification prompt).
+    """
 
     def __init__(self, path: str | Path, n_ctx: int = 1024, threads: int | None = None,
-                 f32_cache: bool = False) -> None:
-        lib = llama_cpp()
+                 f32_cache: bool = False, all_logits: bool = False) -> None:
+        self._lib = llama_cpp()
+        self.all_logits = all_logits
         kw: dict[str, Any] = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32 KV cache: exact parity
         try:
-            self.llm = lib.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads,
-                                 n_threads_batch=threads, verbose=False, **kw)
+            self.llm = self._lib.Llama(model_path=str(path), logits_all=all_logits, n_ctx=n_ctx, n_threads=threads,
+                                       n_threads_batch=threads, verbose=False, **kw)
         except ValueError as err:
             raise TaskpruneError(f"llama.cpp cannot load {path}: {err}") from None
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        """[len(ids), vocab] logits of a fresh sequence."""
+        """[len(ids), vocab] logits of a fresh sequence (needs ``all_logits``)."""
+        if not self.all_logits:
+            raise ValueError("LlamaCppModel.logits needs all_logits=True")
         self.llm.reset()
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)])
 
+    def _eval_last(self, ids: list[int]) -> np.ndarray:
+        """Evaluate ``ids`` after the cache; the logits of the last of them."""
+        self.llm.eval(ids)
+        if self.all_logits:
+            return np.array(self.llm.scores[self.llm.n_tokens - 1])
+        row = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).copy()
+
     def rank_scores(self, prompt: list[int], targets: list[list[int]]) -> list[float]:
         """log P(target | prompt) of each candidate; the prompt is evaluated once."""
         self.llm.reset()
-        self.llm.eval(prompt)
+        last = self._eval_last(prompt)
         n = self.llm.n_tokens
-        last = np.array(self.llm.scores[n - 1])
         out = []
         for target in targets:
             self.llm.n_tokens = n  # eval() drops the KV cache from here on: the next candidate reuses the prompt's
-            rows = [last]
-            if len(target) > 1:
-                self.llm.eval(target[:-1])
-                rows += [np.array(self.llm.scores[n + j]) for j in range(len(target) - 1)]
+            rows = [last] + [self._eval_last([t]) for t in target[:-1]]
             out.append(float(sum(_log_softmax(r)[t] for r, t in zip(rows, target))))
         return out
 
     def greedy(self, prompt: list[int], n: int, stop: int | None = None) -> list[int]:
         """Up to ``n`` greedy tokens after ``prompt`` (ending at ``stop``, which is not returned)."""
         self.llm.reset()
-        self.llm.eval(prompt)
+        row = self._eval_last(prompt)
         out: list[int] = []
         for _ in range(n):
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            token = int(np.argmax(row))
             if token == stop:
                 break
             out.append(token)
-            self.llm.eval([token])
+            row = self._eval_last([token])
         return out
 
 
-def evaluate_gguf(path: str | Path, tokenizer: Any, task: Task, examples: list[Example], *,  # noqa: ANN401
+def evaluate_gguf(path: str | Path, tokenizer: Any, task: Task, examples: list[Example], *,
                   max_length: int = 256, threads: int | None = None, f32_cache: bool = False,
                   generate: bool = False, progress: Progress = no_progress) -> EvalResult:
     """The task's metrics by rank classification on llama.cpp's logits (see the module docstring), or with
