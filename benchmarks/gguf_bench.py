@@ -62,6 +62,22 @@ def _speed(path: Path, prompt: list[int], threads: int, n_gen: int) -> tuple[flo
     return pp, n_gen / (time.perf_counter() - t0)
 
 
+SECTIONS = ["parity", "greedy", "accuracy", "speed"]
+
+
+def _torch_greedy(model: torch.nn.Module, ids: list[int], n: int) -> list[int]:
+    """``n`` greedy tokens with the KV cache, end-of-sequence tokens included (as :meth:`LlamaCppModel.greedy`
+    without ``stop``): ``generate`` would stop there, or with ``min_new_tokens`` mask them, and compare nothing."""
+    out: list[int] = []
+    with torch.no_grad():
+        step = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            token = int(step.logits[0, -1].argmax())
+            out.append(token)
+            step = model(torch.tensor([[token]]), past_key_values=step.past_key_values, use_cache=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-glue6")
@@ -76,6 +92,8 @@ def main() -> None:
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections")
+    ap.add_argument("--re-export", action="store_true", help="export again files already in --out-dir")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,10 +114,23 @@ def main() -> None:
     files: dict[tuple[str, str], Path] = {}
     for name, model in (("dense", dense), ("pruned", pruned)):
         for kind_ in dict.fromkeys(("f32", "f16", *args.types)):
-            files[name, kind_] = export_gguf(model, tok, args.out_dir / f"{name}-{kind_}.gguf", kind_, overwrite=True)[0]
+            path = args.out_dir / f"{name}-{kind_}.gguf"
+            files[name, kind_] = (path if path.is_file() and not args.re_export
+                                  else export_gguf(model, tok, path, kind_, overwrite=True)[0])
 
     # parity: f32 file, F32 KV cache; greedy tokens with the f16 file and the default cache
-    llm = LlamaCppModel(files["pruned", "f32"], n_ctx=512, threads=args.threads, f32_cache=True, all_logits=True)
+    if "parity" in args.only:
+        _parity(files["pruned", "f32"], pruned, tok, dev, kind, args)
+    if "greedy" in args.only:
+        _greedy(files["pruned", "f16"], pruned, tok, dev, kind, args)
+    if "accuracy" in args.only:
+        _accuracy(files, dense, pruned, tok, task, dev, args)
+    if "speed" in args.only:
+        _speed_table(files, tok, dev, kind, args)
+
+
+def _parity(path, pruned, tok, dev, kind, args) -> None:  # noqa: ANN001
+    llm = LlamaCppModel(path, n_ctx=512, threads=args.threads, f32_cache=True, all_logits=True)
     worst = 0.0
     for e in dev[: args.parity_prompts]:
         ids = kind.prompt_ids(tok, e, 256)
@@ -108,16 +139,22 @@ def main() -> None:
         worst = max(worst, float(np.abs(llm.logits(ids) - want).max()))
     print(f"parity (pruned, f32 file, F32 KV cache): max |logit torch - llama.cpp| on {args.parity_prompts} prompts: "
           f"{worst:.2e}")
-    llm16 = LlamaCppModel(files["pruned", "f16"], n_ctx=512, threads=args.threads)
-    same = 0
+
+
+def _greedy(path, pruned, tok, dev, kind, args) -> None:  # noqa: ANN001
+    llm16 = LlamaCppModel(path, n_ctx=512, threads=args.threads)
+    same, prefix = 0, []
     for e in dev[:16]:
         ids = kind.prompt_ids(tok, e, 256)
-        with torch.no_grad():
-            out = pruned.generate(torch.tensor([ids]), max_new_tokens=args.greedy_tokens,
-                                  min_new_tokens=args.greedy_tokens, do_sample=False)[0, len(ids):].tolist()
-        same += out == llm16.greedy(ids, args.greedy_tokens)
-    print(f"greedy (pruned, f16 file): {same} of 16 prompts give the same {args.greedy_tokens} tokens as torch")
+        want, got = _torch_greedy(pruned, ids, args.greedy_tokens), llm16.greedy(ids, args.greedy_tokens)
+        same += want == got
+        prefix.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), len(want)))
+    print(f"greedy (pruned, f16 file): {same} of 16 prompts give the same {args.greedy_tokens} tokens as torch; "
+          f"tokens equal before the first difference: median {statistics.median(prefix):g}, min {min(prefix)}")
 
+
+
+def _accuracy(files, dense, pruned, tok, task, dev, args) -> None:  # noqa: ANN001
     examples = dev[: args.eval_examples or None]
     print(f"\n| {task.name} dev ({len(examples)}) | " + " | ".join(["torch f32", *args.types]) + " |")
     print("|---|" + "---:|" * (1 + len(args.types)))
@@ -127,6 +164,9 @@ def main() -> None:
                  for t in args.types]
         print(f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
 
+
+
+def _speed_table(files, tok, dev, kind, args) -> None:  # noqa: ANN001
     prompt = kind.prompt_ids(tok, dev[0], 256) * 4  # ~250 tokens
     print("\n| type | size dense / pruned (MB) | prompt tok/s dense / pruned | ratio (ideal) | "
           "generation tok/s dense / pruned | ratio (ideal) |")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .catalogue import DEFAULT_METHOD, get_method
@@ -33,6 +34,7 @@ from .pruning.apply import apply
 from .pruning.plan import PruningPlan, make_plan
 from .pruning.rates import RateSpec, check_rates_fit
 from .pruning.repair import RepairConfig
+from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
 from .pruning.repair import repair as repair_model
 from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_trials, resolve_method
 from .runtime.distributed import SINGLE, Shard
@@ -122,6 +124,9 @@ class CompressResult:
     note: str | None = None
     extra_files: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     examples_per_rank: list[int] | None = None  # how many examples each process scored (None: one process)
+    #: the tensors weight repair changed or added, by name in ``model`` (what a server needs beside the plan to cut
+    #: the repaired model from the base: :mod:`.pruning.repaired`); None without repair
+    repaired: dict[str, torch.Tensor] | None = None
 
 
 def compress(
@@ -210,8 +215,9 @@ def compress(
     if repair_cfg.mode != "none":
         pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
     seconds = time.perf_counter() - t0
-    return CompressResult(apply(plan, pruned, check=False, inplace=inplace or pruned is not model), plan, scores,
-                          seconds, method, examples_per_rank=counts)
+    final = apply(plan, pruned, check=False, inplace=inplace or pruned is not model)
+    repaired = repaired_tensors(plan, model, final) if pruned is not model else None
+    return CompressResult(final, plan, scores, seconds, method, examples_per_rank=counts, repaired=repaired)
 
 
 @dataclass
@@ -296,4 +302,6 @@ def save_compressed(result: CompressResult, tokenizer: Any, out_dir: str | Path,
         plan = result.plan
         extra["plan.json"] = lambda p: plan.save(p)
         extra["scores.safetensors"] = lambda p: save_scores(result.scores, p, meta=_meta(plan, result.examples_per_rank))
+        if result.repaired is not None:  # what `taskprune serve` needs to cut the repaired model from the base
+            extra[REPAIR_FILE] = lambda p: save_repaired(result.repaired, p, plan)
     return save_pruned(result.model, out_dir, tokenizer, extra_files=extra, overwrite=overwrite)

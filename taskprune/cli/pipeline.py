@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..api import examples_per_rank, score
 from ..checkpoint import save_pruned
@@ -17,6 +18,7 @@ from ..files import check_writable
 from ..models import get_adapter
 from ..pruning.apply import apply, validate_plan
 from ..pruning.plan import PruningPlan, make_plan
+from ..pruning.repaired import REPAIR_FILE, check_fits, load_repaired, save_repaired, with_repaired
 from ..runtime.distributed import current
 from ..scoring import save_scores, score_metadata
 from ..scoring.base import load_scores_with_provenance
@@ -128,6 +130,14 @@ def run_plan(args: argparse.Namespace) -> None:
 def run_prune(args: argparse.Namespace) -> None:
     check_writable(args.out, args.overwrite, folder=True)
     plan = PruningPlan.load(args.plan)
+    repair_path = Path(args.plan).with_name(REPAIR_FILE)
+    repair = None
+    if plan.repaired_with:  # the plan alone would give the unrepaired model: its tensors must be beside it
+        if not repair_path.is_file():
+            raise TaskpruneError(f"{args.plan}: this plan was made with weight repair ({plan.repaired_with}) and "
+                                 f"{repair_path} is missing: the plan alone gives a different, unrepaired model; "
+                                 "keep the compress output folder whole (or load its checkpoint itself)")
+        repair = load_repaired(repair_path, plan)  # bound to this plan and its base by hash
     _, model, tok = inputs.load(args)
     try:
         plan.check_model(model)  # another model's plan first: that is the likelier story than an edited one
@@ -136,8 +146,13 @@ def run_prune(args: argparse.Namespace) -> None:
         raise TaskpruneError(f"{args.plan}: {err}") from None
     before = count_parameters(model)  # before an in-place (--device-map) prune changes it
     pruned = apply(plan, model, check=False, validated=True, inplace=args.device_map is not None)
+    extra: dict[str, Any] = {"plan.json": lambda p: plan.save(p)}
+    if repair is not None:
+        check_fits(pruned, repair, str(repair_path))
+        pruned = with_repaired(pruned, repair)
+        extra[REPAIR_FILE] = lambda p: save_repaired(repair, p, plan)
     after = count_parameters(pruned)
-    save_pruned(pruned, args.out, tok, extra_files={"plan.json": lambda p: plan.save(p)}, overwrite=args.overwrite)
+    save_pruned(pruned, args.out, tok, extra_files=extra, overwrite=args.overwrite)
     echo(render_table(["", "before", "after"], [["parameters (total)", before["total"], after["total"]],
                                                 ["parameters (prunable)", before["prunable"], after["prunable"]]]))
     echo(f"saved to {args.out}")

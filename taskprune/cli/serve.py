@@ -16,10 +16,14 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("serve", help="HTTP server: one base model, each task's pruned sub-network cut on demand",
                 description="Serve predictions for every task with a plan in --plans (Algorithm 2 of the "
                             "paper): the task's pruned model is cut from the base on first use and kept in "
-                            "an LRU cache bounded in bytes. OpenAPI docs at /docs.")
+                            "an LRU cache bounded in bytes. Speaks taskprune's /v1/predict and, for decoder-only "
+                            "bases, the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions; "
+                            "docs/serve.md). OpenAPI docs at /docs.")
     add_model(p)
-    p.add_argument("--plans", required=True, help="folder of plan JSON files (taskprune plan/compress output); "
-                                                  "plans added or removed through the API are written there")
+    p.add_argument("--plans", required=True, help="folder of tasks: plan JSON files (taskprune plan output) and "
+                                                  "compress output folders (a repaired compression is served "
+                                                  "with its repair.safetensors); plans added or removed through "
+                                                  "the API are written there")
     p.add_argument("--task-file", action="append", default=[],
                    help="serve a task of your own too (a task file, docs/tasks.md); repeatable")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -35,6 +39,10 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
                         "while the previous one ran, so a lone request waits for nothing)")
     p.add_argument("--timeout-s", type=POSITIVE_FLOAT, default=60.0,
                    help="seconds a prediction request may wait in the queue and the model (then 504; default 60)")
+    p.add_argument("--max-tokens", type=POSITIVE_INT, default=512,
+                   help="most tokens one OpenAI-route generation may ask for (more: 400; default 512)")
+    p.add_argument("--max-generations", type=POSITIVE_INT, default=4,
+                   help="OpenAI-route generations running at once (more: 429; default 4)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -71,7 +79,8 @@ def run(args: argparse.Namespace) -> None:
     extra = [inputs.task(f) for f in args.task_file]
     limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, cache_bytes=int(args.cache_mb * 2**20),
-                         timeout_s=args.timeout_s)
+                         timeout_s=args.timeout_s, max_tokens=args.max_tokens,
+                         max_generations=args.max_generations)
     sock = listen(args.host, args.port)
     try:
         path, model, tok = inputs.load(args)

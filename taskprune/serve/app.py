@@ -1,7 +1,10 @@
-"""The HTTP layer: FastAPI routes over a :class:`TaskService`; every error is ``{"error": "<one message>"}``.
+"""The HTTP layer: FastAPI routes over a :class:`TaskService`; every error is ``{"error": "<one message>"}``, on the
+OpenAI routes (:mod:`.openai`) OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
 
-Routes: ``POST /v1/predict``, ``GET /v1/tasks``, ``POST /v1/plans/{task}`` (``?replace=true`` to replace),
-``DELETE /v1/plans/{task}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
+Routes: ``POST /v1/predict``, ``GET /v1/tasks``, ``POST /v1/plans/{task}`` (``?replace=true`` to replace; a plan,
+or ``{"plan": ..., "repair": <base64 of repair.safetensors>}``), ``DELETE /v1/plans/{task}``, ``GET /healthz``,
+``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI); ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from . import openai
 from .batcher import Batcher
 from .service import ServeError, TaskService
 
@@ -43,7 +47,10 @@ class PredictResponse(BaseModel):
     predictions: list[LabelScores]
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, request: Request | None = None, param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    if request is not None and openai.is_openai_path(request):
+        return JSONResponse(status_code=status, content=openai.error_body(status, message, param, code))
     return JSONResponse(status_code=status, content={"error": message})
 
 
@@ -78,16 +85,21 @@ class BodyLimit:
     and by the bytes actually received when there is none (a chunked upload): then the counting ``receive`` raises
     inside the route, where the app's handlers turn it into the usual one-message JSON error."""
 
-    def __init__(self, app: Any, limit: int, on_refuse: Any) -> None:
-        self.app, self.limit, self.on_refuse = app, limit, on_refuse
+    def __init__(self, app: Any, limit: int, on_refuse: Any, plan_limit: int | None = None) -> None:
+        self.app, self.on_refuse = app, on_refuse
+        self.default, self.plan_limit = limit, plan_limit or limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # a plan posted with its repair file carries the repaired tensors: its route has its own, larger bound
+        limit = self.plan_limit if scope.get("path", "").startswith("/v1/plans/") else self.default
         size = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if size.isdigit() and int(size) > self.limit:
+        if size.isdigit() and int(size) > limit:
             self.on_refuse()
-            response = _error(413, f"request body of {int(size)} bytes; the limit is {self.limit}")
+            body = f"request body of {int(size)} bytes; the limit is {limit}"
+            response = (JSONResponse(status_code=413, content=openai.error_body(413, body))
+                        if scope.get("path") in openai.PATHS else _error(413, body))
             return await response(scope, receive, send)
         received = 0
 
@@ -96,15 +108,15 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise StarletteHTTPException(413, f"request body of more than {self.limit} bytes; the limit is "
-                                                      f"{self.limit}")
+                if received > limit:
+                    raise StarletteHTTPException(413, f"request body of more than {limit} bytes; the limit is "
+                                                      f"{limit}")
             return message
 
         await self.app(scope, counted, send)
 
 
-def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
+def create_app(service: TaskService, max_body_bytes: int = 4 << 20, max_plan_bytes: int = 1 << 30) -> FastAPI:
     """A FastAPI app serving ``service``; one inference thread, requests for one task batched."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskprune-infer")
     lim = service.limits
@@ -122,26 +134,29 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
     app.state.service = service
 
     @app.exception_handler(ServeError)
-    async def _serve_error(_req: Request, err: ServeError) -> JSONResponse:
+    async def _serve_error(req: Request, err: ServeError) -> JSONResponse:
         metrics.errors.labels(str(err.status)).inc()
-        return _error(err.status, err.message)
+        return _error(err.status, err.message, req, getattr(err, "param", None), getattr(err, "code", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(req: Request, err: RequestValidationError) -> JSONResponse:
-        metrics.errors.labels("422").inc()
-        return _error(422, await _validation_message(req, err))
+        status = 400 if openai.is_openai_path(req) else 422  # OpenAI answers a malformed request with 400
+        metrics.errors.labels(str(status)).inc()
+        loc = [str(p) for p in err.errors()[0].get("loc", ()) if p != "body"]
+        return _error(status, await _validation_message(req, err), req, ".".join(loc) or None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, err: StarletteHTTPException) -> JSONResponse:
         metrics.errors.labels(str(err.status_code)).inc()
-        return _error(err.status_code, str(err.detail))
+        return _error(err.status_code, str(err.detail), req)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_req: Request, err: Exception) -> JSONResponse:
+    async def _unexpected(req: Request, err: Exception) -> JSONResponse:
         metrics.errors.labels("500").inc()
-        return _error(500, f"internal error: {type(err).__name__}: {err}"[:500])
+        return _error(500, f"internal error: {type(err).__name__}: {err}"[:500], req)
 
-    app.add_middleware(BodyLimit, limit=max_body_bytes, on_refuse=lambda: metrics.errors.labels("413").inc())
+    app.add_middleware(BodyLimit, limit=max_body_bytes, on_refuse=lambda: metrics.errors.labels("413").inc(),
+                       plan_limit=max_plan_bytes)
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(require_json)],
               responses={404: {"description": "unknown task or no plan"}, 413: {"description": "too large"},
@@ -194,6 +209,8 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": service.model_name, "fingerprint": service.fingerprint,
                 "plans": len(service.plans)}
+
+    openai.add_routes(app, service, executor, batcher, lim.max_tokens, lim.max_generations)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

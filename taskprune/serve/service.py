@@ -12,7 +12,8 @@ Tasks are the built-in ones, plus task files given at start (``extra_tasks``); n
 
 from __future__ import annotations
 
-import json
+import base64
+import binascii
 import threading
 import time
 from dataclasses import dataclass
@@ -26,17 +27,19 @@ from ..checkpoint import load_model, load_tokenizer
 from ..data import LabelSpace
 from ..errors import TaskpruneError
 from ..evaluate import rank_scores
-from ..files import atomic_write_text, check_writable
+from ..files import check_writable
 from ..lm import model_kind
 from ..lm.batching import batches
 from ..models import get_adapter
 from ..pruning.apply import apply, validate_plan
 from ..pruning.plan import PruningPlan
+from ..pruning.repaired import REPAIR_FILE, check_fits, read_repaired, with_repaired
 from ..sources.fingerprint import fingerprint
 from ..tasks import Example, Task, get_task, list_tasks
 from ..validate import nonneg_float, positive_float, positive_int
 from .cache import ByteLRU
 from .metrics import ServeMetrics
+from .plans import Entry, read_folder, removable, remove_entry, write_entry
 
 
 class ServeError(Exception):
@@ -56,10 +59,13 @@ class ServeLimits:
     cache_bytes: int = 1 << 30  # bound of the cut-model cache
     max_length: int = 256  # tokens per input (longer inputs are truncated, as in evaluation)
     timeout_s: float = 60.0  # a prediction request waits at most this long for queue and model (504 after)
+    max_tokens: int = 512  # tokens one OpenAI-route generation may ask for (400 above)
+    max_generations: int = 4  # OpenAI-route generations running at once (429 above)
 
     def __post_init__(self) -> None:
         """The checks of ``taskprune serve``'s flags (:mod:`taskprune.validate`), for library users too."""
-        for name in ("max_inputs", "max_input_chars", "max_batch", "cache_bytes", "max_length"):
+        for name in ("max_inputs", "max_input_chars", "max_batch", "cache_bytes", "max_length", "max_tokens",
+                     "max_generations"):
             setattr(self, name, positive_int(getattr(self, name), name))
         self.max_wait_ms = nonneg_float(self.max_wait_ms, "max_wait_ms")
         self.timeout_s = positive_float(self.timeout_s, "timeout_s")
@@ -107,7 +113,8 @@ class TaskService:
             self.tasks_by_name[t.name] = t
         self.tasks = {_key(n): t for n, t in self.tasks_by_name.items()}
         self.plans: dict[str, PruningPlan] = {}
-        self._files: dict[str, Path] = {}  # the file each plan came from (replaced or deleted with it)
+        self.repairs: dict[str, dict[str, torch.Tensor]] = {}  # repaired plans' stored tensors (pruning.repaired)
+        self._files: dict[str, Path] = {}  # the file or folder each plan came from (replaced or deleted with it)
         self._cut_locks: dict[str, threading.Lock] = {}
         self.plans_dir = Path(plans_dir) if plans_dir is not None else None
         self._lock = threading.RLock()
@@ -127,31 +134,42 @@ class TaskService:
     # -- plans ------------------------------------------------------------------------------------------
     def _load_dir(self, folder: Path) -> None:
         check_plans_dir(folder)
-        for path in sorted(folder.glob("*.json")):
-            plan = PruningPlan.load(path)
+        for entry in read_folder(folder):
             try:
-                task = self.canonical(_plan_task(plan, path.stem))
-                self._check_plan(plan, task)
+                task = self.canonical(_plan_task(entry.plan, entry.name))
+                self._check_plan(entry.plan, task, entry.repair)
             except ServeError as err:
-                raise TaskpruneError(f"{path}: {err.message}") from None
+                raise TaskpruneError(f"{entry.path}: {err.message}") from None
             if task in self.plans:
-                raise TaskpruneError(f"{path} and {self._files[task]} are both plans for task {task}; keep one")
-            self.plans[task], self._files[task] = plan, path
+                raise TaskpruneError(f"{entry.path} and {self._files[task]} are both plans for task {task}; keep one")
+            self._add(task, entry)
 
-    def _check_plan(self, plan: PruningPlan, task: str) -> None:
+    def _add(self, task: str, entry: Entry) -> None:
+        self.plans[task], self._files[task] = entry.plan, entry.path
+        if entry.repair is not None:
+            self.repairs[task] = entry.repair
+        else:
+            self.repairs.pop(task, None)
+
+    def _check_plan(self, plan: PruningPlan, task: str, repair: dict[str, torch.Tensor] | None = None) -> None:
         self.task(task)  # an unknown task is refused
         if plan.base_fingerprint != self.fingerprint:
             raise ServeError(422, f"this plan was made for another base model (plan fingerprint "
                                   f"{plan.base_fingerprint}, served model {self.fingerprint})")
-        if plan.repaired_with:
-            raise ServeError(422, f"this plan was made with weight repair ({plan.repaired_with}): a plan holds the "
-                                  "kept units, not the repaired weights, so a cut from it would be a different, "
-                                  "unrepaired model; serve plans made with --repair none, or load the saved "
-                                  "checkpoint itself")
+        if plan.repaired_with and repair is None:
+            raise ServeError(422, f"this plan was made with weight repair ({plan.repaired_with}) and comes without "
+                                  f"its {REPAIR_FILE} (the repaired tensors): place the whole compress output "
+                                  "folder in the plans folder, or POST {\"plan\": ..., \"repair\": <base64 of "
+                                  f"{REPAIR_FILE}>}}")
         try:
             validate_plan(plan, self.adapter)  # lacking groups included
         except (TaskpruneError, RuntimeError, ValueError, OverflowError) as err:
             raise ServeError(422, f"the plan does not fit the served model: {err}") from None
+        if repair is not None:
+            try:
+                check_fits(apply(plan, self.base, check=False, share=True, validated=True), repair, REPAIR_FILE)
+            except TaskpruneError as err:
+                raise ServeError(422, str(err)) from None
 
     def task(self, name: str) -> Task:
         """The task called ``name`` (any spelling of a built-in name, or an extra task's name); 404 otherwise."""
@@ -172,31 +190,52 @@ class TaskService:
         return True
 
     def register(self, task: str, plan_data: dict[str, Any], replace: bool = False) -> bool:
-        """Add a plan (saved to the plans folder when there is one); refuses another model's plan. Returns
+        """Add a plan (saved to the plans folder when there is one); refuses another model's plan. ``plan_data`` is
+        a plan, or ``{"plan": <plan>, "repair": <base64 of repair.safetensors>}`` for a repaired one. Returns
         whether a plan was replaced."""
         task = self.canonical(task)
-        if plan_data.get("task") is not None and (not self.known(str(plan_data["task"]))
-                                                  or self.canonical(str(plan_data["task"])) != task):
+        repair_b64 = None
+        if isinstance(plan_data, dict) and "plan" in plan_data and "format" not in plan_data:
+            extra = set(plan_data) - {"plan", "repair"}
+            if extra:
+                raise ServeError(422, f"unknown field(s) {sorted(extra)} beside plan and repair")
+            plan_data, repair_b64 = plan_data["plan"], plan_data.get("repair")
+        if isinstance(plan_data, dict) and plan_data.get("task") is not None and (
+                not self.known(str(plan_data["task"])) or self.canonical(str(plan_data["task"])) != task):
             raise ServeError(422, f"this plan is for task {plan_data['task']!r}, not {task!r}")
         plan = _parse_plan(plan_data)
-        self._check_plan(plan, task)
+        repair = None
+        if repair_b64 is not None:
+            if not isinstance(repair_b64, str):
+                raise ServeError(422, f"repair must be the base64 text of {REPAIR_FILE}")
+            try:
+                repair = read_repaired(base64.b64decode(repair_b64, validate=True), plan, "repair")
+            except binascii.Error:
+                raise ServeError(422, f"repair is not base64 text (of {REPAIR_FILE})") from None
+            except TaskpruneError as err:
+                raise ServeError(422, str(err)) from None
+        self._check_plan(plan, task, repair)
         with self._lock:
             replaced = task in self.plans
             if replaced and not replace:
                 raise ServeError(409, f"task {task!r} already has a plan; add ?replace=true to replace it")
+            old = self._files.get(task)
+            path = old
             if self.plans_dir is not None:
-                path = self.plans_dir / f"{task}.json"
+                if old is not None and not removable(old):
+                    raise ServeError(409, f"task {task!r} is served from the compress output folder {old}; the "
+                                          "server does not replace a checkpoint: move it out of the plans folder")
                 try:
-                    atomic_write_text(path, json.dumps(plan.to_dict(), indent=1) + "\n", overwrite=True)
-                    old = self._files.get(task)
+                    path = write_entry(self.plans_dir, task, plan, repair)
                     if old is not None and old != path:
-                        old.unlink(missing_ok=True)  # else it would come back at the next start
+                        remove_entry(old)  # else it would come back at the next start
                 except TaskpruneError as err:  # the atomic writer's one line about the plan file
                     raise ServeError(500, f"could not save the plan: {err}") from None
                 except OSError as err:
-                    raise ServeError(500, f"could not write the plan file {path}: {err.strerror}") from None
-                self._files[task] = path
-            self.plans[task] = plan
+                    raise ServeError(500, f"could not write the plan to {self.plans_dir}: {err.strerror}") from None
+            self._add(task, Entry(task, plan, repair, path))
+            if path is None:
+                self._files.pop(task, None)
             self.cache.pop(task)
         self._update_cache_gauge()
         return replaced
@@ -208,11 +247,15 @@ class TaskService:
                 raise ServeError(404, f"task {task!r} has no plan")
             path = self._files.get(task)
             if path is not None:
+                if not removable(path):
+                    raise ServeError(409, f"task {task!r} is served from the compress output folder {path}; the "
+                                          "server does not delete a checkpoint: move it out of the plans folder")
                 try:
-                    path.unlink(missing_ok=True)
+                    remove_entry(path)
                 except OSError as err:
                     raise ServeError(500, f"could not remove the plan file {path}: {err.strerror}") from None
             del self.plans[task]
+            self.repairs.pop(task, None)
             self._files.pop(task, None)
             self.cache.pop(task)
         self._update_cache_gauge()
@@ -223,7 +266,9 @@ class TaskService:
             for name, plan in sorted(self.plans.items()):
                 out.append({"task": name, "method": plan.method, "rates": plan.rates, "samples": plan.samples,
                             "labels": list(self.task(name).label_words), "cached": name in self.cache,
-                            "cached_bytes": self.cache.size_of(name), "created": plan.created})
+                            "cached_bytes": self.cache.size_of(name), "created": plan.created,
+                            "repaired_with": plan.repaired_with,
+                            "repair_bytes": sum(t.numel() * t.element_size() for t in self.repairs.get(name, {}).values())})
             return out
 
     # -- models -----------------------------------------------------------------------------------------
@@ -257,6 +302,7 @@ class TaskService:
                 plan = self.plans.get(task)
                 if plan is None:  # removed since the check
                     raise ServeError(404, f"task {task!r} has no plan")
+                repair = self.repairs.get(task)
                 cached = self.cache.get(task)
             if cached is not None:
                 self.metrics.cache_hits.inc()
@@ -264,6 +310,8 @@ class TaskService:
             self.metrics.cache_misses.inc()
             t0 = time.perf_counter()
             model = apply(plan, self.base, check=False, share=True, validated=True).eval()  # checked when loaded
+            if repair is not None:  # the repaired tensors in place of the cut's (fit checked when loaded)
+                model = with_repaired(model, repair)
             seconds = time.perf_counter() - t0
             self.cut_seconds[task] = seconds
             self.metrics.cut_seconds.observe(seconds)
