@@ -25,6 +25,7 @@ import torch
 
 import taskprune as tp
 from taskprune.lm import KINDS
+from taskprune.lm.kinds import cache_of
 from taskprune.portable.gguf import export_gguf
 from taskprune.portable.llamacpp import LlamaCppModel, evaluate_gguf
 from taskprune.runtime.timing import alternating_pairs
@@ -74,7 +75,7 @@ def _torch_greedy(model: torch.nn.Module, ids: list[int], n: int) -> list[int]:
         for _ in range(n):
             token = int(step.logits[0, -1].argmax())
             out.append(token)
-            step = model(torch.tensor([[token]]), past_key_values=step.past_key_values, use_cache=True)
+            step = model(torch.tensor([[token]]), cache=cache_of(step), use_cache=True)
     return out
 
 

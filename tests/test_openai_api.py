@@ -84,7 +84,10 @@ def _client(url: str):  # noqa: ANN202
 
 
 def _checkpoint_probs(made: dict, texts: list[str]) -> list[list[float]]:
-    model, tok = load_pruned(made["folder"]), made["tok"]
+    return _probs_of(load_pruned(made["folder"]), made["tok"], texts)
+
+
+def _probs_of(model: torch.nn.Module, tok, texts: list[str]) -> list[list[float]]:  # noqa: ANN001
     kind = model_kind(model)
     labels = kind.label_space(tok, TASK)
     out = []
@@ -118,14 +121,13 @@ def test_a_repaired_plan_without_its_tensors_is_refused_in_one_line(made: dict, 
 
 
 def test_openai_client_against_a_repaired_compression_folder(made: dict, tmp_path: Path) -> None:
-    import shutil
-
     plans = tmp_path / "plans"
-    plans.mkdir()
-    shutil.copytree(made["folder"], plans / "toy-compressed")  # the whole compress output, as a user places it
+    shutil_copy(made["folder"], plans / "toy-compressed")  # the whole compress output, as a user places it
     service = _service(made, plans)
     assert "toy" in service.plans and service.repairs["toy"]
     want = _checkpoint_probs(made, INPUTS)
+    unrepaired = _probs_of(apply(made["result"].plan, made["model"], check=False), made["tok"], INPUTS)
+    assert max(abs(a - b) for r, q in zip(unrepaired, want) for a, b in zip(r, q)) > 1e-3  # the test can tell
     with live(create_app(service)) as url:
         client = _client(url)
         assert {m.id for m in client.models.list().data} == {"toy", "base"}
@@ -136,9 +138,10 @@ def test_openai_client_against_a_repaired_compression_folder(made: dict, tmp_pat
             assert max(abs(top[w] - p) for w, p in zip(TASK.label_words, probs)) <= 1e-4
             assert r.choices[0].message.content == TASK.label_words[max(range(2), key=probs.__getitem__)]
             assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-        stream = client.chat.completions.create(model="toy", messages=[{"role": "user", "content": INPUTS[0]}],
-                                                stream=True)
-        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        stream = list(client.chat.completions.create(model="toy", messages=[{"role": "user", "content": INPUTS[0]}],
+                                                     stream=True))
+        assert all(c.choices for c in stream) and stream[-1].choices[0].finish_reason == "stop"
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream)
         assert streamed == client.chat.completions.create(
             model="toy", messages=[{"role": "user", "content": INPUTS[0]}]).choices[0].message.content
         done = client.completions.create(model="toy", prompt=INPUTS[1])
@@ -167,12 +170,10 @@ def test_a_repaired_plan_posted_with_its_tensors_is_served_like_the_folder(made:
 
 
 def test_a_users_checkpoint_folder_is_never_deleted(made: dict, tmp_path: Path) -> None:
-    import shutil
-
     from fastapi.testclient import TestClient
 
     plans = tmp_path / "plans"
-    shutil.copytree(made["folder"], plans / "mine")
+    shutil_copy(made["folder"], plans / "mine")
     with TestClient(create_app(_service(made, plans))) as client:
         r = client.delete("/v1/plans/toy")
         assert r.status_code == 409 and "does not delete a checkpoint" in r.json()["error"]
@@ -208,12 +209,23 @@ def test_free_generation_uses_the_cache_and_equals_full_recomputation(made: dict
         assert r.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
         assert r.usage.completion_tokens == len(want) + (len(want) < 6)  # an end token counts, as it was generated
         assert len(r.choices[0].logprobs.content) == r.usage.completion_tokens
-        streamed = client.chat.completions.create(model="toy", messages=messages, temperature=0, max_tokens=6,
-                                                  extra_body={"classify": False}, stream=True)
+        streamed = list(client.chat.completions.create(model="toy", messages=messages, temperature=0, max_tokens=6,
+                                                       extra_body={"classify": False}, stream=True,
+                                                       stream_options={"include_usage": True}))
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == r.choices[0].message.content
+        assert streamed[-1].usage.completion_tokens == r.usage.completion_tokens and not streamed[-1].choices
         kw = {"model": "base", "prompt": "review good", "max_tokens": 8, "temperature": 1.0, "n": 2}
-        a, b = (client.completions.create(seed=7, **kw) for _ in range(2))
-        assert [c.text for c in a.choices] == [c.text for c in b.choices] and len(a.choices) == 2
+        a, b, c = (client.completions.create(seed=seed, **kw) for seed in (7, 7, 8))
+        assert [x.text for x in a.choices] == [x.text for x in b.choices] and len(a.choices) == 2
+        assert [x.text for x in a.choices] != [x.text for x in c.choices]  # another seed, another sample
+        rows = {x.choices[0].index for x in client.completions.create(seed=7, stream=True, **kw) if x.choices}
+        assert rows == {0, 1}  # both choices stream, by index
+        full = client.completions.create(model="base", prompt="review good", max_tokens=12, temperature=0).choices[0]
+        words = full.text.split()
+        if len(words) >= 3:  # a stop string cuts the text before it, and says so
+            cut = client.completions.create(model="base", prompt="review good", max_tokens=12, temperature=0,
+                                            stop=[words[2]]).choices[0]
+            assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(words[2])]
 
 
 def shutil_copy(src: Path, dst: Path) -> None:
@@ -263,7 +275,7 @@ def test_a_stream_whose_client_goes_away_frees_its_slot(made: dict, tmp_path: Pa
     with live(create_app(_service(made, plans, max_generations=1))) as url:
         client = _client(url)
         kw = {"model": "base", "prompt": "review good", "temperature": 1.0, "stream": True}
-        stream = client.completions.create(max_tokens=100, **kw)
+        stream = client.completions.create(max_tokens=110, **kw)
         next(iter(stream))  # the generation is running and holds the only slot
         with pytest.raises(openai.RateLimitError):
             client.completions.create(max_tokens=2, **kw)
@@ -277,6 +289,7 @@ def test_a_stream_whose_client_goes_away_frees_its_slot(made: dict, tmp_path: Pa
                 time.sleep(0.01)
         else:
             pytest.fail("the slot of a stream whose client went away was never freed")
+    assert calls["n"] < 20  # the 110-token generation stopped when its client went, it did not run to the end
 
 
 def test_prune_of_a_repaired_plan_uses_its_tensors_or_refuses(made: dict, tmp_path: Path,
@@ -292,7 +305,7 @@ def test_prune_of_a_repaired_plan_uses_its_tensors_or_refuses(made: dict, tmp_pa
     save_pruned(made["model"], base, made["tok"])
     assert main(["prune", "--model", str(base), "--plan", str(made["folder"] / "plan.json"),
                  "--out", str(tmp_path / "again")]) == 0
-    got, want = _probs_of(load_pruned(tmp_path / "again"), made["tok"]), _checkpoint_probs(made, INPUTS[:8])
+    got, want = _probs_of(load_pruned(tmp_path / "again"), made["tok"], INPUTS[:8]), _checkpoint_probs(made, INPUTS[:8])
     assert max(abs(a - b) for r, q in zip(got, want) for a, b in zip(r, q)) <= 1e-5
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -304,10 +317,23 @@ def test_prune_of_a_repaired_plan_uses_its_tensors_or_refuses(made: dict, tmp_pa
     assert not (tmp_path / "x").exists()
 
 
-def _probs_of(model: torch.nn.Module, tok) -> list[list[float]]:  # noqa: ANN001
-    kind = model_kind(model)
-    labels = kind.label_space(tok, TASK)
-    out = []
-    for b in batches([Example(TASK.render({"text": t}, causal=True), 0) for t in INPUTS[:8]], tok, 8, 256, kind):
-        out += rank_scores(model, b, labels).softmax(-1).tolist()
-    return out
+
+
+def test_an_svd_checkpoint_in_the_plans_folder_is_refused_in_one_line(made: dict, tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    (plans / "low-rank").mkdir(parents=True)
+    (plans / "low-rank" / "config.json").write_text("{}")  # what svd's compress writes: a checkpoint, no plan
+    with pytest.raises(TaskpruneError, match="checkpoint without plan.json: nothing to cut"):
+        _service(made, plans)
+
+
+def test_a_seq2seq_base_answers_the_openai_routes_with_404_saying_why(tmp_path: Path) -> None:
+    from conftest import make_model, make_tokenizer
+    from fastapi.testclient import TestClient
+
+    (tmp_path / "plans").mkdir()
+    service = TaskService(make_model("t5-relu"), make_tokenizer("t5-relu"), plans_dir=tmp_path / "plans")
+    with TestClient(create_app(service)) as client:
+        for r in (client.get("/v1/models"), client.post("/v1/chat/completions", json={
+                "model": "sst2", "messages": [{"role": "user", "content": "good"}]})):
+            assert r.status_code == 404 and "seq2seq" in r.json()["error"]["message"]

@@ -129,7 +129,8 @@ def target_logp(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (picked - logits.logsumexp(-1).unsqueeze(1)) * (target != IGNORE)
 
 
-def _cache_of(output: Any) -> Any:
+def cache_of(output: Any) -> Any:  # noqa: ANN401
+    """The KV cache a forward pass returned (transformers 5 names it ``cache``; earlier ``past_key_values``)."""
     return getattr(output, "cache", None) if getattr(output, "cache", None) is not None else output.past_key_values
 
 
@@ -195,7 +196,7 @@ class Seq2SeqKind(ModelKind):
         scores = target_logp(head.logits, target[:, :p].expand(n, k, p)).sum(-1)
         if p == dec_in.shape[1]:
             return scores
-        cache = _cache_of(head)
+        cache = cache_of(head)
         if not isinstance(cache, EncoderDecoderCache):
             raise TaskpruneError(f"{type(model).__name__} returned no encoder-decoder cache; rank classification "
                                  "needs one to share the prefix across label candidates")
@@ -358,7 +359,7 @@ class CausalKind(ModelKind):
         pos = self.positions(batch.attention_mask)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
                     use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], _cache_of(out), pos[:, -1]
+        return out.logits[:, -1], cache_of(out), pos[:, -1]
 
     @torch.inference_mode()
     def rank_scores(self, model: nn.Module, batch: Batch, labels: LabelSpace, context: Any = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -195,7 +196,8 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20, max_plan_byt
 
     @app.post("/v1/plans/{task}", status_code=201, dependencies=[Depends(require_json)])
     async def add_plan(task: str, plan: dict[str, Any] = Body(...), replace: bool = False) -> dict[str, Any]:
-        replaced = service.register(task, plan, replace=replace)
+        # decoding, loading and checking a repair file, a trial cut, writing: off the event loop (streams go on)
+        replaced = await run_in_threadpool(service.register, task, plan, replace=replace)
         name = service.canonical(task)
         p = service.plans[name]
         return {"task": name, "method": p.method, "rates": p.rates, "replaced": replaced}
@@ -210,7 +212,7 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20, max_plan_byt
         return {"status": "ok", "model": service.model_name, "fingerprint": service.fingerprint,
                 "plans": len(service.plans)}
 
-    openai.add_routes(app, service, executor, batcher, lim.max_tokens, lim.max_generations)
+    openai.add_routes(app, service, executor, batcher)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..lm.kinds import cache_of
+
 
 @dataclass
 class Sampling:
@@ -51,7 +53,8 @@ def _sample(logits: torch.Tensor, s: Sampling, gen: torch.Generator) -> torch.Te
         drop = sorted_p.cumsum(-1) - sorted_p >= s.top_p  # keep the smallest prefix reaching top_p (at least one)
         sorted_p = sorted_p.masked_fill(drop, 0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    # the generator is a CPU one (seeded per request): sample on the CPU, wherever the model runs
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 class Decoding:
@@ -87,7 +90,7 @@ class Decoding:
         if self._logits is None:
             ids = torch.tensor([self.prompt] * self.s.n, device=device)
             out = self.model(input_ids=ids, use_cache=True)
-            self._cache, self._logits = _cache_of(out), out.logits[:, -1]
+            self._cache, self._logits = cache_of(out), out.logits[:, -1]
         logits = self._logits
         nxt = _sample(logits, self.s, self.gen)
         logp = logits.float().log_softmax(-1)
@@ -102,8 +105,8 @@ class Decoding:
                 top = [(self.tok.decode([int(j)]), float(v)) for v, j in zip(vals, idx)]
             events.append(self._advance(i, t, float(logp[i, t]), top))
         if not self.done:
-            out = self.model(input_ids=nxt.unsqueeze(1), use_cache=True, **{_CACHE_ARG: self._cache})
-            self._cache, self._logits = _cache_of(out), out.logits[:, -1]
+            out = self.model(input_ids=nxt.unsqueeze(1), cache=self._cache, use_cache=True)
+            self._cache, self._logits = cache_of(out), out.logits[:, -1]
         return events
 
     def _advance(self, i: int, t: int, logprob: float, top: list[tuple[str, float]]) -> TokenOut:
@@ -134,20 +137,6 @@ class Decoding:
         delta = full[len(self.text[i]):]
         self.text[i] += delta
         return delta
-
-
-def _transformers_cache_arg() -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes in 5.40)."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-_CACHE_ARG = _transformers_cache_arg()
-
-
-def _cache_of(out: Any) -> Any:  # noqa: ANN401
-    return getattr(out, _CACHE_ARG)
 
 
 def end_ids(model: nn.Module, tokenizer: Any) -> set[int]:  # noqa: ANN401

@@ -64,7 +64,8 @@ def read_folder(folder: Path) -> list[Entry]:
 
 
 def write_entry(folder: Path, task: str, plan: PruningPlan, repair: dict[str, torch.Tensor] | None) -> Path:
-    """Store a posted plan as ``<task>.json``, or with its repair tensors as the folder ``<task>/``."""
+    """Store a posted plan as ``<task>.json``, or with its repair tensors as the folder ``<task>/`` (the caller has
+    checked that what is there, if anything, is this task's own entry)."""
     if repair is None:
         return atomic_write_text(folder / f"{task}.json", json.dumps(plan.to_dict(), indent=1) + "\n", overwrite=True)
 

@@ -225,6 +225,10 @@ class TaskService:
                 if old is not None and not removable(old):
                     raise ServeError(409, f"task {task!r} is served from the compress output folder {old}; the "
                                           "server does not replace a checkpoint: move it out of the plans folder")
+                target = self.plans_dir / (task if repair is not None else f"{task}.json")
+                if target.exists() and target != old:
+                    raise ServeError(409, f"{target} exists and is not task {task!r}'s plan; the server does not "
+                                          "replace it: rename or move it")
                 try:
                     path = write_entry(self.plans_dir, task, plan, repair)
                     if old is not None and old != path:
@@ -268,7 +272,7 @@ class TaskService:
                             "labels": list(self.task(name).label_words), "cached": name in self.cache,
                             "cached_bytes": self.cache.size_of(name), "created": plan.created,
                             "repaired_with": plan.repaired_with,
-                            "repair_bytes": sum(t.numel() * t.element_size() for t in self.repairs.get(name, {}).values())})
+                            "repair_bytes": Entry(name, plan, self.repairs.get(name), Path()).repair_bytes})
             return out
 
     # -- models -----------------------------------------------------------------------------------------
