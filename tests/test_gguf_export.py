@@ -156,3 +156,20 @@ def test_export_and_llama_cpp_eval_through_the_cli(tmp_path: Path, capsys: pytes
     assert main(["eval", "--model", str(tmp_path / "ckpt"), "--task", str(tmp_path / "task.yaml"), "--json"]) == 0
     in_torch = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (through_llama_cpp["accuracy"], through_llama_cpp["examples"]) == (in_torch["accuracy"], in_torch["examples"])
+
+
+def test_the_quantizers_fallbacks_become_one_line_naming_the_tensors() -> None:
+    from taskprune.portable.gguf import summarize_quantizer_log
+
+    log = [  # llama.cpp 0.3.36's own lines, as its quantizer wrote them for the default SmolLM2 compression
+        "llama_model_loader: - type  f16:  211 tensors",
+        "warning: blk.0.ffn_down.weight                - ncols   1304 not divisible by  32 (required for type    q8_0)"
+        " (WARNING: must use F16 due to unusual shape) -> falling back to     f16",
+        "warning: blk.1.ffn_down.weight                - ncols   1126 not divisible by  32 (required for type    q8_0)"
+        " (WARNING: must use F16 due to unusual shape) -> falling back to     f16",
+        "llama_model_quantize_impl: WARNING: 2 of 272 tensor(s) required fallback quantization",
+        "something: WARNING: another thing",
+    ]
+    assert summarize_quantizer_log(log, "q8_0") == [
+        "another thing", "2 tensor(s) stay f16, not q8_0: their rows are no multiple of q8_0's block of 32: "
+        "blk.0.ffn_down.weight (1304), blk.1.ffn_down.weight (1126)"]

@@ -337,3 +337,11 @@ def test_a_seq2seq_base_answers_the_openai_routes_with_404_saying_why(tmp_path: 
         for r in (client.get("/v1/models"), client.post("/v1/chat/completions", json={
                 "model": "sst2", "messages": [{"role": "user", "content": "good"}]})):
             assert r.status_code == 404 and "seq2seq" in r.json()["error"]["message"]
+
+
+def test_an_old_repaired_compress_folder_says_to_compress_again(made: dict, tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    shutil_copy(made["folder"], plans / "old")
+    (plans / "old" / REPAIR_FILE).unlink()  # as compress wrote it before it stored the repaired tensors
+    with pytest.raises(TaskpruneError, match="made before compress stored the repaired tensors"):
+        _service(made, plans)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     echo(f"{path} -> {out} ({arch}: {widths}, {len(layers)} layers, head size {head_dim}; {args.quantize}, "
          f"{out.stat().st_size / 1e6:.1f} MB)")
     for warning in warnings:
-        echo(f"llama.cpp quantizer: {warning} (widths that are multiples of the type's block, 32 or 256, avoid it: "
-             "compress with --multiple-of 32)")
+        echo(f"llama.cpp quantizer: {warning}" + (" (compress with --multiple-of 32, 256 for k-quants, to quantize "
+                                                  "them all)" if "no multiple" in warning else ""))
     echo(f"run it: llama-cli -m {out}  |  Ollama Modelfile: FROM ./{out.name}  |  "
          f"taskprune eval --model {out} --backend llama.cpp --task T")

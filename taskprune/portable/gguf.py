@@ -23,6 +23,7 @@ uses layer 0's everywhere). Facts of llama.cpp this writer is built around (meas
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,25 @@ def quantize(source: Path, out: Path, kind: str) -> list[str]:
     if code != 0:
         raise TaskpruneError(f"llama.cpp could not quantize {source} to {kind} (code {code}): "
                              f"{' '.join(lines[-2:])[:300]}")
-    return [ln.split("WARNING:", 1)[1].strip() for ln in lines if "WARNING:" in ln]
+    return summarize_quantizer_log(lines, kind)
+
+
+_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d+).*falling back to\s+(\S+)")
+
+
+def summarize_quantizer_log(lines: list[str], kind: str) -> list[str]:
+    """The quantizer's warnings, its per-tensor fallbacks (rows that are no multiple of the type's block stay at a
+    wider type) as one line naming the tensors, their widths and the type they kept."""
+    fallbacks = [m.groups() for ln in lines if (m := _FALLBACK.search(ln))]
+    out = [ln.split("WARNING:", 1)[1].strip() for ln in lines
+           if "WARNING:" in ln and not _FALLBACK.search(ln) and "required fallback" not in ln]
+    if fallbacks:
+        names = ", ".join(f"{n} ({c})" for n, c, _, _ in fallbacks[:4]) + (", ..." if len(fallbacks) > 4 else "")
+        kept = "/".join(sorted({f for *_, f in fallbacks}))
+        block = fallbacks[0][2]
+        out.append(f"{len(fallbacks)} tensor(s) stay {kept}, not {kind}: their rows are no multiple of {kind}'s "
+                   f"block of {block}: {names}")
+    return out
 
 
 def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, kind: str = "f16",  # noqa: ANN401

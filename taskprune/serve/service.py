@@ -137,6 +137,10 @@ class TaskService:
         for entry in read_folder(folder):
             try:
                 task = self.canonical(_plan_task(entry.plan, entry.name))
+                if entry.path.is_dir() and entry.plan.repaired_with and entry.repair is None:
+                    raise ServeError(422, f"a compression repaired with {entry.plan.repaired_with}, without its "
+                                          f"{REPAIR_FILE}: it was made before compress stored the repaired tensors "
+                                          "(or the file was removed); compress it again")
                 self._check_plan(entry.plan, task, entry.repair)
             except ServeError as err:
                 raise TaskpruneError(f"{entry.path}: {err.message}") from None
