@@ -29,8 +29,10 @@ def get_method(name: str) -> Method:
 
 
 def list_methods(command: str = "compress") -> list[str]:
-    """The methods ``command`` accepts, sorted: ``compress`` (and the sweep) every method, ``score`` the scorers."""
-    return sorted(m.name for m in registered().values() if command != "score" or m.scores_alone)
+    """The methods ``command`` accepts, sorted: ``compress`` (and the sweep) every method, ``score`` the scorers
+    that need no target rate (SMP learns its masks for one: only compress, which has the rates, runs it)."""
+    return sorted(m.name for m in registered().values()
+                  if command != "score" or (m.scores_alone and not m.rate_targeted))
 
 
 def method_help(command: str = "compress") -> str:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import TaskpruneError
+from .errors import TaskpruneError, library_message
 from .files import atomic_dir
 from .models import get_adapter
 from .portable.remote import REMOTE_KEY, check_remote_code, write_remote_code
@@ -66,7 +66,7 @@ def _weights_error(name_or_path: str | Path, err: Exception) -> TaskpruneError:
             _load_weights_file(file)
         except TaskpruneError as named:
             return named
-    return TaskpruneError(f"cannot load model {name_or_path!s}: {str(err).splitlines()[0]}")
+    return TaskpruneError(f"cannot load model {name_or_path!s}: {library_message(err)}")
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, device_map: DeviceMap | None = None,
@@ -101,7 +101,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
 
         local = "" if path.exists() else (
             f" (not a local folder or GGUF file, nor a short name: {', '.join([*PROJECT_MODELS, *SHORT_NAMES])})")
-        raise TaskpruneError(f"cannot load model {name_or_path!s}{local}: {str(err).splitlines()[0]}") from None
+        raise TaskpruneError(f"cannot load model {name_or_path!s}{local}: {library_message(err)}") from None
     except SafetensorError as err:
         raise _weights_error(name_or_path, err) from None
     adapter = get_adapter(model)  # refuse unsupported architectures here, with one clear line
@@ -121,7 +121,7 @@ def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as err:
-        raise TaskpruneError(f"cannot load a tokenizer from {name_or_path!s}: {str(err).splitlines()[0]}") from None
+        raise TaskpruneError(f"cannot load a tokenizer from {name_or_path!s}: {library_message(err)}") from None
 
 
 def _state_dict_files(path: Path) -> dict[str, torch.Tensor]:
@@ -194,7 +194,7 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, *, device_ma
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches are raised even when not strict
-        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err).splitlines()[0])
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), library_message(err))
         raise TaskpruneError(f"{path} does not match its {recorded} ({detail})") from None
     model.tie_weights()
     loaded = {p.data_ptr() for n, p in model.state_dict().items() if n in state}
@@ -222,7 +222,7 @@ def _dispatch_pruned(model: nn.Module, path: Path, recorded: str, dtype: torch.d
                                              offload_folder=folder, dtype=dtype, strict=True)
     except (RuntimeError, ValueError, KeyError) as err:
         raise TaskpruneError(f"{path} does not load with this device map or does not match its {recorded} "
-                             f"({str(err).splitlines()[0]})") from None
+                             f"({library_message(err)})") from None
     placement.mark_offloaded(model, folder)
     get_adapter(model).after_load()
     return model.eval()

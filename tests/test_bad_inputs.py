@@ -66,6 +66,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "lacking.json").write_text(json.dumps(lacking))
     (root / "broken.json").write_text(json.dumps(plan.to_dict())[:50])
     save_pruned(apply(plan, model), root / "pruned", tok)
+    (root / "rplans").mkdir()  # a repaired compression's plan, copied away from its repair.safetensors
+    (root / "rplans" / "sst2.json").write_text(json.dumps({**plan.to_dict(), "repair": {"mode": "ls"}}))
+    (root / "mismatch.yaml").write_text(TASK.replace("toy", "toy4") + "causal_template: 'review {review}'\n")
 
     shutil.copytree(root / "model", root / "badconfig")
     _cut_short(root / "badconfig" / "config.json", 40)
@@ -281,6 +284,16 @@ CASES: dict[str, tuple[list[str], str]] = {
     "finetune best without evals": ([*FT, "--export", "best", "--eval-every", "0"], "export best picks the step"),
     "finetune lora alpha without rank": ([*FT, "--lora-alpha", "32"], "they need lora_rank > 0 (--lora-rank)"),
     "finetune task max length typo": ([*FT, "--task-max-length", "tyo=64"], "names tyo, which is not among the tasks"),
+    # issue 31: flags and files of the newer surfaces
+    "score lists no smp": (["score", *M, *T, "--method", "smp", "--out", "{root}/new.safetensors"],
+                           "invalid choice: 'smp'"),
+    "kv heads on a seq2seq model": (["compress", *M, *T, "--head-granularity", "kv", "--out", "{root}/new"],
+                                    "has no key/value groups: leave it at query"),
+    "task file templates disagree": ([*SERVE, "--task-file", "{root}/mismatch.yaml"],
+                                     "both must read the same columns"),
+    "prune a repaired plan alone": (["prune", *M, "--plan", "{root}/rplans/sst2.json", "--out", "{root}/new"],
+                                    "{root}/rplans/repair.safetensors is missing"),
+    "serve a repaired plan alone": (["serve", *M, "--plans", "{root}/rplans"], "comes without its repair.safetensors"),
     "finetune data dir missing": ([*FT[:1], *NM, *FT[3:], "--data-dir", "{root}/no-data"],
                                   "data directory not found: {root}/no-data"),
 }
@@ -390,3 +403,13 @@ def test_atomic_writers_name_the_users_path_never_their_temp_file(tmp_path: Path
     if sys.platform.startswith("linux"):
         with pytest.raises(TaskpruneError, match=r"^cannot write /proc/taskprune-x\.json: "):
             atomic_write_text("/proc/taskprune-x.json", "{}")
+
+
+def test_a_library_message_keeps_its_useful_lines_as_one() -> None:
+    """Issue 31: a caught library error kept only its first line, which can be the useless one."""
+    from taskprune.errors import library_message
+
+    err = ValueError("Error while loading the file\n\n  header too large:   1234 bytes\n")
+    assert library_message(err) == "Error while loading the file | header too large: 1234 bytes"
+    assert library_message(ValueError("")) == "ValueError"
+    assert len(library_message(ValueError("x" * 1000))) == 400

@@ -15,7 +15,7 @@ from tiny import Interrupted, interrupt_at, tiny_causal, tiny_causal_tokenizer
 from taskprune.checkpoint import load_model, load_tokenizer
 from taskprune.errors import TaskpruneError
 from taskprune.evaluate import evaluate
-from taskprune.sources.lora import MANIFEST, WEIGHTS, is_lora_dir
+from taskprune.sources.lora import MANIFEST, WEIGHTS, is_lora_dir, sha256_file
 from taskprune.tasks import get_task, load_examples
 from taskprune.training.config import FinetuneConfig
 from taskprune.training.loop import finetune
@@ -138,6 +138,30 @@ def test_damaged_adapter_is_refused_in_one_line(tmp_path: Path, llama_dir: str) 
         load_model(str(final))
     (final / MANIFEST).unlink()
     with pytest.raises(TaskpruneError, match="without taskprune-adapter.json"):
+        load_model(str(final))
+
+
+def test_an_adapter_that_cannot_be_merged_into_its_base_is_one_line(tmp_path: Path, llama_dir: str) -> None:
+    """Issue 31: junk weights whose manifest hash matches escaped as a SafetensorError (exit 1, no file named);
+    an adapter of another base reached PEFT. Both are now one line naming the file, before anything is merged."""
+    from safetensors.torch import save_file
+
+    cfg = _cfg(tmp_path, llama_dir, steps=2, lora_rank=2)
+    finetune(cfg)
+    final = Path(cfg.out_dir) / "final"
+
+    def rehash() -> None:  # the manifest vouches for the new bytes: only the content can be at fault
+        manifest = json.loads((final / MANIFEST).read_text())
+        (final / MANIFEST).write_text(json.dumps({**manifest, "sha256": sha256_file(final / WEIGHTS)}))
+
+    (final / WEIGHTS).write_bytes(b"\xff" * 64)
+    rehash()
+    with pytest.raises(TaskpruneError, match=f"{WEIGHTS} is not a readable safetensors file"):
+        load_model(str(final))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 7)},
+              str(final / WEIGHTS))
+    rehash()
+    with pytest.raises(TaskpruneError, match="has shape \\[2, 7\\].*trained on another base model"):
         load_model(str(final))
 
 

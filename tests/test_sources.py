@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,56 @@ def test_same_weights_same_fingerprint_one_changed_weight_another() -> None:
     assert fingerprint(tiny_t5(seed=1)) != base  # other weights
     assert fingerprint(tiny_t5(seed=0, layers=1)) != base  # another architecture
     assert fingerprint(tiny_t5(seed=0, gated=True)) != base
+
+
+def _tiny_gguf(path: Path, arch: str = "llama", merges: list[str] | None = None,
+               tensors: tuple[str, ...] = ("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight",
+                                           "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight")) -> Path:
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a", "b", "ab"])
+    if merges is not None:
+        w.add_token_merges(merges)
+    for name in tensors:
+        w.add_tensor(name, np.zeros((2, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("arch", "GGUF architecture 'gpt2' is not one taskprune prunes"),
+    ("tensors", "without tensor(s) blk.0.ffn_down.weight"),
+    ("merges", "tokenizer merge 0 ('a c') names a token missing"),
+    ("junk", "is not a readable GGUF file"),
+])
+def test_a_gguf_is_checked_from_its_header_before_any_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  kind: str, needle: str) -> None:
+    """Issue 31: an unsupported or damaged GGUF was refused only after a full conversion (or escaped as another
+    library's exception); now its header is read first and nothing reaches the cache."""
+    import transformers
+
+    from taskprune.sources import gguf as gguf_mod
+
+    monkeypatch.setenv("TASKPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a conversion started"))
+    path = tmp_path / "m.gguf"
+    if kind == "junk":
+        path.write_bytes(b"GGUF" + bytes(100))
+    else:
+        _tiny_gguf(path, arch="gpt2" if kind == "arch" else "llama", merges=["a c"] if kind == "merges" else ["a b"],
+                   tensors=("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight",
+                            "blk.0.attn_v.weight") if kind == "tensors" else
+                   ("token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight",
+                    "blk.0.attn_v.weight", "blk.0.ffn_down.weight"))
+    with pytest.raises(TaskpruneError, match=re.escape(needle)):
+        gguf_mod.convert_gguf(path)
+    assert not list((tmp_path / "cache").rglob("*.json"))  # nothing converted, nothing cached
+    if kind != "junk":  # the header of a good file passes
+        gguf_mod.check_gguf_header(_tiny_gguf(tmp_path / "ok.gguf"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalogue import get_method, list_methods
-from ..errors import TaskpruneError
+from ..errors import TaskpruneError, library_message
 from ..models import LAYER_TYPES, MODULES
 from ..pruning.rates import RateSpec, check_rate
 from ..validate import check_depths, positive_int
@@ -225,7 +225,7 @@ def load_config(path: str | Path, n_layers: int | None = None) -> SweepConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise TaskpruneError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise TaskpruneError(f"{path} is not valid YAML ({library_message(err)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
         raise TaskpruneError(f"{path}: a sweep config needs a non-empty list under 'experiments'")
     unknown = set(data) - TOP_KEYS

@@ -24,7 +24,7 @@ from torch import nn
 from ..api import compress, score
 from ..catalogue import get_method
 from ..checkpoint import load_model, load_tokenizer
-from ..errors import TaskpruneError
+from ..errors import TaskpruneError, library_message
 from ..evaluate import count_parameters, evaluate
 from ..files import check_writable
 from ..models import get_adapter
@@ -202,7 +202,7 @@ def run_sweep(
     try:
         raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise TaskpruneError(f"{config_path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise TaskpruneError(f"{config_path} is not valid YAML ({library_message(err)})") from None
     if only:  # before the model loads: a misspelt name is the user's typo, not an empty sweep
         names = [e.get("name") for e in raw.get("experiments") or [] if isinstance(e, dict)] if isinstance(raw, dict) else []
         missing = [n for n in only if n not in names]

@@ -183,6 +183,10 @@ def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate")
             f"no group of this {adapter.family} model, whose groups are in modules "
             f"{'+'.join(sorted({g.module for g in groups}))} and layer types "
             f"{'+'.join(sorted({g.layer_type for g in groups}))}")
+    if rates.head_granularity != "query" and not any(g.role == "heads" for g in groups):
+        raise TaskpruneError(f"head granularity {rates.head_granularity} (whole key/value groups) applies to "
+                             "decoder-only LMs with grouped-query attention (Llama, Mistral, Qwen); this "
+                             f"{adapter.family} model's attention has no key/value groups: leave it at query")
     depths = [g.depth for g in groups if g.module in rates.modules]
     check_depths(rates.depth_rates, 1 + max(depths, default=-1), what)
     names = {g.name for g in groups}

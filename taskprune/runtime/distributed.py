@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TaskpruneError
+from ..errors import TaskpruneError, library_message
 
 #: a collective may wait this long for a slower rank (a sweep's ranks finish hours apart); a rank that DIES is
 #: noticed at once: torchrun stops the others, and gloo/NCCL fail the pending collective
@@ -130,7 +130,7 @@ def init_from_env() -> Shard:
         try:
             dist.init_process_group(backend(), timeout=COLLECTIVE_TIMEOUT)
         except (RuntimeError, ValueError) as err:
-            raise PeerLost(f"cannot join the job: {str(err).splitlines()[0]}") from None
+            raise PeerLost(f"cannot join the job: {library_message(err)}") from None
     signal.signal(signal.SIGTERM, _on_sigterm)
     return current()
 

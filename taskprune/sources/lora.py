@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import TaskpruneError
+from ..errors import TaskpruneError, library_message
 from ..files import atomic_dir
 from .cache import cache_dir, cached_dir
 from .hf import auto_model_class
@@ -86,6 +86,34 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_adapter_fits(folder: Path, model: torch.nn.Module, base_name: str) -> None:
+    """The adapter's weights read, and each LoRA pair matched to a Linear of ``model`` of its shape, before PEFT
+    merges anything: a damaged file or an adapter of another base is one line naming what it needs."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            shapes = {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TaskpruneError(f"{path} is not a readable safetensors file: {library_message(err)}") from None
+    modules = dict(model.named_modules())
+    for key, shape in shapes.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        name = key.split(".lora_")[0].removeprefix("base_model.model.")
+        target = modules.get(name)
+        if not isinstance(target, torch.nn.Linear):
+            raise TaskpruneError(f"adapter {folder} adapts {name}, which base {base_name} does not have: the adapter "
+                                 "was trained on another base model")
+        want = target.in_features if ".lora_A." in key else target.out_features
+        got = shape[1] if ".lora_A." in key else shape[0]
+        if len(shape) != 2 or got != want:
+            raise TaskpruneError(f"adapter {folder}: {key} has shape {list(shape)}, but {name} of base {base_name} "
+                                 f"has {target.in_features} inputs and {target.out_features} outputs: the adapter "
+                                 "was trained on another base model")
+
+
 def merged_model(folder: Path, resolve: Callable[[str], str], name: str | None = None) -> Path:
     """The cached merged folder of the adapter in ``folder`` (merged now if not yet); ``resolve`` turns the base's
     recorded name into a loadable folder (:func:`taskprune.sources.resolve.resolve_model`, passed in so that this
@@ -104,9 +132,14 @@ def merged_model(folder: Path, resolve: Callable[[str], str], name: str | None =
     def write(tmp: Path) -> None:
         model_class = auto_model_class(AutoConfig.from_pretrained(base))
         model = model_class.from_pretrained(base, dtype=torch.float32)
-        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        check_adapter_fits(folder, model, manifest["base"])
+        try:
+            with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        except Exception as err:  # noqa: BLE001 - PEFT, safetensors and torch all raise for a bad adapter
+            raise TaskpruneError(f"cannot merge the adapter {folder} into {manifest['base']}: "
+                                 f"{library_message(err)}") from None
         merged.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp))
         source = {"adapter": str(folder.resolve()), "sha256": manifest["sha256"], "base": manifest["base"]}

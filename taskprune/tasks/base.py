@@ -100,7 +100,10 @@ class Task:
         if not isinstance(self.causal_template, str):
             raise TaskpruneError(f"task {self.name!r}: 'causal_template' must be a string template")
         if self.causal_template:
-            template_columns(self.causal_template)
+            cols, causal = template_columns(self.template), template_columns(self.causal_template)
+            if set(cols) != set(causal):  # else every input that fills one template fails the other
+                raise TaskpruneError(f"task {self.name!r}: 'template' reads columns {sorted(set(cols))} but "
+                                     f"'causal_template' reads {sorted(set(causal))}: both must read the same columns")
         words = _str_tuple(self.name, "label_words", self.label_words)
         values = _str_tuple(self.name, "label_values", self.label_values) if self.label_values else words
         values = tuple(v.strip().lower() for v in values)

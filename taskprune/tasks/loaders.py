@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from taskprune.errors import TaskpruneError
+from taskprune.errors import TaskpruneError, library_message
 from taskprune.tasks.base import SPLITS, Example, Task
 from taskprune.tasks.builtin import DIR_SPECS, HF_SPECS, DirSpec
 from taskprune.tasks.readers import read_rows
@@ -185,8 +185,7 @@ def load_from_hf(task: Task, split: str, data_dir: str | Path | None = None) -> 
             dataset = datasets.load_dataset(path, spec.config, split=hf_split)
             break
         except Exception as exc:  # network, missing repo, script datasets on new versions, ...
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            errors.append(f"{path}/{spec.config}: {type(exc).__name__} {message}".strip())
+            errors.append(f"{path}/{spec.config}: {type(exc).__name__} {library_message(exc, 200)}")
     else:
         raise TaskpruneError(
             f"could not load {task.name} ({hf_split}) from the Hugging Face Hub ({'; '.join(errors)}); "

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from taskprune.errors import TaskpruneError
+from taskprune.errors import TaskpruneError, library_message
 from taskprune.tasks.base import SPLITS, Task
 
 TASK_FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -67,8 +67,7 @@ def read_task_file(path: str | Path) -> Task:
     except json.JSONDecodeError as exc:
         raise TaskpruneError(f"task file {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except Exception as exc:  # yaml.YAMLError and friends
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TaskpruneError(f"task file {path}: not valid YAML ({first})") from None
+        raise TaskpruneError(f"task file {path}: not valid YAML ({library_message(exc)})") from None
     if not isinstance(data, dict):
         raise TaskpruneError(f"task file {path} must hold a mapping with keys name, template, label_words, ...")
     data = dict(data)

@@ -18,7 +18,7 @@ import importlib.util
 from pathlib import Path
 
 from ..checkpoint import save_pruned
-from ..errors import TaskpruneError
+from ..errors import TaskpruneError, library_message
 from ..models.bert2bert import tie_embeddings
 
 
@@ -64,7 +64,7 @@ def build_bert2bert(encoder_dir: str | Path, decoder_layers: int | None = None):
             str(encoder_dir), is_decoder=True, add_cross_attention=True, num_hidden_layers=layers
         )
     except OSError as err:
-        raise TaskpruneError(f"cannot load {encoder_dir}: {str(err).splitlines()[0]}") from None
+        raise TaskpruneError(f"cannot load {encoder_dir}: {library_message(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     for name in ("cls_token_id", "pad_token_id", "sep_token_id"):
