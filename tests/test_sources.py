@@ -326,7 +326,7 @@ def _tiny_gguf(path: Path, arch: str = "llama", merges: list[str] | None = None,
     ("arch", "GGUF architecture 'gpt2' is not one taskprune prunes"),
     ("tensors", "without tensor(s) blk.0.ffn_down.weight"),
     ("merges", "tokenizer merge 0 ('a c') names a token missing"),
-    ("junk", "is not a readable GGUF file"),
+    ("junk", "cannot read GGUF file"),
 ])
 def test_a_gguf_is_checked_from_its_header_before_any_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   kind: str, needle: str) -> None:

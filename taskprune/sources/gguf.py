@@ -43,7 +43,7 @@ def check_gguf_header(path: Path) -> None:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as err:  # noqa: BLE001 - any failure to parse is the file's
-        raise TaskpruneError(f"{path} is not a readable GGUF file: {library_message(err)}") from None
+        raise TaskpruneError(f"cannot read GGUF file {path}: {library_message(err)}") from None
 
     def field(key: str) -> object:
         f = reader.fields.get(key)
