@@ -38,7 +38,12 @@ class Entry:
 
     @property
     def repair_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.repair or {}).values())
+        return tensor_bytes(self.repair)
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor] | None) -> int:
+    """Bytes of a repair file's tensors (what a repaired task stores beyond its plan)."""
+    return sum(t.numel() * t.element_size() for t in (tensors or {}).values())
 
 
 def read_entry(path: Path) -> Entry | None:

@@ -39,7 +39,7 @@ from ..tasks import Example, Task, get_task, list_tasks
 from ..validate import nonneg_float, positive_float, positive_int
 from .cache import ByteLRU
 from .metrics import ServeMetrics
-from .plans import Entry, read_folder, removable, remove_entry, write_entry
+from .plans import Entry, read_folder, removable, remove_entry, tensor_bytes, write_entry
 
 
 class ServeError(Exception):
@@ -276,7 +276,7 @@ class TaskService:
                             "labels": list(self.task(name).label_words), "cached": name in self.cache,
                             "cached_bytes": self.cache.size_of(name), "created": plan.created,
                             "repaired_with": plan.repaired_with,
-                            "repair_bytes": Entry(name, plan, self.repairs.get(name), Path()).repair_bytes})
+                            "repair_bytes": tensor_bytes(self.repairs.get(name))})
             return out
 
     # -- models -----------------------------------------------------------------------------------------
