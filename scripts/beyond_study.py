@@ -40,7 +40,10 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "paper-AP": ("attribution", "uniform", "none"),
     "FPP": ("activation", "uniform", "none"),
     "RP": ("random", "uniform", "none"),
-    "FLAP": ("flap", None, None),
+    "FLAP": ("flap", None, None),  # as published: bias compensation, biases added where the model has none
+    # FLAP's scores and allocation without its compensation: what the "FLAP" rows measured on Llama-layout models
+    # before biases could be added (2026-12-02); on BERT, whose consumers have biases, FLAP never lacked it
+    "FLAP-nobias": ("flap", None, "none"),
     "Kwon": ("kwon", None, None),
     "AP+global": ("attribution", "global", "none"),
     "taskprune": ("taskprune", None, None),  # the default: AP + global-raw allocation + least-squares repair
@@ -48,12 +51,13 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
     "AP+param+repair": ("attribution", "global-param", "ls"),  # taskprune with the per-parameter ranking
+    "taskprune+centred": ("taskprune", None, "ls+centred"),  # the default with a bias added and a centred solve
 }
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
                ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
-               ("AP+param+repair", "taskprune"),
+               ("AP+param+repair", "taskprune"), ("taskprune+centred", "taskprune"), ("FLAP", "FLAP-nobias"),
                ("paper-AP", "RP"), ("paper-AP", "FPP"))
 
 
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
             calib = calibration_examples(fit_all, fit, args.calibration, seed)
             cfg = tp.ScoreConfig(seed=trial)
             res = compress(model, tok, task, fit, RateSpec(rate=budget), method=method, config=cfg, seed=seed,
-                           allocate=allocate, repair=RepairConfig(repair) if repair else None, calibration=calib)
+                           allocate=allocate, repair=_repair_config(repair), calibration=calib)
             pruned = res.model
             info = {"allocation": res.plan.allocation, "repair": res.plan.repair}
         seconds = time.perf_counter() - t0
@@ -106,6 +110,15 @@ def run(args: argparse.Namespace) -> None:
         with args.out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{rid}: {row['metrics']} ({seconds:.1f} s)", flush=True)
+
+
+def _repair_config(repair: str | None) -> RepairConfig | None:
+    """A variant's repair: ``mode`` or ``mode+centred`` (a bias added where the consumer has none); None: the
+    method's own."""
+    if repair is None:
+        return None
+    mode, _, extra = repair.partition("+")
+    return RepairConfig(mode, centred=extra == "centred")
 
 
 def _repairs(variant: str) -> bool:

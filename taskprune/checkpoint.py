@@ -26,6 +26,7 @@ from .files import atomic_dir
 from .models import get_adapter
 from .portable.remote import REMOTE_KEY, check_remote_code, write_remote_code
 from .pruning.apply import record_widths, slice_model
+from .pruning.biases import restore_biases
 from .pruning.lowrank import LOWRANK_KEY, restore_lowrank
 from .runtime import placement
 from .runtime.placement import DeviceMap
@@ -180,6 +181,10 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, *, device_ma
             keep[g.name] = adapter.skeleton_keep(g, w)
         slice_model(adapter, keep)
         record_widths(adapter, widths, getattr(config, "taskprune_base_fingerprint", None))
+    try:
+        restore_biases(model)
+    except (ValueError, AttributeError) as err:
+        raise TaskpruneError(f"{path}/config.json: {err}") from None
     if ranks:
         if not isinstance(ranks, dict):
             raise TaskpruneError(f"{path}/config.json: {LOWRANK_KEY} must map layer names to ranks")

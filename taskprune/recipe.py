@@ -100,6 +100,7 @@ class Recipe:
     repair_order: str | None = None  # "one-shot" or "sequential"
     calibration: int | None = None
     search_iterations: int | None = None
+    repair_centred: bool | None = None
 
     @property
     def allocation_and_repair(self) -> tuple[str, str]:
@@ -127,12 +128,14 @@ class Recipe:
             ("--repair-order", self.repair_order, repair != "none"),
             ("--calibration", self.calibration, repair != "none" or allocation == "search"),
             ("--search-iterations", self.search_iterations, allocation == "search"),
+            ("--repair-centred", self.repair_centred, repair in ("ls", "scale")),
         ) if value is not None and not used]
         if unused:
             raise TaskpruneError(
                 f"{' and '.join(unused)} would change nothing: --method {self.method} runs allocation {allocation} "
                 f"with repair {repair} (--repair-alpha needs --repair ls or scale, --repair-order any repair, "
-                "--calibration a repair or --allocate search, --search-iterations --allocate search)")
+                "--calibration a repair or --allocate search, --search-iterations --allocate search, "
+                "--repair-centred --repair ls or scale)")
 
     def check_placement(self) -> None:
         """Refuse, before anything loads, what cannot run on a model placed by a device map."""
@@ -154,7 +157,8 @@ class Recipe:
         alpha = RepairConfig.alpha if self.repair_alpha is None else self.repair_alpha
         extra: dict[str, Any] = {"allocate": allocation,
                                  "search_iterations": self.search_iterations or DEFAULT_SEARCH_ITERATIONS,
-                                 "repair": RepairConfig(repair, alpha, self.repair_order == "sequential")}
+                                 "repair": RepairConfig(repair, alpha, self.repair_order == "sequential",
+                                                        centred=bool(self.repair_centred))}
         if self.uses_calibration:
             extra["calibration"] = calibration_examples(pool or [], fit, self.calibration or DEFAULT_CALIBRATION, seed)
         return extra

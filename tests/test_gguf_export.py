@@ -173,3 +173,46 @@ def test_the_quantizers_fallbacks_become_one_line_naming_the_tensors() -> None:
     assert summarize_quantizer_log(log, "q8_0") == [
         "another thing", "2 tensor(s) stay f16, not q8_0: their rows are no multiple of q8_0's block of 32: "
         "blk.0.ffn_down.weight (1304), blk.1.ffn_down.weight (1126)"]
+
+
+def _with_added_biases(model: torch.nn.Module, scale: float = 0.5) -> list[str]:
+    """Large random biases on every o_proj and down_proj, added as repair adds them (pruning/biases.py)."""
+    from taskprune.pruning.biases import add_biases
+
+    names = [f"model.layers.{i}.{p}" for i in range(len(model.model.layers)) for p in ("mlp.down_proj", "self_attn.o_proj")]
+    add_biases(model, names)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n in names:
+            bias = model.get_submodule(n).bias
+            bias.copy_(torch.randn(bias.shape, generator=g) * scale)
+    return names
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize(("model_type", "per_layer", "arch"), [
+    ("llama", True, "deci"), ("llama", False, "llama"), ("qwen2", True, "deci"), ("mistral", False, "llama")])
+def test_biases_repair_added_reach_llama_cpp(model_type: str, per_layer: bool, arch: str, tmp_path: Path) -> None:
+    """FLAP's compensation on a bias-less family (stock flags on Llama, recorded names on Qwen2/Mistral) is in the
+    GGUF: llama.cpp gives the torch logits, which differ from the same model without those biases."""
+    model = _pruned(model_type, per_layer)
+    names = _with_added_biases(model)
+    path, written, _ = export_gguf(model, tiny_causal_tokenizer(), tmp_path / "m.gguf", "f32")
+    assert written == arch
+    llm = _llama(path)
+    llm.eval(IDS)
+    got = np.array(llm.scores[: len(IDS)])
+    with torch.no_grad():
+        want = model(torch.tensor([IDS])).logits[0].numpy()
+        for n in names:
+            model.get_submodule(n).bias.zero_()
+        without = model(torch.tensor([IDS])).logits[0].numpy()
+    assert np.abs(got - want).max() <= 1e-4 < 0.1 < np.abs(without - want).max()
+
+
+def test_a_qwen3_export_with_added_biases_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    model = _pruned("qwen3", per_layer=False)
+    _with_added_biases(model)
+    with pytest.raises(TaskpruneError, match="qwen3 architecture has no o_proj/FFN bias"):
+        export_gguf(model, tiny_causal_tokenizer(), tmp_path / "m.gguf", "f32")
+    assert not list(tmp_path.iterdir())

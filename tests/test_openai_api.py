@@ -169,6 +169,25 @@ def test_a_repaired_plan_posted_with_its_tensors_is_served_like_the_folder(made:
         assert client.delete("/v1/plans/toy").status_code == 200 and not (plans / "toy").exists()
 
 
+def test_flaps_added_biases_are_served_from_the_repair_file(made: dict, tmp_path: Path) -> None:
+    """FLAP as published on Llama adds o_proj/down_proj biases the base lacks: the server cuts the base and adds
+    them from repair.safetensors, giving the checkpoint's probabilities."""
+    from fastapi.testclient import TestClient
+
+    res = compress(made["model"], made["tok"], TASK, EXAMPLES[:6], RateSpec(rate=0.5), method="flap",
+                   calibration=EXAMPLES)
+    folder = save_compressed(res, made["tok"], tmp_path / "plans" / "toy")
+    stored = load_repaired(folder / REPAIR_FILE, res.plan)
+    assert any(n.endswith("down_proj.bias") for n in stored) and any(n.endswith("o_proj.bias") for n in stored)
+    want = _probs_of(load_pruned(folder), made["tok"], INPUTS[:8])
+    biasless = _probs_of(apply(res.plan, made["model"], check=False), made["tok"], INPUTS[:8])
+    assert max(abs(a - b) for r, q in zip(biasless, want) for a, b in zip(r, q)) > 1e-4  # the test can tell
+    with TestClient(create_app(_service(made, tmp_path / "plans"))) as client:
+        got = client.post("/v1/predict", json={"task": "toy", "inputs": INPUTS[:8]}).json()["predictions"]
+    for p, q in zip(got, want):
+        assert max(abs(p["scores"][w] - x) for w, x in zip(TASK.label_words, q)) <= 1e-5
+
+
 def test_a_users_checkpoint_folder_is_never_deleted(made: dict, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

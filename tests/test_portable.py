@@ -100,15 +100,37 @@ def _extreme_plan(model: torch.nn.Module):  # noqa: ANN202
     return make_plan(model, scores, RateSpec(rate=0.5, group_rates=rates))
 
 
-def _reference(folder: Path, seq2seq: bool) -> None:
-    """load_pruned's logits on a fixed input, stored beside the checkpoint for the subprocess to compare."""
-    model = load_pruned(folder)
+#: families whose consumers have no bias: FLAP's compensation adds them (pruning/biases.py)
+BIASED = ("llama", "qwen2", "qwen3", "mistral", "t5-gated")
+
+
+def _with_biases(model: torch.nn.Module) -> torch.nn.Module:
+    """Large random biases added on every FFN / attention consumer (as repair adds them): a checkpoint that
+    dropped them would give visibly different logits."""
+    from taskprune.pruning.biases import add_biases
+
+    adapter = get_adapter(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    consumers = sorted({names[id(adapter.parts(g).consumers[0])] for g in adapter.groups() if g.role != "qk"})
+    add_biases(model, consumers)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for n in consumers:
+            bias = model.get_submodule(n).bias
+            bias.copy_(torch.randn(bias.shape, generator=g))
+    return model
+
+
+def _reference(folder: Path, seq2seq: bool, model: torch.nn.Module | None = None,
+               file: str = "reference.safetensors") -> None:
+    """load_pruned's logits (or ``model``'s) on a fixed input, stored beside the checkpoint for the subprocess."""
+    model = load_pruned(folder) if model is None else model
     ids = torch.tensor([INPUT])
     dec = torch.tensor([[int(model.config.decoder_start_token_id or 0), 4, 6]]) if seq2seq else torch.zeros(1, 1)
     with torch.no_grad():
         out = model(input_ids=ids, decoder_input_ids=dec) if seq2seq else model(ids)
     save_file({"logits": out.logits.contiguous(), "input_ids": ids, "decoder_input_ids": dec.long()},
-              str(folder / "reference.safetensors"))
+              str(folder / file))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +145,11 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
         out[f"{name}-default"] = (folder, seq2seq)
         folder = tp.save_pruned(apply(_extreme_plan(model), model), root / f"{name}-extreme", tok)
         out[f"{name}-extreme"] = (folder, seq2seq)
+        if name in BIASED:
+            biased = _with_biases(apply(_extreme_plan(model), model))
+            folder = tp.save_pruned(biased, root / f"{name}-biases", tok)
+            _reference(folder, seq2seq, biased, "in_memory.safetensors")
+            out[f"{name}-biases"] = (folder, seq2seq)
     for folder, seq2seq in out.values():
         _reference(folder, seq2seq)
     return out
@@ -138,7 +165,8 @@ def without_taskprune(compressed: dict[str, tuple[Path, bool]]) -> dict[str, dic
     return {name: results[str(folder)] for name, (folder, _) in compressed.items()}
 
 
-@pytest.mark.parametrize("name", [f"{f}-{r}" for f in FAMILIES for r in ("default", "extreme")])
+@pytest.mark.parametrize("name", [f"{f}-{r}" for f in FAMILIES for r in ("default", "extreme")]
+                         + [f"{f}-biases" for f in BIASED])
 def test_per_layer_widths_load_with_plain_transformers_and_trust_remote_code(
         name: str, compressed: dict[str, tuple[Path, bool]], without_taskprune: dict[str, dict]) -> None:
     folder, _ = compressed[name]
@@ -151,6 +179,18 @@ def test_per_layer_widths_load_with_plain_transformers_and_trust_remote_code(
     assert got["logits"] <= 1e-5, got  # equal to load_pruned's
     assert got["generation_logits"] <= 1e-4 and got["same_tokens"], got  # cached generation == recomputation
     assert got["resaved"] <= 1e-5, got  # save_pretrained of the loaded model loads the same way
+
+
+@pytest.mark.parametrize("family", BIASED)
+def test_added_biases_load_back_where_the_family_has_none(family: str, compressed: dict[str, tuple[Path, bool]]) -> None:
+    """Llama/Qwen3 by their stock bias flags, Mistral/Qwen2/T5 by ``taskprune_biases``: load_pruned (whose logits
+    the remote-code test compares with) gives the in-memory model's logits."""
+    folder, _ = compressed[f"{family}-biases"]
+    config = json.loads((folder / "config.json").read_text())
+    assert bool(config.get("taskprune_biases")) == (family != "llama")
+    assert config.get("mlp_bias", False) == (family == "llama")
+    want, got = load_file(str(folder / "in_memory.safetensors")), load_file(str(folder / "reference.safetensors"))
+    torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_every_family_file_is_the_same_bytes_in_every_checkpoint(compressed: dict[str, tuple[Path, bool]]) -> None:

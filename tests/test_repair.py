@@ -101,6 +101,85 @@ def test_bias_compensation_absorbs_a_constant_unit_exactly() -> None:
     assert flap[5] == 0 and bool((flap[torch.arange(group.size) != 5] > 0).all())
 
 
+def _constant_attention_qwen2():  # noqa: ANN202
+    """Qwen2 (q/k/v biases, o_proj without one) whose layer-1 values of KV head 0 ignore the input: query heads 0
+    and 1 output that head's v bias (a softmax average of one vector), the same at every token, while heads 2 and
+    3 vary; and a plan removing KV group 0 with its two query heads."""
+    model = tiny_causal("qwen2", layers=2).double()
+    attn = model.model.layers[1].self_attn
+    d = attn.head_dim
+    with torch.no_grad():
+        attn.v_proj.weight[:d].zero_()
+        attn.o_proj.weight.mul_(20.0)  # its loss must show above rounding: random weights are 0.02-small
+    group = next(g for g in get_adapter(model).groups() if g.role == "heads" and g.depth == 1)
+    scores = {group.name: torch.tensor([0.0, 0.0, 1.0, 1.0])}
+    rates = RateSpec(rate=0.0, group_rates={group.name: 0.5}, head_granularity="kv")
+    plan = make_plan(model, scores, rates)
+    assert plan.groups[group.name]["keep"] == [2, 3]
+    return model, plan
+
+
+def _causal_logits(model, ids=((3, 5, 7, 9, 11, 4, 8, 6), (4, 8, 12, 3, 3, 5, 9, 10))):  # noqa: ANN001, ANN202
+    with torch.no_grad():
+        return model(torch.tensor(ids), use_cache=False).logits
+
+
+@pytest.mark.parametrize(("mode", "centred", "exact"), [("bias", False, True), ("ls", True, True), ("ls", False, False)])
+def test_a_constant_head_is_absorbed_exactly_where_the_consumer_has_no_bias(mode: str, centred: bool,
+                                                                            exact: bool) -> None:
+    model, plan = _constant_attention_qwen2()
+    tok = tiny_causal_tokenizer()
+    fixed, _ = repair(model, plan, _batches(model, tok), label_space(model, tok, TASK),
+                      RepairConfig(mode, alpha=1e-10, centred=centred))
+    o_proj = "model.layers.1.self_attn.o_proj"
+    assert (fixed.get_submodule(o_proj).bias is not None) == (mode == "bias" or centred)
+    assert model.get_submodule(o_proj).bias is None  # the base is left alone
+    dense, unrepaired = _causal_logits(model), _causal_logits(apply(plan, model, check=False))
+    err = (_causal_logits(apply(plan, fixed, check=False)) - dense).abs().max()
+    lost = (unrepaired - dense).abs().max()
+    assert lost > 1e-2
+    if exact:  # FLAP's compensation (and a centred solve) put the removed heads' constant into the new bias
+        assert err < 1e-5 * lost  # exact up to the float32 products of the statistics
+    else:  # an uncentred solve has no constant to move it into: the other heads' columns absorb part of it
+        assert err > 1e-2 * lost
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "qwen2", "mistral"])
+def test_added_biases_are_what_the_config_says(model_type: str, tmp_path) -> None:  # noqa: ANN001
+    """Stock flags where the family has them (Llama: both; Qwen3: attention), names in config.taskprune_biases
+    elsewhere; either way the saved folder loads back with the same logits."""
+    model, tok = tiny_causal(model_type, layers=2), tiny_causal_tokenizer()
+    g = torch.Generator().manual_seed(1)
+    plan = make_plan(model, {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()},
+                     RateSpec(rate=0.5))
+    fixed, _ = repair(model, plan, _batches(model, tok), label_space(model, tok, TASK), RepairConfig("bias"))
+    pruned = apply(plan, fixed, check=False)
+    config = pruned.config
+    flags = {"llama": {"attention_bias", "mlp_bias"}, "qwen3": {"attention_bias"}}.get(model_type, set())
+    assert {f for f in ("attention_bias", "mlp_bias") if getattr(config, f, False)} == flags
+    recorded = set(getattr(config, "taskprune_biases", None) or [])
+    for i in range(2):
+        for part, flag in (("mlp.down_proj", "mlp_bias"), ("self_attn.o_proj", "attention_bias")):
+            name = f"model.layers.{i}.{part}"
+            assert pruned.get_submodule(name).bias is not None
+            assert (name in recorded) == (flag not in flags)
+    with torch.no_grad():  # the compensation must show: make it large, so a load that drops it cannot pass
+        for i in range(2):
+            pruned.model.layers[i].mlp.down_proj.bias.add_(0.5)
+    save_pruned(pruned, tmp_path / "m", tok)
+    torch.testing.assert_close(_causal_logits(load_pruned(tmp_path / "m")), _causal_logits(pruned))
+
+
+def test_repair_centred_is_refused_where_it_would_change_nothing() -> None:
+    from taskprune.recipe import Recipe
+
+    with pytest.raises(TaskpruneError, match="--repair-centred"):
+        Recipe(method="attribution", repair="none", repair_centred=True).check_tuning()
+    with pytest.raises(TaskpruneError, match="--repair-centred"):
+        Recipe(method="attribution", repair="bias", repair_centred=True).check_tuning()
+    Recipe(method="attribution", repair="ls", repair_centred=True).check_tuning()
+
+
 @pytest.mark.parametrize("family", [*SEQ2SEQ, "llama", "qwen3"])
 @pytest.mark.parametrize("mode", ["ls", "bias", "scale"])
 def test_repaired_masks_equal_slices_and_survive_save_load(family: str, mode: str, tmp_path) -> None:  # noqa: ANN001

@@ -163,6 +163,10 @@ def add_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repair-order", default=None, choices=["one-shot", "sequential"],
                    help="any repair: solve every group on the dense model's inputs (one-shot, default) or group after "
                         "group on the pruned, already repaired model's (sequential: slower)")
+    g.add_argument("--repair-centred", action="store_const", const=True, default=None,
+                   help="repair ls/scale on models whose consumers have no bias (Llama, Mistral, Qwen, T5): add one and "
+                        "solve the centred problem (a stock config flag where the family has one, else recorded for "
+                        "the checkpoint's remote code); --repair bias always adds them, as FLAP does")
     g.add_argument("--calibration", type=POSITIVE_INT, default=None, metavar="N",
                    help="inputs (labels unused) for repair and the search allocation: the scoring examples plus more "
                         f"from the fit split, N in all (default {DEFAULT_CALIBRATION})")
@@ -175,7 +179,7 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
     if not hasattr(args, "repair"):
         return Recipe(method=args.method, allocate="uniform", repair="none")
     return Recipe(args.method, args.allocate, args.repair, args.repair_alpha, args.repair_order, args.calibration,
-                  args.search_iterations)
+                  args.search_iterations, args.repair_centred)
 
 
 def add_rates(p: argparse.ArgumentParser, modules: str = "all") -> None:

@@ -156,6 +156,11 @@ class Adapter(ABC):
         out = copy.deepcopy(self.model)
         return out.to(dtype)
 
+    def bias_flags(self) -> dict[str, list[str]]:
+        """Stock config flags that give Linears a bias (Llama's ``mlp_bias``), each with the names of every Linear
+        it governs; empty where the family has none (then added biases are recorded by name)."""
+        return {}
+
     def remote_code(self) -> dict[str, Any] | None:
         """How a checkpoint of this family whose widths no stock field holds loads without taskprune: ``file`` (a
         modeling file in :mod:`taskprune.portable`), ``auto_map`` (Auto class -> class in that file) and ``config``

@@ -30,6 +30,10 @@ from .slicing import is_zero_width, slice_cols, slice_rows
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3")
 #: the class-name stem of each model type in portable/modeling_taskprune_llama.py
 REMOTE_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+#: stock config flags giving projections a bias, per model type (transformers 5.x modeling code)
+BIAS_FLAGS = {"llama": {"attention_bias": _ATTN, "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},
+              "qwen3": {"attention_bias": _ATTN}}
 #: config field recording each layer's key/value head count (per-layer widths have no stock field)
 KV_WIDTHS_KEY = "taskprune_kv_heads"
 
@@ -154,6 +158,13 @@ class LlamaAdapter(Adapter):
             n_q, n_kv = next(iter(heads))
             config.head_dim = self._head_dim(_layers(self.model)[0].self_attn)
             config.num_attention_heads, config.num_key_value_heads = n_q, n_kv
+
+    def bias_flags(self) -> dict[str, list[str]]:
+        """Llama: ``attention_bias`` (q/k/v/o) and ``mlp_bias`` (gate/up/down); Qwen3: ``attention_bias``; Mistral
+        and Qwen2 build their projections with fixed bias settings (no flag)."""
+        flags = BIAS_FLAGS.get(self.model.config.model_type, {})
+        n = len(_layers(self.model))
+        return {flag: [f"model.layers.{i}.{part}" for i in range(n) for part in parts] for flag, parts in flags.items()}
 
     def remote_code(self) -> dict[str, Any]:
         """Every layer's stored query heads (a pruned-away attention keeps one zero head), key/value heads and FFN

@@ -94,6 +94,11 @@ def plan_layers(model: nn.Module) -> tuple[str, list[Layer], int]:
     if arch == PER_LAYER_ARCH and model_type == "qwen3":
         raise TaskpruneError("Qwen3's per-head q/k norms have no per-layer GGUF architecture (deci has none): compress "
                              "with --allocate uniform for a stock qwen3 GGUF")
+    if arch == "qwen3" and any(lin.bias is not None for layer in model.model.layers
+                               for lin in (*layer.mlp.children(), layer.self_attn.o_proj) if isinstance(lin, nn.Linear)):
+        raise TaskpruneError("llama.cpp's qwen3 architecture has no o_proj/FFN bias tensors, which this model's repair "
+                             "added (FLAP's bias compensation or --repair-centred): compress with --repair ls or none "
+                             "for a qwen3 GGUF")
     return arch, layers, d
 
 
@@ -133,6 +138,8 @@ def _tensors(model: nn.Module, layers: list[Layer], arch: str) -> list[tuple[str
         if attn.v_proj.bias is not None:
             out.append((p + "attn_v.bias", arr(attn.v_proj.bias)))
         out.append((p + "attn_output.weight", arr(attn.o_proj.weight)))
+        if attn.o_proj.bias is not None:  # FLAP's compensation / a centred repair (pruning/biases.py)
+            out.append((p + "attn_output.bias", arr(attn.o_proj.bias)))
         for norm in ("q_norm", "k_norm"):  # Qwen3: per-head RMS norms over head_dim
             if hasattr(attn, norm):
                 out.append((p + f"attn_{norm[0]}_norm.weight", arr(getattr(attn, norm).weight)))
@@ -142,6 +149,10 @@ def _tensors(model: nn.Module, layers: list[Layer], arch: str) -> list[tuple[str
             gate, up = np.zeros((1, gate.shape[1]), np.float32), np.zeros((1, up.shape[1]), np.float32)
             down = np.zeros((down.shape[0], 1), np.float32)
         out += [(p + "ffn_gate.weight", gate), (p + "ffn_up.weight", up), (p + "ffn_down.weight", down)]
+        for name, lin in (("ffn_gate", mlp.gate_proj), ("ffn_up", mlp.up_proj), ("ffn_down", mlp.down_proj)):
+            if lin.bias is not None:  # a zero-unit FFN's placeholder unit gets a zero bias entry
+                b = arr(lin.bias)
+                out.append((p + name + ".bias", b if b.shape[0] else np.zeros(1, np.float32)))
     out.append(("output_norm.weight", arr(model.model.norm.weight)))
     head = model.get_output_embeddings()
     if head is not None and head.weight is not model.model.embed_tokens.weight:  # tied: llama.cpp reuses token_embd

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import torch
 from torch import nn
 from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
@@ -43,6 +44,15 @@ def layer_configs(config):  # noqa: ANN001, ANN201
     return out
 
 
+def add_recorded_biases(model, config) -> None:  # noqa: ANN001
+    """Zero biases on the Linears named by ``config.taskprune_biases``: biases taskprune's repair added where the
+    stock architecture has none (their values come with the weights)."""
+    for name in getattr(config, "taskprune_biases", None) or []:
+        linear = model.get_submodule(name)
+        if linear.bias is None:
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
+
+
 class PerLayerWidths:
     """Mixin for a stock ``...ForCausalLM``: rebuild each decoder layer at its recorded widths."""
 
@@ -52,6 +62,7 @@ class PerLayerWidths:
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
             for i, cfg in enumerate(layer_configs(config)):
                 layers[i] = type(layers[i])(cfg, i)
+        add_recorded_biases(self, config)
 
 
 class TaskpruneLlamaForCausalLM(PerLayerWidths, LlamaForCausalLM):

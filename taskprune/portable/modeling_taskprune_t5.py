@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import warnings
 
+import torch
+from torch import nn
 from transformers import MT5ForConditionalGeneration, T5ForConditionalGeneration
 
 
@@ -28,6 +30,15 @@ def _with(config, **fields):  # noqa: ANN001, ANN003, ANN202
     for key, value in fields.items():
         setattr(cfg, key, int(value))
     return cfg
+
+
+def add_recorded_biases(model, config) -> None:  # noqa: ANN001
+    """Zero biases on the Linears named by ``config.taskprune_biases``: biases taskprune's repair added where the
+    stock architecture has none (their values come with the weights)."""
+    for name in getattr(config, "taskprune_biases", None) or []:
+        linear = model.get_submodule(name)
+        if linear.bias is None:
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
 
 
 class PerLayerWidths:
@@ -51,6 +62,7 @@ class PerLayerWidths:
                     if stack.config.is_decoder:
                         sub[1] = type(sub[1])(_with(stack.config, d_kv=widths["cross_attn"]), layer_idx=i)
                     sub[-1] = type(sub[-1])(_with(stack.config, d_ff=widths["ffn"]))
+        add_recorded_biases(self, config)
 
 
 class TaskpruneT5ForConditionalGeneration(PerLayerWidths, T5ForConditionalGeneration):

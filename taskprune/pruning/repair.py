@@ -8,11 +8,12 @@ step, no labels). With x the consumer's input (units of the group; ``S`` the kep
 sublayer's output and C = W[:, S] the kept weights:
 
 - ``ls``: ridge least squares toward the kept weights, ``W' = (E[y x_S^T] + λ C)(E[x_S x_S^T] + λ I)^-1``,
-  centred with the bias updated where the consumer has a bias (BERT), uncentred where it has none (T5, Llama:
-  the architecture stays as it is). A ridge toward C, not toward zero: with few calibration tokens per kept unit a
-  ridge toward zero shrinks the layer and collapses the model to one class. ``λ = alpha x mean diag E[x_S x_S^T]``.
+  centred with the bias updated where the consumer has a bias (BERT), uncentred where it has none (T5, Llama),
+  unless ``centred`` asks to add one there (:mod:`.biases`: a stock flag or the checkpoint's remote code). A
+  ridge toward C, not toward zero: with few calibration tokens per kept unit a ridge toward zero shrinks the
+  layer and collapses the model to one class. ``λ = alpha x mean diag E[x_S x_S^T]``.
 - ``bias``: FLAP's bias compensation, ``b' = b + E[y] - C E[x_S]`` (the removed units' mean contribution), weights
-  unchanged; a consumer without a bias has nowhere to put it and is left as it is.
+  unchanged; a consumer without a bias gets one (:mod:`.biases`), as FLAP's own code adds them to LLaMA.
 - ``scale``: Kwon et al.'s mask tuning, one least-squares scale per kept unit (``W' = C diag(m)``, ridge toward 1).
 
 One-shot (default) solves every group on the dense model's inputs, from one pass over the calibration set.
@@ -41,6 +42,7 @@ from ..lm import model_kind
 from ..models import Adapter, NeuronGroup, get_adapter
 from ..scoring.base import Progress, no_progress
 from .apply import mask
+from .biases import add_biases
 from .plan import PruningPlan
 
 REPAIR_MODES = ("none", "ls", "bias", "scale")
@@ -55,6 +57,8 @@ class RepairConfig:
     mode: str = "ls"
     alpha: float = 0.1
     sequential: bool = False
+    #: ls/scale: add a bias to bias-less consumers and solve the centred problem (mode ``bias`` always adds one)
+    centred: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in REPAIR_MODES:
@@ -93,8 +97,10 @@ class _Stats:
                    torch.zeros(o, k, dtype=f))
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One batch's tokens: products in float32 (a few hundred tokens each), accumulated in float64."""
-        x, y = x.float(), y.float()
+        """One batch's tokens: products in float32 (a few hundred tokens each; float64 for a float64 model),
+        accumulated in float64."""
+        f = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x, y = x.to(f), y.to(f)
         self.n += x.shape[0]
         self.sx += x.sum(0).double()
         self.sy += y.sum(0).double()
@@ -251,6 +257,9 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
         for h in handles:
             h.remove()
 
+    if config.mode == "bias" or config.centred:  # the compensation needs a bias to live in
+        names = {id(m): n for n, m in work.named_modules()}
+        add_biases(work, [names[id(adapter.parts(g).consumers[0])] for g in order])
     handle = mask(plan, work, check=False)  # the work copy computes the pruned model; its weights change below
     encoded: dict[int, Any] = {}  # seq2seq: the pruned, repaired encoder's output per batch, once it is final
     try:
