@@ -32,6 +32,7 @@ from .models import get_adapter
 from .pruning.allocate import global_rates, removed_fraction, search_rates
 from .pruning.apply import apply
 from .pruning.plan import PruningPlan, make_plan
+from .applies import check_applies
 from .pruning.rates import RateSpec, check_rates_fit
 from .pruning.repair import RepairConfig
 from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
@@ -165,6 +166,8 @@ def compress(
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
     check_rates_fit(rates, model)  # before minutes of scoring, not after
+    if repair_cfg is not None and repair_cfg.centred and repair_cfg.mode in ("ls", "scale"):
+        check_applies("--repair-centred", model)
     config = replace(config or ScoreConfig(), target_rates=rates.to_dict())
     shard = shard or SINGLE
     counts = examples_per_rank(method, len(examples), batch_size, shard) if shard.active else None

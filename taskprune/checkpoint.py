@@ -115,6 +115,28 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, *, de
     return model.eval()
 
 
+def model_skeleton(name_or_path: str | Path) -> nn.Module | None:
+    """The model ``name_or_path`` names, built from its config on the meta device (no weights read, no memory):
+    enough to check options against its structure before minutes of loading. Its widths are the stock ones (a
+    pruned checkpoint's recorded widths are not applied; its blocks, groups and biases are). None where no local
+    config can be read (a Hub id): the load itself then says what is wrong."""
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        return None
+    path = _check_model_dir(path)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        with torch.device("meta"):
+            model = auto_model_class(config).from_config(config)
+        get_adapter(model)
+        restore_biases(model)
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # load_model names the problem, with its own message
+    return model
+
+
 def load_tokenizer(name_or_path: str | Path):  # noqa: ANN201
     from transformers import AutoTokenizer
 

@@ -70,6 +70,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "rplans" / "sst2.json").write_text(json.dumps({**plan.to_dict(), "repair": {"mode": "ls"}}))
     (root / "mismatch.yaml").write_text(TASK.replace("toy", "toy4") + "causal_template: 'review {review}'\n")
 
+    bert, bert_tok = make_model("bert2bert"), make_tokenizer("bert2bert")  # consumers with biases
+    bert.save_pretrained(root / "bert")
+    bert_tok.save_pretrained(root / "bert")
     shutil.copytree(root / "model", root / "badconfig")
     _cut_short(root / "badconfig" / "config.json", 40)
     shutil.copytree(root / "model", root / "listconfig")
@@ -288,7 +291,15 @@ CASES: dict[str, tuple[list[str], str]] = {
     "score lists no smp": (["score", *M, *T, "--method", "smp", "--out", "{root}/new.safetensors"],
                            "invalid choice: 'smp'"),
     "kv heads on a seq2seq model": (["compress", *M, *T, "--head-granularity", "kv", "--out", "{root}/new"],
-                                    "has no key/value groups: leave it at query"),
+                                    "--head-granularity kv applies to decoder-only LMs whose attention has key/value groups"),
+    # the model-kind table (taskprune/applies.py): each row once; refused before the weights load (test below)
+    "centred repair on BERT": (["compress", "--model", "{root}/bert", *T, "--repair", "ls", "--repair-centred",
+                                "--out", "{root}/new"], "--repair-centred applies to models whose FFN and attention "
+                                                        "output projections have no bias"),
+    "chat template on a seq2seq model": (["compress", *M, *T, "--chat-template", "on", "--out", "{root}/new"],
+                                         "--chat-template on applies to decoder-only LMs"),
+    "chat template off a seq2seq model": (["eval", *M, *T, "--chat-template", "off"],
+                                          "--chat-template off applies to decoder-only LMs"),
     "task file templates disagree": ([*SERVE, "--task-file", "{root}/mismatch.yaml"],
                                      "both must read the same columns"),
     "prune a repaired plan alone": (["prune", *M, "--plan", "{root}/rplans/sst2.json", "--out", "{root}/new"],
@@ -318,6 +329,32 @@ def test_a_bad_input_is_one_line_exit_2_before_any_work(ws: dict[str, str], comp
     assert ".tmp" not in lines[0] and "Traceback" not in err
     assert computed == []
     assert _snapshot(root) == before  # nothing changed, nothing created, no temp file left
+
+
+TABLE_CASES = {"--head-granularity kv": "kv heads on a seq2seq model", "--repair-centred": "centred repair on BERT",
+               "--chat-template on": "chat template on a seq2seq model",
+               "--chat-template off": "chat template off a seq2seq model"}
+
+
+@pytest.mark.parametrize("flag", sorted(TABLE_CASES))
+def test_every_row_of_the_model_kind_table_refuses_before_the_weights_load(
+        ws: dict[str, str], flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked on the skeleton built from config.json on the meta device: the weights are never read."""
+    import taskprune.cli.inputs
+
+    def weights(*a: object, **k: object) -> None:
+        raise AssertionError("the weights were loaded before the flag was checked")
+
+    monkeypatch.setattr(taskprune.cli.inputs, "load_model", weights)
+    argv, needle = CASES[TABLE_CASES[flag]]
+    assert main([a.format(**ws) for a in argv]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_the_table_cases_cover_every_row() -> None:
+    from taskprune.applies import TABLE
+
+    assert {row.flag for row in TABLE} == set(TABLE_CASES)
 
 
 def test_the_battery_is_large_enough() -> None:

@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> None:
         return _trials(args, task, rates, config)
     recipe.check(rates)
     fit = inputs.fit_sample(args, task)  # a wrong --data-dir is named before the model loads
-    _, model, tok = inputs.load(args)
-    inputs.check_fit(rates, model)
+    _, model, tok = inputs.load(args, rates)
     eval_set = inputs.eval_examples(args, task) if current().is_main else []  # rank 0 alone evaluates
     placed = args.device_map is not None  # pruned in place: no copy of a model that needs a device map
 
@@ -113,8 +112,7 @@ def _trials(args: argparse.Namespace, task: Task, rates: RateSpec, config: Score
     check_trials(args.method, args.trials, not args.no_eval, args.allocate, args.repair)  # before data and model
     fit = inputs.fit_sample(args, task)
     eval_set = inputs.eval_examples(args, task)
-    _, model, tok = inputs.load(args)
-    inputs.check_fit(rates, model)
+    _, model, tok = inputs.load(args, rates)
     res = compress_trials(model, tok, task, fit, eval_set, rates, method=args.method, trials=args.trials,
                           config=config, seed=args.seed, batch_size=args.batch_size,
                           eval_batch_size=args.eval_batch_size, max_length=args.max_length, progress=tqdm_progress,

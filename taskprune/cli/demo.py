@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> None:
     recipe.check(rates)
     fit = inputs.fit_sample(args, task)  # a wrong --data-dir is named before the model loads
     eval_set = inputs.examples(args, task, "eval")[: args.eval_examples or None]
-    path, model, tok = inputs.load(args)
-    inputs.check_fit(rates, model)
+    path, model, tok = inputs.load(args, rates)
     echo(f"demo: compress {path} for {task.name} from {used(fit, args.samples)} with --method {args.method}, "
          f"{rates.describe(model)}")
     pool = inputs.examples(args, task, "fit") if recipe.uses_calibration else None

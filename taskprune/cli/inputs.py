@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..api import default_data_dir, default_model_dir
-from ..checkpoint import load_model, load_tokenizer
+from ..applies import check_args
+from ..checkpoint import load_model, load_tokenizer, model_skeleton
 from ..errors import TaskpruneError
 from ..lm import use_chat_template
 from ..pruning.rates import RateSpec, check_rates_fit
@@ -32,9 +33,16 @@ def model_path(args: argparse.Namespace) -> str:
     return str(default)
 
 
-def load(args: argparse.Namespace) -> tuple[str, nn.Module, Any]:
-    """(path, model, tokenizer): the model placed by --device-map, or on this rank's device."""
+def load(args: argparse.Namespace, rates: RateSpec | None = None) -> tuple[str, nn.Module, Any]:
+    """(path, model, tokenizer): the model placed by --device-map, or on this rank's device. Before its weights
+    load, the options are checked against its skeleton (:mod:`taskprune.applies`), and ``rates`` against its
+    blocks and groups: ``--depth-rate 50-60=0.2`` on a 6-block model would otherwise prune nothing, silently."""
     path = model_path(args)
+    skeleton = model_skeleton(path)
+    if skeleton is not None:
+        check_args(args, skeleton)
+        if rates is not None:
+            check_rates_fit(rates, skeleton, "--depth-rate")
     name = DTYPES[args.dtype]
     dtype = getattr(torch, name) if name else None
     device_map = getattr(args, "device_map", None)
@@ -68,12 +76,6 @@ def gguf_tokenizer(gguf: Path, tokenizer: str | None, chat_template: str) -> Any
                                  "--tokenizer with the checkpoint folder it was exported from") from None
     use_chat_template(tok, chat_template)
     return tok
-
-
-def check_fit(rates: RateSpec, model: nn.Module) -> None:
-    """Rates that name parts of the model it does not have are refused once the model is loaded (cheap), before
-    scoring: ``--depth-rate 50-60=0.2`` on a 6-block model would otherwise prune nothing, silently."""
-    check_rates_fit(rates, model, "--depth-rate")
 
 
 def data_dir(args: argparse.Namespace) -> str | None:

@@ -115,8 +115,7 @@ def run_plan(args: argparse.Namespace) -> None:
     check_writable(args.out, args.overwrite, folder=False)
     rates = rates_from(args)
     scores, provenance = load_scores_with_provenance(args.scores)
-    _, model, _tok = inputs.load(args)
-    inputs.check_fit(rates, model)
+    _, model, _tok = inputs.load(args, rates)
     try:
         plan = make_plan(model, scores, rates, **provenance)
     except TaskpruneError as err:  # what make_plan refuses is the scores: name their file
