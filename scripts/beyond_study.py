@@ -53,11 +53,15 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+param+repair": ("attribution", "global-param", "ls"),  # taskprune with the per-parameter ranking
     "taskprune+centred": ("taskprune", None, "ls+centred"),  # the default with a bias added and a centred solve
 }
+#: rows written by a peer's own code (benchmarks/peers/), reported beside the variants above
+PEER_ROWS = {"TP-taylor": "Torch-Pruning's TaylorImportance, FFN units only (benchmarks/peers/torch_pruning_peer.py)",
+             "TP-magnitude": "Torch-Pruning's MagnitudeImportance, FFN units only"}
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
                ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
                ("AP+param+repair", "taskprune"), ("taskprune+centred", "taskprune"), ("FLAP", "FLAP-nobias"),
+               ("taskprune", "TP-taylor"), ("taskprune", "TP-magnitude"),
                ("paper-AP", "RP"), ("paper-AP", "FPP"))
 
 
@@ -172,7 +176,7 @@ def report(args: argparse.Namespace) -> None:
                                           "examples)" if dense else ""), ""]
         lines += ["| method | " + " | ".join(str(b) for b in budgets) + " | compress s (mean) |",
                   "|---|" + "---:|" * (len(budgets) + 1)]
-        for v in VARIANTS:
+        for v in [*VARIANTS, *PEER_ROWS]:
             vrows = [r for r in trows if r["variant"] == v]
             if not vrows:
                 continue
