@@ -71,6 +71,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "mismatch.yaml").write_text(TASK.replace("toy", "toy4") + "causal_template: 'review {review}'\n")
 
     bert, bert_tok = make_model("bert2bert"), make_tokenizer("bert2bert")  # consumers with biases
+    from tiny import tiny_causal, tiny_causal_tokenizer
+
+    tiny_causal("llama").save_pretrained(root / "causal")
+    tiny_causal_tokenizer().save_pretrained(root / "causal")
     bert.save_pretrained(root / "bert")
     bert_tok.save_pretrained(root / "bert")
     shutil.copytree(root / "model", root / "badconfig")
@@ -300,6 +304,9 @@ CASES: dict[str, tuple[list[str], str]] = {
                                          "--chat-template on applies to decoder-only LMs"),
     "chat template off a seq2seq model": (["eval", *M, *T, "--chat-template", "off"],
                                           "--chat-template off applies to decoder-only LMs"),
+    "kv heads outside the scope": (["compress", "--model", "{root}/causal", *T, "--head-granularity", "kv",
+                                    "--layer-types", "ffn", "--allocate", "uniform", "--out", "{root}/new"],
+                                   "head granularity kv would change nothing"),
     "task file templates disagree": ([*SERVE, "--task-file", "{root}/mismatch.yaml"],
                                      "both must read the same columns"),
     "prune a repaired plan alone": (["prune", *M, "--plan", "{root}/rplans/sst2.json", "--out", "{root}/new"],

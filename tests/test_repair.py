@@ -369,3 +369,17 @@ def test_masks_refuse_a_repaired_plan() -> None:
     plan.repair = {"mode": "none"}
     with masked(plan, model):
         pass
+
+
+def test_the_library_reads_the_same_table_as_the_cli() -> None:
+    """compress(repair=RepairConfig(centred=True)) on BERT and kv granularity on T5 are refused by the rows of
+    taskprune/applies.py, before any scoring."""
+    from taskprune.pruning.rates import check_rates_fit
+
+    bert, tok = make_model("bert2bert"), make_tokenizer("bert2bert")
+    with pytest.raises(TaskpruneError, match="--repair-centred applies to models whose FFN"):
+        compress(bert, tok, TASK, EXAMPLES[:4], RateSpec(rate=0.5), repair=RepairConfig("ls", centred=True))
+    with pytest.raises(TaskpruneError, match="--head-granularity kv applies to decoder-only LMs"):
+        check_rates_fit(RateSpec(rate=0.5, head_granularity="kv"), make_model("t5-relu"))
+    with pytest.raises(TaskpruneError, match="head granularity kv would change nothing"):
+        check_rates_fit(RateSpec(rate=0.5, head_granularity="kv", layer_types=("ffn",)), tiny_causal("llama"))

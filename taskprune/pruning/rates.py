@@ -183,10 +183,15 @@ def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate")
             f"no group of this {adapter.family} model, whose groups are in modules "
             f"{'+'.join(sorted({g.module for g in groups}))} and layer types "
             f"{'+'.join(sorted({g.layer_type for g in groups}))}")
-    if rates.head_granularity != "query" and not any(g.role == "heads" for g in groups):
-        raise TaskpruneError(f"head granularity {rates.head_granularity} (whole key/value groups) applies to "
-                             "decoder-only LMs with grouped-query attention (Llama, Mistral, Qwen); this "
-                             f"{adapter.family} model's attention has no key/value groups: leave it at query")
+    if rates.head_granularity == "kv":
+        from ..applies import check_applies
+
+        check_applies("--head-granularity kv", model)
+        if not any(g.role == "heads" and g.module in rates.modules and g.layer_type in rates.layer_types
+                   for g in groups):
+            raise TaskpruneError("head granularity kv would change nothing: the pruning scope (layer types "
+                                 f"{'+'.join(rates.layer_types)}) holds no attention heads; add self_attn to "
+                                 "--layer-types or leave the granularity at query")
     depths = [g.depth for g in groups if g.module in rates.modules]
     check_depths(rates.depth_rates, 1 + max(depths, default=-1), what)
     names = {g.name for g in groups}
