@@ -45,7 +45,8 @@ from taskprune.lm import model_kind  # noqa: E402
 from taskprune.lm.batching import batches, length_order  # noqa: E402
 from taskprune.pruning.apply import apply  # noqa: E402
 from taskprune.pruning.plan import make_plan  # noqa: E402
-from taskprune.pruning.rates import RateSpec
+from taskprune.pruning.rates import RateSpec  # noqa: E402
+from taskprune.scoring import ScoreConfig  # noqa: E402
 from taskprune.tasks import Example, get_task, load_examples, sample_k_shot  # noqa: E402
 
 FALLBACK = ["a gripping, beautifully acted film", "dull and lifeless", "the plot makes no sense at all",
@@ -100,7 +101,7 @@ def memory_probe(args: argparse.Namespace) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
     base = _rss_kb("VmRSS")
     if args.memory_probe == "score":
-        score(model, tok, task, examples, batch_size=args.batch_size)
+        score(model, tok, task, examples, batch_size=args.batch_size, config=ScoreConfig(checkpoint=args.checkpoint))
     else:
         with torch.no_grad():
             for b in job.batches:
@@ -110,7 +111,7 @@ def memory_probe(args: argparse.Namespace) -> None:
 
 def _probe(args: argparse.Namespace, kind: str) -> dict:
     cmd = [sys.executable, __file__, "--memory-probe", kind, "--model", args.model, "--task", args.task,
-           "--examples", str(args.examples), "--batch-size", str(args.batch_size)]
+           "--examples", str(args.examples), "--batch-size", str(args.batch_size)] + (["--checkpoint"] if args.checkpoint else [])
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
@@ -124,7 +125,8 @@ def part_a(args: argparse.Namespace, model: torch.nn.Module, tok, task) -> None:
     examples = _examples(args.task, args.data_dir, "fit", args.examples)
     job = scoring_job(model, tok, task, examples, batch_size=args.batch_size)
     batch_list = list(job.batches)
-    t_score = _median(lambda: score(model, tok, task, examples, batch_size=args.batch_size), args.repeats)
+    cfg = ScoreConfig(checkpoint=args.checkpoint)
+    t_score = _median(lambda: score(model, tok, task, examples, batch_size=args.batch_size, config=cfg), args.repeats)
     with torch.enable_grad():
         t_bare = _median(lambda: bare_forward_backward(model, batch_list, job.labels), args.repeats)
     mem_s, mem_i = _probe(args, "score"), _probe(args, "infer")
@@ -254,6 +256,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["a", "b", "c"], nargs="+", default=["a", "b", "c"])
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per call in part b2 (causal LMs)")
     ap.add_argument("--default-malloc", action="store_true", help="time with the allocator as configured")
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="part a: score with activation checkpointing (ScoreConfig.checkpoint: blocks recomputed in "
+                         "the backward pass; less memory, more time)")
     ap.add_argument("--memory-probe", choices=["score", "infer"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.data_dir = args.data_dir if args.data_dir and Path(args.data_dir).is_dir() else None

@@ -219,3 +219,33 @@ def test_compress_scores_only_the_pruned_groups_and_skips_the_encoder_backward(m
     for name, s in result.scores.items():
         torch.testing.assert_close(s, full[name], rtol=1e-5, atol=1e-7)
     assert compress(model, tok, task, examples, RateSpec(rate=0.0), method=method).scores == {}
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama", "qwen3"])
+@pytest.mark.parametrize("method", ["attribution", "attribution-unsupervised", "fisher"])
+def test_activation_checkpointing_changes_no_score(family: str, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ScoreConfig.checkpoint recomputes every block in the backward pass: the scores equal the plain path's
+    (within 1e-6 relative), and the blocks really are checkpointed (torch.utils.checkpoint runs once per block
+    and batch)."""
+    import torch.utils.checkpoint as ckpt
+    from tiny import tiny_causal, tiny_causal_tokenizer
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from taskprune.api import scoring_job
+
+    if family in ("llama", "qwen3"):
+        model, tok = tiny_causal(family, layers=3), tiny_causal_tokenizer()
+    else:
+        model, tok = make_model(family), make_tokenizer(family)
+    task = Task("toy", "{text}", ("negative", "positive"), ("0", "1"), causal_template="review {text} Answer:")
+    exs = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(
+        ["good movie", "the film was very bad", "a great film", "awful", "it is good", "bad and awful"])]
+    plain = get_scorer(method)(scoring_job(model, tok, task, exs, batch_size=3))
+    calls = []
+    real = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = get_scorer(method)(scoring_job(model, tok, task, exs, config=ScoreConfig(checkpoint=True), batch_size=3))
+    blocks = sum(isinstance(m, GradientCheckpointingLayer) for m in model.modules())
+    assert blocks > 0 and len(calls) >= 2 * blocks
+    for name, s in plain.items():
+        torch.testing.assert_close(again[name], s, rtol=1e-6, atol=1e-6 * float(s.abs().max()))

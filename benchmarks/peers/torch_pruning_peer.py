@@ -1,5 +1,5 @@
-"""A peer run by its own code: Torch-Pruning (VainF, `pip install torch-pruning`, tested with 1.6.1) prunes a
-decoder-only LM through its own API, and taskprune's evaluation scores the result on the same eval examples,
+"""A peer run by its own code: Torch-Pruning (VainF; `pip install -e ".[peers]"` installs 1.6.1, the version
+tested) prunes a decoder-only LM through its own API, and taskprune's evaluation scores the result on the same eval examples,
 writing rows in scripts/beyond_study.py's format (per-example outcomes), so its report pairs them with every
 taskprune row of the same budget.
 

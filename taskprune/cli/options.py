@@ -120,6 +120,9 @@ def add_scoring(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
                    help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="examples per forward/backward pass (default 8)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="gradient-based scores: keep only each block's input in the forward pass and recompute the "
+                        "block in the backward one (less memory, about one more forward; the same scores)")
     d = SMPConfig()
     g = p.add_argument_group("SMP (--method smp / smp-unstructured): masks learnt with the weights frozen")
     g.add_argument("--smp-steps", type=POSITIVE_INT, default=d.steps, help="optimisation steps (default %(default)s)")
@@ -139,7 +142,8 @@ def add_scoring(p: argparse.ArgumentParser, command: str) -> None:
 def score_config(args: argparse.Namespace) -> ScoreConfig:
     smp = SMPConfig(steps=args.smp_steps, lr=args.smp_lr, schedule=args.smp_schedule, warmup=args.smp_warmup,
                     cooldown=args.smp_cooldown, distill=args.smp_distill, temperature=args.smp_temperature)
-    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg, seed=args.trial_seed, smp=smp)
+    return ScoreConfig(example_agg=args.example_agg, position_agg=args.position_agg, seed=args.trial_seed, smp=smp,
+                       checkpoint=args.activation_checkpointing)
 
 
 def add_recipe(p: argparse.ArgumentParser) -> None:

@@ -70,6 +70,7 @@ class ScoreConfig:
     units that separate the classes), ``signed`` is eq. 6 read literally, ``abs_sum`` is |signed sum|.
     ``position_agg``: ``sum`` sums h*grad over positions before taking a sign-free aggregate,
     ``abs`` sums |h*grad| per position. ``seed`` draws the trial of the random baselines.
+    ``checkpoint`` trades time for memory in the backward passes (:func:`taskprune.scoring.hooks.checkpointed`).
     ``target_rates`` (a :class:`~taskprune.pruning.plan.RateSpec` as a dict) is for methods that learn masks for a
     given rate (SMP); :func:`taskprune.api.compress` fills it in.
     """
@@ -77,6 +78,9 @@ class ScoreConfig:
     example_agg: Literal["abs", "signed", "abs_sum"] = "abs"
     position_agg: Literal["sum", "abs"] = "sum"
     seed: int = 0  # trial seed of the random methods (random, random-attribution) and of SMP's batch order
+    #: recompute each block's activations in the backward pass instead of keeping them (activation checkpointing:
+    #: less memory, one more forward per block); scores are unchanged
+    checkpoint: bool = False
     smp: SMPConfig = field(default_factory=SMPConfig)
     target_rates: dict[str, Any] | None = None
 

@@ -29,13 +29,22 @@ class ActivationRecorder:
         # one slot per site of each group (site order of Adapter.sites), filled by the last forward pass
         self.captured: dict[str, list[torch.Tensor | None]] = {g.name: [None] * len(adapter.sites(g)) for g in groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.frozen = False
 
     def clear(self) -> None:
         for tensors in self.captured.values():
             tensors[:] = [None] * len(tensors)
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Keep what the forward pass captured: a checkpointed block's recomputation in the backward pass runs
+        the same hooks again, and its tensors (outside the graph) must neither replace nor add to these."""
+        self.frozen = True
 
     def flat(self) -> tuple[list[str], list[torch.Tensor]]:
-        """(group name per tensor, tensors) in one list, for ``torch.autograd.grad``."""
+        """(group name per tensor, tensors) in one list, for ``torch.autograd.grad`` (the recorder is frozen
+        from here until :meth:`clear`: see :meth:`freeze`)."""
+        self.freeze()
         names, tensors = [], []
         for name, ts in self.captured.items():
             for t in ts:
@@ -56,7 +65,8 @@ class ActivationRecorder:
         slots = self.captured[name]
 
         def store(t: torch.Tensor) -> None:
-            slots[index] = t
+            if not self.frozen:
+                slots[index] = t
 
         return store
 
@@ -77,6 +87,33 @@ class ActivationRecorder:
 
 def _require_grad(_m: nn.Module, _i: tuple, output: torch.Tensor) -> torch.Tensor:
     return output.detach().requires_grad_(True)
+
+
+@contextmanager
+def checkpointed(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Activation checkpointing of every transformer block for the duration of the block: each block's forward
+    keeps only its inputs, and the backward pass recomputes the rest (torch.utils.checkpoint, non-reentrant, so
+    gradients with respect to the recorded activations inside a block are still defined). Blocks are
+    transformers' GradientCheckpointingLayer instances (Llama, Mistral, Qwen, T5 and BERT layers)."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
+
+    def wrap(forward):  # noqa: ANN001, ANN202
+        def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    for block in blocks:
+        block.forward = wrap(block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the instance attribute: the class's forward again
 
 
 @contextmanager
@@ -116,7 +153,7 @@ def run_scoring(
     scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
     mine = job.my_batches()
     with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec, \
-            offloaded_weights_refetched(job.model):
+            checkpointed(job.model, grad and job.config.checkpoint), offloaded_weights_refetched(job.model):
         for i in job.progress(mine, desc, len(mine)):
             per_batch(rec, job.batches[i].to(device), scores)
             rec.clear()
