@@ -127,7 +127,7 @@ def _repair_config(repair: str | None) -> RepairConfig | None:
 
 def _repairs(variant: str) -> bool:
     """Whether the variant repairs, i.e. depends on the calibration inputs (the dense model does not)."""
-    return variant != "dense" and resolve_method(*VARIANTS[variant])[2] != "none"
+    return variant in VARIANTS and resolve_method(*VARIANTS[variant])[2] != "none"  # dense and peers' rows: no
 
 
 def _calibration_suffix(n: int, variant: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .applies import check_applies
 from .catalogue import DEFAULT_METHOD, get_method
 from .checkpoint import save_pruned
 from .errors import TaskpruneError
@@ -32,11 +33,10 @@ from .models import get_adapter
 from .pruning.allocate import global_rates, removed_fraction, search_rates
 from .pruning.apply import apply
 from .pruning.plan import PruningPlan, make_plan
-from .applies import check_applies
 from .pruning.rates import RateSpec, check_rates_fit
 from .pruning.repair import RepairConfig
-from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
 from .pruning.repair import repair as repair_model
+from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
 from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_trials, resolve_method
 from .runtime.distributed import SINGLE, Shard
 from .runtime.placement import is_dispatched
