@@ -86,8 +86,11 @@ def run(args: argparse.Namespace) -> None:
             continue
         if task_name not in cache:
             task = tp.get_task(task_name)
-            ev = tp.load_examples(task, "eval", args.data_dir)[: args.eval_examples or None]
-            cache[task_name] = (task, tp.load_examples(task, "fit", args.data_dir), ev, eval_set_id(ev))
+            fit_pool = tp.load_examples(task, "fit", args.data_dir)
+            dev = tp.load_examples(task, "eval", args.data_dir)
+            ev = (validation_examples(fit_pool, dev, args.validation_size, args.samples, args.calibration)
+                  if args.eval_split == "validation" else dev)[: args.eval_examples or None]
+            cache[task_name] = (task, fit_pool, ev, eval_set_id(ev))
         task, fit_all, ev, ev_id = cache[task_name]
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
@@ -110,10 +113,31 @@ def run(args: argparse.Namespace) -> None:
                "metrics": {k: round(v, 2) for k, v in ev_res.metrics.items()}, "n_eval": len(ev),
                "outcomes": pack_outcomes(correct, ev_id), "compress_seconds": round(seconds, 2),
                "prunable": params["prunable"], "total": params["total"], "model": args.model, "machine": platform.machine(),
-               "threads": torch.get_num_threads(), "calibration": args.calibration, **info}
+               "threads": torch.get_num_threads(), "calibration": args.calibration, "eval_split": args.eval_split,
+               **info}
         with args.out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{rid}: {row['metrics']} ({seconds:.1f} s)", flush=True)
+
+
+#: sample seeds whose fit and calibration examples a validation split never holds (the reported studies' seeds)
+VALIDATION_EXCLUDES_SEEDS = (0, 1, 2)
+#: a validation example has at least this many words: SST-2's train split holds every sub-sentence phrase of its
+#: parse trees, its dev split whole sentences (median ~19 words); short phrases would validate another task
+VALIDATION_MIN_WORDS = 10
+
+
+def validation_examples(pool: list, dev: list, n: int, samples: int, calibration: int) -> list:
+    """``n`` class-balanced examples of the fit split, for CHOOSING a recipe without looking at the reported dev
+    split: none is a fit or calibration example of seeds 0-2 (at these sizes) or a dev text, and each has at least
+    ``VALIDATION_MIN_WORDS`` words where that leaves enough (seeded, so every run validates on the same set)."""
+    used = {(e.text, e.prompt) for e in dev}
+    for seed in VALIDATION_EXCLUDES_SEEDS:
+        fit = tp.sample_k_shot(pool, samples, seed=seed)
+        used |= {(e.text, e.prompt) for e in calibration_examples(pool, fit, calibration, seed)}
+    rest = [e for e in pool if (e.text, e.prompt) not in used]
+    long = [e for e in rest if len(e.text.split()) >= VALIDATION_MIN_WORDS]
+    return tp.sample_k_shot(long if len(long) >= 2 * n else rest, n, seed=10_007)
 
 
 def _repair_config(repair: str | None) -> RepairConfig | None:
@@ -323,6 +347,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--calibration", type=POSITIVE_INT, default=DEFAULT_CALIBRATION)
     ap.add_argument("--eval-examples", type=int, default=0, help="cap on eval examples (0: the whole split)")
+    ap.add_argument("--eval-split", choices=["dev", "validation"], default="dev",
+                    help="dev: the reported split; validation: examples of the fit split held out from every seed's "
+                         "fit and calibration examples, to choose a recipe on (keep its rows in their own --out)")
+    ap.add_argument("--validation-size", type=POSITIVE_INT, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/beyond/results.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="write TABLES.md and the plot here from --out's rows")

@@ -224,7 +224,8 @@ def test_compress_scores_only_the_pruned_groups_and_skips_the_encoder_backward(m
 @pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama", "qwen3"])
 @pytest.mark.parametrize("method", ["attribution", "attribution-unsupervised", "fisher"])
 def test_activation_checkpointing_changes_no_score(family: str, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ScoreConfig.checkpoint recomputes every block in the backward pass: the scores equal the plain path's
+    """ScoreConfig.checkpoint (the default) recomputes every block in the backward pass: the scores equal the
+    plain path's
     (within 1e-6 relative), and the blocks really are checkpointed (torch.utils.checkpoint runs once per block
     and batch)."""
     import torch.utils.checkpoint as ckpt
@@ -240,7 +241,7 @@ def test_activation_checkpointing_changes_no_score(family: str, method: str, mon
     task = Task("toy", "{text}", ("negative", "positive"), ("0", "1"), causal_template="review {text} Answer:")
     exs = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(
         ["good movie", "the film was very bad", "a great film", "awful", "it is good", "bad and awful"])]
-    plain = get_scorer(method)(scoring_job(model, tok, task, exs, batch_size=3))
+    plain = get_scorer(method)(scoring_job(model, tok, task, exs, config=ScoreConfig(checkpoint=False), batch_size=3))
     calls = []
     real = ckpt.checkpoint
     monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -249,3 +250,44 @@ def test_activation_checkpointing_changes_no_score(family: str, method: str, mon
     assert blocks > 0 and len(calls) >= 2 * blocks
     for name, s in plain.items():
         torch.testing.assert_close(again[name], s, rtol=1e-6, atol=1e-6 * float(s.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama", "qwen3"])
+@pytest.mark.parametrize("method", ["attribution", "fisher"])
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_gates_give_the_scores_of_captured_activations(family: str, method: str, checkpoint: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores that sum h * grad over positions take the gradient of a gate of ones per example and unit instead of
+    capturing every activation and its gradient: the same scores within 1e-6 relative (with and without
+    checkpointing), and the gated path really holds gates ([B, 1, ..., units]), not activations."""
+    from tiny import tiny_causal, tiny_causal_tokenizer
+
+    import taskprune.scoring.attribution as attribution
+    import taskprune.scoring.hooks as hooks
+    from taskprune.api import scoring_job
+
+    if family in ("llama", "qwen3"):
+        model, tok = tiny_causal(family, layers=3), tiny_causal_tokenizer()
+    else:
+        model, tok = make_model(family), make_tokenizer(family)
+    task = Task("toy", "{text}", ("negative", "positive"), ("0", "1"), causal_template="review {text} Answer:")
+    exs = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(
+        ["good movie", "the film was very bad", "a great film", "awful", "it is good", "bad and awful"])]
+    config = ScoreConfig(checkpoint=checkpoint)
+    shapes: list[tuple[int, ...]] = []
+    real_flat = hooks.ActivationRecorder.flat
+
+    def flat(self):  # noqa: ANN001, ANN202
+        names, tensors = real_flat(self)
+        shapes.extend(tuple(t.shape) for t in tensors if self.gated)
+        return names, tensors
+
+    monkeypatch.setattr(hooks.ActivationRecorder, "flat", flat)
+    gated = get_scorer(method)(scoring_job(model, tok, task, exs, config=config, batch_size=3))
+    assert shapes and all(s[0] == 3 and all(d == 1 for d in s[1:-1]) for s in shapes)
+    monkeypatch.setattr(attribution, "_gated", lambda _agg: False)
+    shapes.clear()
+    captured = get_scorer(method)(scoring_job(model, tok, task, exs, config=config, batch_size=3))
+    assert not shapes and sum(bool(s.abs().max() > 0) for s in captured.values()) >= len(captured) // 2
+    for name, s in captured.items():
+        torch.testing.assert_close(gated[name], s, rtol=1e-6, atol=1e-6 * float(s.abs().max()))

@@ -120,9 +120,10 @@ def add_scoring(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--position-agg", default="sum", choices=["sum", "abs"],
                    help="over positions: sum h*grad (sum, default) or sum |h*grad| (abs)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="examples per forward/backward pass (default 8)")
-    p.add_argument("--activation-checkpointing", action="store_true",
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient-based scores: keep only each block's input in the forward pass and recompute the "
-                        "block in the backward one (less memory, about one more forward; the same scores)")
+                        "block in the backward one (default: on; scoring's peak memory ~1.4 x inference's instead of "
+                        "~2.7 x on SmolLM2 at batch 16, for 10-30 %% more time; the same scores)")
     d = SMPConfig()
     g = p.add_argument_group("SMP (--method smp / smp-unstructured): masks learnt with the weights frozen")
     g.add_argument("--smp-steps", type=POSITIVE_INT, default=d.steps, help="optimisation steps (default %(default)s)")

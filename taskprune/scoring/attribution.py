@@ -36,6 +36,12 @@ def _per_example(h: torch.Tensor, g: torch.Tensor | None, position_agg: str) -> 
     return (hg if position_agg == "sum" else hg.abs()).sum(1)
 
 
+def _gated(position_agg: str) -> bool:
+    """Whether gates can stand for the activations: only a sum over positions is a gate's gradient (``abs`` needs
+    every position's h * grad)."""
+    return position_agg == "sum"
+
+
 @register_scorer("attribution", help="attribution (supervised, eqs. 4-6: the paper's method)", group_local=True,
                  order=10)
 def supervised_attribution(job: ScoringJob) -> Scores:
@@ -53,7 +59,7 @@ def supervised_attribution(job: ScoringJob) -> Scores:
         for name, a in per_example.items():  # .to(): with a device map, layers run on several devices
             scores[name] += (a.abs() if config.example_agg == "abs" else a).sum(0).to(scores[name].device)
 
-    scores = run_scoring(job, "attribution", per_batch)
+    scores = run_scoring(job, "attribution", per_batch, gated=_gated(config.position_agg))
     return {k: v.abs() for k, v in scores.items()} if config.example_agg == "abs_sum" else scores
 
 
@@ -77,7 +83,7 @@ def fisher(job: ScoringJob) -> Scores:
         for name, a in per_example.items():
             scores[name] += a.pow(2).sum(0).to(scores[name].device)
 
-    return run_scoring(job, "fisher", per_batch)
+    return run_scoring(job, "fisher", per_batch, gated=_gated("sum"))
 
 
 #: Kwon et al. 2022 as a recipe of this engine's parts: Fisher scores, one global ranking, per-unit rescaling

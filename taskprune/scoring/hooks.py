@@ -20,12 +20,21 @@ from .base import Scores, ScoringJob
 
 
 class ActivationRecorder:
-    """Holds, per group, the activation tensors (one per site) of the last forward pass."""
+    """Holds, per group, the activation tensors (one per site) of the last forward pass.
 
-    def __init__(self, adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) -> None:
+    ``gated``: instead of each activation ``h``, hold a gate of ones ``[B, 1, ..., units]`` that the site's
+    activation is multiplied by (``h * gate``, the same values). The gradient with respect to the gate is the
+    per-example sum over positions of ``h * dL/dh``, which is what attribution with ``position_agg="sum"`` needs:
+    the backward pass then returns ``[B, units]`` per site instead of an activation-sized gradient, and nothing
+    outside the graph keeps the activations (a checkpointed block frees them). ``_per_example(gate, grad)`` reads
+    the same as ``_per_example(h, grad)``, so scorers do not change.
+    """
+
+    def __init__(self, adapter: Adapter, groups: list[NeuronGroup], grad: bool = True, gated: bool = False) -> None:
         self.adapter = adapter
         self.groups = groups
         self.grad = grad
+        self.gated = gated and grad
         # one slot per site of each group (site order of Adapter.sites), filled by the last forward pass
         self.captured: dict[str, list[torch.Tensor | None]] = {g.name: [None] * len(adapter.sites(g)) for g in groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -64,15 +73,23 @@ class ActivationRecorder:
     def _store(self, name: str, index: int):  # noqa: ANN202
         slots = self.captured[name]
 
-        def store(t: torch.Tensor) -> None:
-            if not self.frozen:
-                slots[index] = t
+        def store(t: torch.Tensor) -> torch.Tensor | None:
+            if not self.gated:
+                if not self.frozen:
+                    slots[index] = t
+                return None
+            if not self.frozen:  # a checkpointed block's recomputation multiplies by the same gate again
+                shape = (t.shape[0], *([1] * (t.dim() - 2)), t.shape[-1])
+                slots[index] = torch.ones(shape, dtype=t.dtype, device=t.device, requires_grad=True)
+            gate = slots[index]
+            return t if gate is None else t * gate
 
         return store
 
     def attach(self) -> None:
         model = self.adapter.model
-        for emb in model_kind(model).input_embeddings(model) if self.grad else ():
+        # gates start the graph themselves; captured activations need it rooted below them
+        for emb in model_kind(model).input_embeddings(model) if self.grad and not self.gated else ():
             self._handles.append(emb.register_forward_hook(_require_grad))
         for g in self.groups:
             for index, site in enumerate(self.adapter.sites(g)):
@@ -107,22 +124,29 @@ def checkpointed(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             return checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return run
 
+    # accelerate's offload hooks are themselves an instance attribute ``forward``: put back what was there
+    own = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
         block.forward = wrap(block.forward)
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward  # the instance attribute: the class's forward again
+        for block, forward in zip(blocks, own):
+            if forward is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = forward
 
 
 @contextmanager
-def recording(adapter: Adapter, groups: list[NeuronGroup], grad: bool = True) -> Iterator[ActivationRecorder]:
-    """Eval mode, frozen parameters and activation hooks for the duration of the block; all restored."""
+def recording(adapter: Adapter, groups: list[NeuronGroup], grad: bool = True,
+              gated: bool = False) -> Iterator[ActivationRecorder]:
+    """Eval mode, frozen parameters and activation hooks (or gates: :class:`ActivationRecorder`) for the duration
+    of the block; all restored."""
     model = adapter.model
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    recorder = ActivationRecorder(adapter, groups, grad)
+    recorder = ActivationRecorder(adapter, groups, grad, gated)
     try:
         model.eval()
         for p, _ in flags:
@@ -141,19 +165,27 @@ def run_scoring(
     desc: str,
     per_batch: Callable[[ActivationRecorder, Batch, Scores], None],
     grad: bool = True,
+    gated: bool = False,
 ) -> Scores:
     """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores.
 
+    ``gated``: the recorder holds gates, not activations (for scores that sum h * grad over positions).
+    ``job.config.checkpoint`` recomputes blocks in the backward pass, except in a model with offloaded weights.
+
     Only this process's batches are scored (all of them in one process; see :attr:`ScoringJob.shard`).
     """
-    from ..runtime.placement import execution_device, offloaded_weights_refetched
+    from ..runtime.placement import execution_device, has_offloaded, offloaded_weights_refetched
 
     adapter = get_adapter(job.model)
     device = execution_device(job.model)
+    # offloaded weights already bound the memory, and recomputing a block would read them from disk once more
+    # (the refetching below and checkpointing both hook the saved tensors): no recomputation there
+    offloaded = has_offloaded(job.model)
     scores: Scores = {g.name: torch.zeros(g.size, device=device) for g in job.groups}
     mine = job.my_batches()
-    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad) as rec, \
-            checkpointed(job.model, grad and job.config.checkpoint), offloaded_weights_refetched(job.model):
+    with torch.set_grad_enabled(grad), recording(adapter, job.groups, grad, gated) as rec, \
+            checkpointed(job.model, grad and job.config.checkpoint and not offloaded), \
+            offloaded_weights_refetched(job.model):
         for i in job.progress(mine, desc, len(mine)):
             per_batch(rec, job.batches[i].to(device), scores)
             rec.clear()
