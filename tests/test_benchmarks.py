@@ -65,3 +65,30 @@ def test_bench_runs_on_a_decoder_only_model(tmp_path: Path) -> None:
     for needle in ("throughput ratio", "| ffn | 0.3 | 16 |", "| heads+ffn | 0.5 | 1 |", "## b2. Greedy generation",
                    "| heads+ffn | 0.5 |", "## c. compress"):
         assert needle in out
+
+
+def test_scale_runs_resumes_and_reports(tmp_path: Path) -> None:
+    """benchmarks/scale.py on its smoke shape: a row per size with every measure, a second run adds nothing (it
+    resumes), the report writes the table, the log-log slopes and the plot."""
+    import json
+
+    pytest.importorskip("matplotlib")
+    from tiny import tiny_causal_tokenizer
+
+    tiny_causal_tokenizer().save_pretrained(tmp_path / "tok")
+    out = tmp_path / "scale" / "results.jsonl"
+    args = ("benchmarks/scale.py", "--sizes", "tiny", "--tokenizer", str(tmp_path / "tok"), "--data-dir",
+            str(tmp_path / "none"), "--examples", "4", "--calibration", "6", "--pairs", "2", "--new-tokens", "3",
+            "--threads", "1", "--out", str(out))
+    _run(*args)
+    _run(*args)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["pruned_params"] < rows[0]["params"]
+    for key in ("scoring_s", "bare_s", "bare_recompute_s", "compress_s", "score_peak_kb", "infer_peak_kb",
+                "compress_peak_kb", "speedup_b1", "speedup_b16", "gen_tokens_s"):
+        assert key in rows[0]
+    second = dict(rows[0], size="tiny", params=rows[0]["params"] * 4, scoring_s=rows[0]["scoring_s"] * 4 + 1e-3)
+    out.write_text(out.read_text() + json.dumps(second) + "\n")
+    text = _run("benchmarks/scale.py", "--report", str(tmp_path / "scale"), "--out", str(out), "--include-tiny")
+    assert "log-log slope of scoring s" in text and (tmp_path / "scale" / "scale.png").stat().st_size > 0
+    assert "(NOT measured)" in text

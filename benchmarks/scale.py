@@ -1,0 +1,305 @@
+"""How taskprune's cost grows with model size: random-weight decoder-only LMs of published shapes, 135M to 3B.
+
+    python benchmarks/scale.py [--sizes smollm2-135m smollm2-360m ...] [--out benchmarks/scale/results.jsonl]
+    python benchmarks/scale.py --report benchmarks/scale            # table, log-log fit and plot from the rows
+
+Nothing is downloaded: each shape is written below from its published config (hidden size, layers, query heads, KV
+heads, FFN width, vocabulary, tied embeddings) and built with random weights (transformers' own initialisation,
+seeded), float32 where the size allows, bfloat16 above ``--bf16-above`` parameters (said per row). Costs of
+attribution scoring and pruning depend on the shapes, not on the weights' values; accuracy is not measured here.
+Scoring reads ``--examples`` real SST-2 fit-split sentences (../shared/data; a built-in fallback without it),
+tokenised by SmolLM2's tokenizer (every id is < 49,152, valid in each vocabulary).
+
+Per size, in one run (three fresh processes: the two memory probes, then the timings):
+- scoring time (the default ScoreConfig: gates + activation checkpointing) and the bare forward+backward of the
+  same batches, plain and recomputing its blocks as scoring does; their ratios;
+- compress wall time of the default recipe at ``--budget`` (attribution, global-raw allocation, least-squares repair
+  on 128 calibration inputs), its scoring part and the rest (allocation + repair), and its peak RSS;
+- peak RSS of scoring and of inference over the same batches (VmHWM reset after loading);
+- pruned vs dense forward latency at batch 1 and 16 and greedy generation tokens/s at batch 1 (KV cache), in
+  adjacent, order-alternating pairs (ratios are medians of per-pair ratios).
+Rows are appended to ``--out`` as they finish (a killed run resumes at the next size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _examples, _rss_kb, bare_forward_backward  # noqa: E402
+
+import taskprune as tp  # noqa: E402
+from taskprune.api import scoring_job  # noqa: E402
+from taskprune.evaluate import rank_scores  # noqa: E402
+from taskprune.recipe import DEFAULT_CALIBRATION, calibration_examples  # noqa: E402
+from taskprune.runtime.timing import paired_seconds, timed  # noqa: E402
+from taskprune.scoring.hooks import checkpointed  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A published decoder-only configuration (transformers' config names in :meth:`config`)."""
+
+    family: str  # transformers model_type
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    tied: bool = True
+    rope_theta: float = 10000.0
+
+    def config(self):  # noqa: ANN201
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(
+            self.family, hidden_size=self.hidden, num_hidden_layers=self.layers, num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads, intermediate_size=self.ffn, vocab_size=self.vocab,
+            tie_word_embeddings=self.tied, rope_theta=self.rope_theta, max_position_embeddings=2048,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+#: from the models' published config.json files (SmolLM2: HuggingFaceTB; Qwen2.5: Qwen; Llama 3.2: meta-llama);
+#: every one ties its input and output embeddings
+SHAPES: dict[str, Shape] = {
+    "smollm2-135m": Shape("llama", 576, 30, 9, 3, 1536, 49152, rope_theta=100000.0),
+    "smollm2-360m": Shape("llama", 960, 32, 15, 5, 2560, 49152, rope_theta=100000.0),
+    "qwen2.5-0.5b": Shape("qwen2", 896, 24, 14, 2, 4864, 151936, rope_theta=1000000.0),
+    "llama-3.2-1b": Shape("llama", 2048, 16, 32, 8, 8192, 128256, rope_theta=500000.0),
+    "qwen2.5-1.5b": Shape("qwen2", 1536, 28, 12, 2, 8960, 151936, rope_theta=1000000.0),
+    "llama-3.2-3b": Shape("llama", 3072, 28, 24, 8, 8192, 128256, rope_theta=500000.0),
+    "tiny": Shape("llama", 32, 2, 4, 2, 48, 49152),  # the tests' smoke shape (not reported)
+}
+
+
+def build(shape: Shape, bf16_above: float) -> tuple[torch.nn.Module, str]:
+    """The random-weight model (seeded) and its dtype's name."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(shape.config()).parameters())
+    dtype = torch.bfloat16 if n > bf16_above else torch.float32
+    model = AutoModelForCausalLM.from_config(shape.config(), dtype=dtype).eval()
+    return model, str(dtype).removeprefix("torch.")
+
+
+def _inputs(args: argparse.Namespace) -> tuple:
+    tok = tp.load_tokenizer(args.tokenizer)
+    task = tp.get_task("sst2")
+    data = args.data_dir if args.data_dir and Path(args.data_dir).exists() else None
+    fit = _examples("sst2", data, "fit", args.examples)
+    pool = tp.load_examples(task, "fit", data) if data else fit
+    return tok, task, fit, calibration_examples(pool, fit, args.calibration, 0)
+
+
+def probe(args: argparse.Namespace) -> dict:
+    """Child: peak RSS of scoring or of inference over the scoring batches (VmHWM reset after loading)."""
+    model, _ = build(SHAPES[args.child], args.bf16_above)
+    tok, task, fit, _ = _inputs(args)
+    job = scoring_job(model, tok, task, fit, batch_size=args.batch_size)
+    with torch.no_grad():
+        rank_scores(model, next(iter(job.batches)), job.labels)  # allocator warm
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kb("VmRSS")
+    if args.probe == "score":
+        tp.score(model, tok, task, fit, batch_size=args.batch_size)
+    else:
+        with torch.no_grad():
+            for b in job.batches:
+                rank_scores(model, b, job.labels)
+    return {"base_kb": base, "peak_kb": _rss_kb("VmHWM")}
+
+
+def main_child(args: argparse.Namespace) -> dict:
+    """Child: the timings (scoring, bare passes, compress, latency pairs, generation)."""
+    model, dtype = build(SHAPES[args.child], args.bf16_above)
+    tok, task, fit, calib = _inputs(args)
+    job = scoring_job(model, tok, task, fit, batch_size=args.batch_size)
+    batches = list(job.batches)
+    row: dict = {"dtype": dtype, "params": sum(p.numel() for p in model.parameters())}
+    row["scoring_s"] = timed(lambda: tp.score(model, tok, task, fit, batch_size=args.batch_size))()
+    with torch.enable_grad():
+        row["bare_s"] = timed(lambda: bare_forward_backward(model, batches, job.labels))()
+        with checkpointed(model):
+            row["bare_recompute_s"] = timed(lambda: bare_forward_backward(model, batches, job.labels))()
+    Path("/proc/self/clear_refs").write_text("5")
+    t0 = time.perf_counter()
+    res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
+                      batch_size=args.batch_size)
+    row["compress_s"] = time.perf_counter() - t0
+    row["compress_scoring_s"] = res.scoring_seconds
+    row["compress_peak_kb"] = _rss_kb("VmHWM")
+    pruned = res.model
+    row["pruned_params"] = sum(p.numel() for p in pruned.parameters())
+    enc = tok([e.prompt or e.text for e in fit], return_tensors="pt", padding=True)
+    for bs in (1, 16):
+        reps = -(-bs // len(fit))
+        ids = enc.input_ids.repeat(reps, 1)[:bs]
+        mask = enc.attention_mask.repeat(reps, 1)[:bs]
+
+        def fwd(m: torch.nn.Module, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
+            with torch.no_grad():
+                m(input_ids=ids, attention_mask=mask, use_cache=False)
+
+        d, p = paired_seconds(lambda: fwd(model), lambda: fwd(pruned), args.pairs)
+        row[f"latency_b{bs}_ms"] = [1e3 * statistics.median(d), 1e3 * statistics.median(p)]
+        row[f"speedup_b{bs}"] = statistics.median(a / b for a, b in zip(d, p))
+    ids, mask = enc.input_ids[:1], enc.attention_mask[:1]
+
+    def gen(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
+                       min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+    d, p = paired_seconds(lambda: gen(model), lambda: gen(pruned), args.pairs)
+    row["gen_tokens_s"] = [args.new_tokens / statistics.median(d), args.new_tokens / statistics.median(p)]
+    row["gen_speedup"] = statistics.median(a / b for a, b in zip(d, p))
+    return row
+
+
+def _child(args: argparse.Namespace, name: str, what: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--probe", what, "--tokenizer", args.tokenizer,
+           "--examples", str(args.examples), "--calibration", str(args.calibration), "--budget", str(args.budget),
+           "--batch-size", str(args.batch_size), "--pairs", str(args.pairs), "--new-tokens", str(args.new_tokens),
+           "--bf16-above", str(args.bf16_above), "--threads", str(args.threads)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    if out.returncode != 0:
+        raise SystemExit(f"scale.py: {name} {what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(x)["size"] for x in args.out.read_text().splitlines() if x.strip()} if args.out.exists() else set()
+    for name in args.sizes:
+        if name in done:
+            continue
+        t0 = time.perf_counter()
+        infer, score = _child(args, name, "infer"), _child(args, name, "score")
+        row = {"size": name, **asdict(SHAPES[name]), **_child(args, name, "main"),
+               "infer_peak_kb": infer["peak_kb"], "score_peak_kb": score["peak_kb"],
+               "infer_base_kb": infer["base_kb"], "score_base_kb": score["base_kb"],
+               "examples": args.examples, "calibration": args.calibration, "budget": args.budget,
+               "batch_size": args.batch_size, "threads": args.threads, "machine": platform.machine(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "run_s": 0.0}
+        row["run_s"] = round(time.perf_counter() - t0, 1)
+        with args.out.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"{name}: {row['params'] / 1e6:.0f}M {row['dtype']}, scoring {row['scoring_s']:.1f} s, compress "
+              f"{row['compress_s']:.1f} s, score/infer peak {row['score_peak_kb'] / row['infer_peak_kb']:.2f}", flush=True)
+
+
+def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares fit of log y = a + b log x: (b, a)."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    b = sum((u - mx) * (v - my) for u, v in zip(lx, ly)) / sum((u - mx) ** 2 for u in lx)
+    return b, my - b * mx
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+    rows = sorted((r for r in rows if r["size"] != "tiny" or args.include_tiny), key=lambda r: r["params"])
+    lines = ["| size | params | dtype | scoring s | bare f+b s (recomputing) | bare ÷ scoring (recomputing) | "
+             "compress s (scoring + rest) | peak MB score / infer | ratio | compress peak MB | speed-up b1 / b16 | "
+             "tokens/s dense → pruned |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rest = r["compress_s"] - r["compress_scoring_s"]
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e6:.0f}M → {r['pruned_params'] / 1e6:.0f}M | {r['dtype']} | "
+            f"{r['scoring_s']:.1f} | {r['bare_s']:.1f} ({r['bare_recompute_s']:.1f}) | "
+            f"{r['bare_s'] / r['scoring_s']:.2f} ({r['bare_recompute_s'] / r['scoring_s']:.2f}) | "
+            f"{r['compress_s']:.1f} ({r['compress_scoring_s']:.1f} + {rest:.1f}) | "
+            f"{r['score_peak_kb'] / 1024:.0f} / {r['infer_peak_kb'] / 1024:.0f} | "
+            f"{r['score_peak_kb'] / r['infer_peak_kb']:.2f} | {r['compress_peak_kb'] / 1024:.0f} | "
+            f"{r['speedup_b1']:.2f} / {r['speedup_b16']:.2f} | {r['gen_tokens_s'][0]:.1f} → {r['gen_tokens_s'][1]:.1f} |")
+    fits = {}
+    if len(rows) >= 2:
+        xs = [r["params"] for r in rows]
+        for key, label in (("scoring_s", "scoring s"), ("compress_s", "compress s"),
+                           ("score_peak_kb", "scoring peak RSS")):
+            fits[key] = slope(xs, [r[key] for r in rows])
+            lines.append(f"\n- log-log slope of {label} against parameters: **{fits[key][0]:.2f}**")
+        for n, label in ((7e9, "7B"), (70e9, "70B")):
+            b, a = fits["compress_s"]
+            lines.append(f"- compress extrapolated from the fit to {label} (NOT measured): "
+                         f"{math.exp(a + b * math.log(n)) / 60:.0f} min on this CPU")
+        _plot(rows, fits, args.report / "scale.png")
+        lines.append("\n![cost against parameters](scale.png)")
+    args.report.mkdir(parents=True, exist_ok=True)
+    (args.report / "TABLE.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def _plot(rows: list[dict], fits: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["params"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label, scale in (("scoring_s", "scoring, s", 1.0), ("compress_s", "compress (default), s", 1.0),
+                              ("score_peak_kb", "scoring peak RSS, GB", 1 / 2**20)):
+        ys = [r[key] * scale for r in rows]
+        b, a = fits[key]
+        line = ax.loglog(xs, ys, "o", label=f"{label} (slope {b:.2f})")[0]
+        ax.loglog(xs, [math.exp(a + b * math.log(x)) * scale for x in xs], "-", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("parameters")
+    ax.set_title("taskprune cost against model size (random weights, published shapes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=[s for s in SHAPES if s != "tiny"], choices=list(SHAPES))
+    ap.add_argument("--tokenizer", default="smollm2-135m-instruct")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--examples", type=int, default=10)
+    ap.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION)
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=5, help="dense/pruned timing pairs per latency row")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--bf16-above", type=float, default=2e9, help="parameters above which the model is bfloat16")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/scale/results.jsonl"))
+    ap.add_argument("--report", type=Path, default=None, help="write TABLE.md and scale.png here from --out's rows")
+    ap.add_argument("--include-tiny", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
+    ap.add_argument("--probe", choices=["infer", "score", "main"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(main_child(args) if args.probe == "main" else probe(args)))
+    elif args.report:
+        report(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
