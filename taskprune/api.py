@@ -31,7 +31,7 @@ from .lm.batching import LazyBatches, length_order
 from .method import TransformRequest
 from .models import get_adapter
 from .pruning.allocate import global_rates, removed_fraction, search_rates
-from .pruning.apply import apply
+from .pruning.apply import apply, own_tensors
 from .pruning.plan import PruningPlan, make_plan
 from .pruning.rates import RateSpec, check_rates_fit
 from .pruning.repair import RepairConfig
@@ -219,7 +219,10 @@ def compress(
         pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
     seconds = time.perf_counter() - t0
     final = apply(plan, pruned, check=False, inplace=inplace or pruned is not model)
-    repaired = repaired_tensors(plan, model, final) if pruned is not model else None
+    repaired = None
+    if pruned is not model:  # repair's copy shares the tensors it did not change with the base
+        repaired = repaired_tensors(plan, model, final)
+        own_tensors(final, model)
     return CompressResult(final, plan, scores, seconds, method, examples_per_rank=counts, repaired=repaired)
 
 

@@ -25,7 +25,7 @@ from taskprune.pruning.allocate import global_rates, removed_fraction, search_ra
 from taskprune.pruning.apply import apply, masked
 from taskprune.pruning.plan import make_plan
 from taskprune.pruning.rates import RateSpec
-from taskprune.pruning.repair import RepairConfig, repair
+from taskprune.pruning.repair import REPAIRABLE, RepairConfig, repair
 from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.tasks import Example, Task
 
@@ -383,3 +383,96 @@ def test_the_library_reads_the_same_table_as_the_cli() -> None:
         check_rates_fit(RateSpec(rate=0.5, head_granularity="kv"), make_model("t5-relu"))
     with pytest.raises(TaskpruneError, match="head granularity kv would change nothing"):
         check_rates_fit(RateSpec(rate=0.5, head_granularity="kv", layer_types=("ffn",)), tiny_causal("llama"))
+
+
+TASK3 = Task("toy3", "{text}", ("negative", "positive", "so so"), ("0", "1", "2"),
+             causal_template="review {text} Answer:")
+
+
+def _reference_sums(model, tok, groups, cols, labels):  # noqa: ANN001, ANN202
+    """What one-shot repair summed before its passes were shared: one whole teacher-forced pass per candidate
+    label, an encoder's tokens counted on the first candidate's pass only; y = W x from the consumer's input."""
+    adapter, kind = get_adapter(model), model_kind(model)
+    rows: dict[str, list] = {g.name: [] for g in groups}
+    for b in _batches(model, tok):
+        for c in range(len(labels)):
+            tf = kind.teacher_forced(model, b, labels, [c] * len(b))
+            seen: dict[str, torch.Tensor] = {}
+            handles = [adapter.parts(g).consumers[0].register_forward_pre_hook(
+                lambda _m, inp, g=g: seen.__setitem__(g.name, inp[0].detach())) for g in groups]
+            with torch.no_grad():
+                model(**tf.kwargs)
+            for h in handles:
+                h.remove()
+            for g in groups:
+                if g.module == "encoder" and kind.has_encoder and c > 0:
+                    continue
+                m = kind.site_mask(g, 0, b, tf).bool()
+                x = seen[g.name].reshape(m.shape[0], -1, seen[g.name].shape[-1])[m]
+                rows[g.name].append((x, x @ adapter.parts(g).consumers[0].weight.detach().T))
+    out = {}
+    for g in groups:
+        x = torch.cat([r[0] for r in rows[g.name]])[:, cols[g.name]]
+        y = torch.cat([r[1] for r in rows[g.name]])
+        out[g.name] = (x.shape[0], x.sum(0), y.sum(0), x.T @ x, y.T @ x)
+    return out
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "bert2bert", "llama", "qwen3"])
+@pytest.mark.parametrize("task", [TASK, TASK3], ids=["2-labels", "3-labels"])
+def test_shared_calibration_passes_sum_what_one_pass_per_candidate_sums(family: str, task: Task) -> None:
+    """A causal prompt (KV cache, weighted by the candidates) and an encoder run once per batch, yet every group's
+    sums equal those of one teacher-forced pass per candidate label."""
+    from taskprune.pruning.repair import gather, kept_columns
+
+    if family in SEQ2SEQ:
+        model, tok = make_model(family).double(), make_tokenizer(family)
+    else:
+        model, tok = tiny_causal(family, layers=2).double(), tiny_causal_tokenizer()
+    labels = label_space(model, tok, task)
+    if task is TASK3:  # a continuation of several tokens runs on the cache, which is cropped back after it
+        assert max(len(t) for t in labels.targets) > 2
+    groups = [g for g in get_adapter(model).groups() if g.role in ("ffn", "vo", "heads")]
+    gen = torch.Generator().manual_seed(0)
+    cols = {g.name: kept_columns(g, torch.randperm(g.size, generator=gen)[: g.size // 2].sort().values)
+            for g in groups}
+    got = gather(model, groups, cols, _batches(model, tok), labels)
+    want = _reference_sums(model, tok, groups, cols, labels)
+    for g in groups:
+        n, sx, sy, sxx, syx = want[g.name]
+        st = got[g.name]
+        assert st.n == n
+        for a, b in ((st.sx, sx), (st.sy, sy), (st.sxx, sxx), (st.syx, syx)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["ls", "bias"])
+def test_statistics_split_into_chunks_give_the_same_repair(mode: str) -> None:
+    model, tok = tiny_causal("llama", layers=3), tiny_causal_tokenizer()
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    labels, bs = label_space(model, tok, TASK), _batches(model, tok)
+    whole, info = repair(model, plan, bs, labels, RepairConfig(mode))
+    chunked, info_chunked = repair(model, plan, bs, labels, RepairConfig(mode), budget=1)  # one group per pass
+    assert info == info_chunked and info["groups"] >= 6
+    for (name, a), b in zip(whole.state_dict().items(), chunked.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_repair_copies_only_what_it_rewrites_and_compress_owns_every_tensor() -> None:
+    """Repair's work copy shares the untouched tensors with the base (no second whole model in memory); the
+    compressed model then owns all of its tensors, its tied embeddings still tied, and the base is unchanged."""
+    model, tok = tiny_causal("llama", layers=2), tiny_causal_tokenizer()
+    before = copy.deepcopy(model.state_dict())
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    work, _ = repair(model, plan, _batches(model, tok), label_space(model, tok, TASK), RepairConfig("ls"))
+    adapter = get_adapter(work)
+    rewritten = {id(adapter.parts(g).consumers[0].weight) for g in adapter.groups() if g.role in REPAIRABLE}
+    assert rewritten
+    base_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for p in work.parameters():
+        assert (p.untyped_storage().data_ptr() in base_storage) != (id(p) in rewritten)
+    res = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), repair="ls", calibration=EXAMPLES)
+    out = res.model
+    assert not base_storage & {t.untyped_storage().data_ptr() for t in [*out.parameters(), *out.buffers()]}
+    assert out.get_input_embeddings().weight is out.get_output_embeddings().weight
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -149,6 +149,25 @@ def share_tensors_copy(model: nn.Module) -> nn.Module:
     return clone(model)
 
 
+def own_tensors(model: nn.Module, base: nn.Module) -> nn.Module:
+    """Give ``model`` its own copy of every parameter and buffer it still shares with ``base`` (a cut made with
+    ``share=True``, or weight repair's copy after slicing), so that changing one never changes the other; a
+    parameter reachable twice (tied embeddings) stays one parameter."""
+    held = {t.untyped_storage().data_ptr() for t in [*base.parameters(), *base.buffers()] if t.numel()}
+    clones: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is None or not t.numel() or t.untyped_storage().data_ptr() not in held:  # views too
+                    continue
+                if id(t) not in clones:
+                    copied = t.detach().clone()
+                    clones[id(t)] = nn.Parameter(copied, requires_grad=t.requires_grad) if isinstance(
+                        t, nn.Parameter) else copied
+                table[name] = clones[id(t)]
+    return model
+
+
 def record_widths(adapter: Adapter, widths: dict[str, int], base_fingerprint: str | None) -> None:
     """Write the new widths into the model config so that saving and loading reproduce the shapes."""
     config = adapter.model.config

@@ -16,7 +16,11 @@ sublayer's output and C = W[:, S] the kept weights:
   unchanged; a consumer without a bias gets one (:mod:`.biases`), as FLAP's own code adds them to LLaMA.
 - ``scale``: Kwon et al.'s mask tuning, one least-squares scale per kept unit (``W' = C diag(m)``, ridge toward 1).
 
-One-shot (default) solves every group on the dense model's inputs, from one pass over the calibration set.
+One-shot (default) solves every group on the dense model's inputs. The statistics come from forward hooks on the
+consumers during the model kind's calibration forwards (:meth:`ModelKind.calibration_forwards`: the encoder, or a
+causal prompt's KV cache, runs once per example and only the candidates' continuations run per candidate), and
+they are gathered in chunks of groups that fit :func:`statistics_budget` (half the available memory), each chunk
+solved and freed before the next, so a 3B model's second moments never sit in memory at once.
 ``sequential`` repairs groups in the order the forward pass meets them, each solved on inputs from the pruned model
 with every earlier group already repaired, against targets from the dense model (SparseGPT's order), so later
 layers could correct what earlier ones left; it costs one (early-stopped) pass per group, and on minilm-glue6
@@ -28,7 +32,6 @@ over EVERY candidate label, so the decoder's positions are covered without knowi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,9 +42,10 @@ from torch import nn
 from ..data import Batch, LabelSpace
 from ..errors import TaskpruneError
 from ..lm import model_kind
+from ..lm.kinds import CalibrationForward
 from ..models import Adapter, NeuronGroup, get_adapter
 from ..scoring.base import Progress, no_progress
-from .apply import mask
+from .apply import mask, share_tensors_copy
 from .biases import add_biases
 from .plan import PruningPlan
 
@@ -82,30 +86,37 @@ class _Stop(Exception):
 
 @dataclass
 class _Stats:
-    """Sums over calibration tokens, in float64: n, Σx_S, Σy, Σ x_S x_S^T, Σ y x_S^T."""
+    """Sums over calibration tokens, in float64: n, Σx_S, Σy, and (unless only means are needed) Σ x_S x_S^T and
+    Σ y x_S^T."""
 
     n: float
     sx: torch.Tensor
     sy: torch.Tensor
-    sxx: torch.Tensor
-    syx: torch.Tensor
+    sxx: torch.Tensor | None
+    syx: torch.Tensor | None
+
+    @staticmethod
+    def nbytes(k: int, o: int, second: bool = True) -> int:
+        """What the sums of ``k`` kept inputs and ``o`` outputs hold (float64)."""
+        return 8 * (k + o + (k * k + o * k if second else 0))
 
     @classmethod
-    def zeros(cls, k: int, o: int) -> _Stats:
+    def zeros(cls, k: int, o: int, second: bool = True) -> _Stats:
         f = torch.float64
-        return cls(0.0, torch.zeros(k, dtype=f), torch.zeros(o, dtype=f), torch.zeros(k, k, dtype=f),
-                   torch.zeros(o, k, dtype=f))
+        return cls(0.0, torch.zeros(k, dtype=f), torch.zeros(o, dtype=f),
+                   torch.zeros(k, k, dtype=f) if second else None, torch.zeros(o, k, dtype=f) if second else None)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One batch's tokens: products in float32 (a few hundred tokens each; float64 for a float64 model),
-        accumulated in float64."""
+    def add(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> None:
+        """One batch's tokens, each standing for ``weight`` tokens: products in float32 on the tokens' device (a few
+        hundred tokens each; float64 for a float64 model), accumulated in float64 on the CPU."""
         f = torch.float64 if x.dtype == torch.float64 else torch.float32
         x, y = x.to(f), y.to(f)
-        self.n += x.shape[0]
-        self.sx += x.sum(0).double()
-        self.sy += y.sum(0).double()
-        self.sxx += (x.T @ x).double()
-        self.syx += (y.T @ x).double()
+        self.n += weight * x.shape[0]
+        self.sx.add_(x.sum(0).to("cpu", torch.float64), alpha=weight)
+        self.sy.add_(y.sum(0).to("cpu", torch.float64), alpha=weight)
+        if self.sxx is not None and self.syx is not None:
+            self.sxx.add_((x.T @ x).to("cpu", torch.float64), alpha=weight)
+            self.syx.add_((y.T @ x).to("cpu", torch.float64), alpha=weight)
 
 
 @dataclass
@@ -185,6 +196,7 @@ def solve(stats: _Stats, weight: torch.Tensor, bias: torch.Tensor | None, mode: 
         if bias is None:
             return weight, None
         return weight, (bias.double() + my - c @ mx).to(bias.dtype)
+    assert stats.sxx is not None and stats.syx is not None
     xx = stats.sxx / n - (torch.outer(mx, mx) if centred else 0)
     yx = stats.syx / n - (torch.outer(my, mx) if centred else 0)
     lam = alpha * float(xx.diagonal().mean().clamp(min=1e-12))
@@ -200,28 +212,119 @@ def solve(stats: _Stats, weight: torch.Tensor, bias: torch.Tensor | None, mode: 
     return new.to(weight.dtype), new_bias
 
 
-def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels: LabelSpace,
-           config: RepairConfig, progress: Progress = no_progress) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``model`` whose repairable groups' consumer weights are re-solved for ``plan`` on the calibration
-    ``batches`` (their labels are not used); the copy is still dense-shaped (slice it with ``prune.apply``, which
-    keeps exactly the repaired columns). Returns it and a summary for the plan's provenance."""
-    if config.mode == "none":
-        return model, {"mode": "none"}
-    base = get_adapter(model)
-    work = copy.deepcopy(model).eval()
-    adapter = get_adapter(work)
-    by_name = base.group_by_name()
-    groups = [by_name[n] for n, g in plan.groups.items()
-              if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE and g["keep"]]
-    if not groups:
-        return work, {**config.to_dict(), "groups": 0, "tokens": 0}
-    device = next(model.parameters()).device
-    passes = calibration_passes(model, [b.to(device) for b in batches], labels)
-    order = _forward_order(groups)
-    # dense targets y = W x (no bias) per group and pass, and (one-shot) the dense inputs' statistics
+def statistics_budget() -> int:
+    """Bytes the one-shot statistics may hold at once: half the memory available now (``/proc/meminfo``), 4 GiB
+    where that cannot be read. Above it the groups are split into chunks, one calibration pass each."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def _chunks(groups: list[NeuronGroup], sizes: dict[str, int], budget: int) -> list[list[NeuronGroup]]:
+    """``groups`` (in forward order) cut into runs whose statistics fit ``budget`` bytes (at least one group each)."""
+    out: list[list[NeuronGroup]] = [[]]
+    held = 0
+    for g in groups:
+        if out[-1] and held + sizes[g.name] > budget:
+            out.append([])
+            held = 0
+        out[-1].append(g)
+        held += sizes[g.name]
+    return out
+
+
+def _work_copy(model: nn.Module, consumers: list[str]) -> nn.Module:
+    """A copy of ``model`` that owns the ``consumers``' weights (repair rewrites them) and shares every other tensor
+    with ``model``: a whole deep copy would double the model's memory for tensors repair never touches."""
+    work = share_tensors_copy(model).eval()
+    for name in consumers:
+        linear = work.get_submodule(name)
+        for attr in ("weight", "bias"):
+            t = getattr(linear, attr)
+            if t is not None:
+                setattr(linear, attr, nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad))
+    return work
+
+
+def _write(consumer: nn.Linear, cols: torch.Tensor, stats: _Stats, config: RepairConfig) -> None:
+    """Solve one group and write its new kept weights (and bias) into ``consumer``."""
+    weight = consumer.weight.detach()[:, cols].cpu()
+    bias = None if consumer.bias is None else consumer.bias.detach().cpu()
+    new_w, new_b = solve(stats, weight, bias, config.mode, config.alpha)
+    with torch.no_grad():
+        consumer.weight[:, cols] = new_w.to(consumer.weight.device, consumer.weight.dtype)
+        if new_b is not None:
+            consumer.bias.copy_(new_b.to(consumer.bias.device, consumer.bias.dtype))
+
+
+def gather(model: nn.Module, groups: list[NeuronGroup], keep_cols: dict[str, torch.Tensor],
+           batches: Sequence[Batch], labels: LabelSpace, second: bool = True, progress: Progress = no_progress,
+           desc: str = "repair statistics") -> dict[str, _Stats]:
+    """The dense model's token sums of ``groups`` over the calibration ``batches`` teacher-forced on every candidate
+    (the kind's :meth:`calibration_forwards`: a shared prompt or encoder runs once); ``second``: the second moments
+    too (not needed for bias compensation)."""
+    adapter, kind = get_adapter(model), model_kind(model)
+    consumers = {g.name: adapter.parts(g).consumers[0] for g in groups}
+    stats = {g.name: _Stats.zeros(len(keep_cols[g.name]), consumers[g.name].out_features, second) for g in groups}
+    current: list[CalibrationForward] = []
+
+    def hook(g: NeuronGroup):  # noqa: ANN202
+        consumer, cols, st = consumers[g.name], keep_cols[g.name], stats[g.name]
+
+        def record(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            m = current[0].mask.bool()
+            y = _tokens(output.detach(), m)  # y = W x: the consumer's own output, less its bias
+            st.add(_tokens(inputs[0].detach(), m)[:, cols], y if consumer.bias is None else y - consumer.bias,
+                   current[0].weight)
+
+        return consumer.register_forward_hook(record)
+
+    handles = [hook(g) for g in groups]
+    try:
+        with torch.inference_mode():
+            for batch in progress(batches, desc, len(batches)):
+                for forward in kind.calibration_forwards(model, batch, labels):
+                    current[:] = [forward]
+                    forward.run()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _one_shot(model: nn.Module, work: nn.Module, order: list[NeuronGroup], keep_cols: dict[str, torch.Tensor],
+              batches: Sequence[Batch], labels: LabelSpace, config: RepairConfig, budget: int | None,
+              progress: Progress) -> dict[str, float]:
+    """Every group solved on the dense model's inputs. The sums of a run of groups that fits ``budget`` are gathered
+    in one calibration pass, the run is solved and its sums freed before the next run's pass (so the statistics of
+    a 3B model need not fit at once). Returns the calibration tokens per group."""
+    base, adapter = get_adapter(model), get_adapter(work)
+    second = config.mode != "bias"
+    sizes = {g.name: _Stats.nbytes(len(keep_cols[g.name]), base.parts(g).consumers[0].out_features, second)
+             for g in order}
+    chunks = _chunks(order, sizes, statistics_budget() if budget is None else budget)
+    tokens: dict[str, float] = {}
+    for i, chunk in enumerate(chunks):
+        desc = "repair statistics" + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+        stats = gather(model, chunk, keep_cols, batches, labels, second, progress, desc)
+        for g in chunk:
+            _write(adapter.parts(g).consumers[0], keep_cols[g.name], stats[g.name], config)
+            tokens[g.name] = stats.pop(g.name).n
+    return tokens
+
+
+def _sequential(model: nn.Module, work: nn.Module, plan: PruningPlan, order: list[NeuronGroup],
+                keep_cols: dict[str, torch.Tensor], batches: Sequence[Batch], labels: LabelSpace,
+                config: RepairConfig, progress: Progress) -> dict[str, float]:
+    """Groups solved in forward order on inputs of the pruned model with every earlier group repaired, against the
+    dense model's outputs (one teacher-forced pass per candidate, so the pruned passes line up with the dense ones)."""
+    base, adapter, kind = get_adapter(model), get_adapter(work), model_kind(model)
+    passes = calibration_passes(model, batches, labels)
     targets: dict[str, dict[int, torch.Tensor]] = {g.name: {} for g in order}
-    stats: dict[str, _Stats] = {}
-    keep_cols = {g.name: kept_columns(g, plan.keep(g.name)).to(device) for g in order}
     current = [0]
 
     def dense_hook(g: NeuronGroup):  # noqa: ANN202
@@ -229,18 +332,12 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
 
         def hook(_m: nn.Module, inputs: tuple) -> None:
             p = passes[current[0]]
-            if not _reads(model, g, p):
-                return
-            x = _tokens(inputs[0].detach(), _positions(base, g, p))
-            y = x @ consumer.weight.detach().T
-            targets[g.name][current[0]] = y.cpu()
-            if not config.sequential:
-                stats.setdefault(g.name, _Stats.zeros(len(keep_cols[g.name]), y.shape[1])).add(
-                    x[:, keep_cols[g.name]].cpu(), y.cpu())
+            if _reads(model, g, p):
+                x = _tokens(inputs[0].detach(), _positions(base, g, p))
+                targets[g.name][current[0]] = (x @ consumer.weight.detach().T).cpu()
 
         return consumer.register_forward_pre_hook(hook)
 
-    kind = model_kind(model)
     handles = [dense_hook(g) for g in order]
     try:
         with torch.inference_mode():
@@ -257,41 +354,61 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
         for h in handles:
             h.remove()
 
-    if config.mode == "bias" or config.centred:  # the compensation needs a bias to live in
-        names = {id(m): n for n, m in work.named_modules()}
-        add_biases(work, [names[id(adapter.parts(g).consumers[0])] for g in order])
     handle = mask(plan, work, check=False)  # the work copy computes the pruned model; its weights change below
     encoded: dict[int, Any] = {}  # seq2seq: the pruned, repaired encoder's output per batch, once it is final
+    tokens: dict[str, float] = {}
     try:
         for g in progress(order, "repair", len(order)):
-            consumer = adapter.parts(g).consumers[0]
-            cols = keep_cols[g.name]
-            if config.sequential:
-                if g.module == "decoder" and kind.has_encoder and not encoded:
-                    for p in passes:  # every encoder group is repaired by now (forward order): run it once
-                        if id(p.batch) not in encoded:
-                            encoded[id(p.batch)] = kind.encode_only(work, p.batch)
-                st = None
-                for i, p in enumerate(passes):
-                    if i not in targets[g.name]:
-                        continue
-                    kwargs = dict(p.kwargs)
-                    if g.module == "decoder" and encoded:
-                        kwargs["encoder_outputs"] = encoded[id(p.batch)]
-                    x = _tokens(_capture(work, consumer, kwargs, stop=True), _positions(adapter, g, p))
-                    y = targets[g.name][i]
-                    st = st or _Stats.zeros(len(cols), y.shape[1])
-                    st.add(x[:, cols].cpu(), y)
-                stats[g.name] = st  # type: ignore[assignment]
-            weight = consumer.weight.detach()[:, cols].cpu()
-            bias = None if consumer.bias is None else consumer.bias.detach().cpu()
-            new_w, new_b = solve(stats[g.name], weight, bias, config.mode, config.alpha)
-            with torch.no_grad():
-                consumer.weight[:, cols] = new_w.to(device, consumer.weight.dtype)
-                if new_b is not None:
-                    consumer.bias.copy_(new_b.to(device, consumer.bias.dtype))
+            consumer, cols = adapter.parts(g).consumers[0], keep_cols[g.name]
+            if g.module == "decoder" and kind.has_encoder and not encoded:
+                for p in passes:  # every encoder group is repaired by now (forward order): run it once
+                    if id(p.batch) not in encoded:
+                        encoded[id(p.batch)] = kind.encode_only(work, p.batch)
+            st = _Stats.zeros(len(cols), consumer.out_features, config.mode != "bias")
+            for i, p in enumerate(passes):
+                if i not in targets[g.name]:
+                    continue
+                kwargs = dict(p.kwargs)
+                if g.module == "decoder" and encoded:
+                    kwargs["encoder_outputs"] = encoded[id(p.batch)]
+                x = _tokens(_capture(work, consumer, kwargs, stop=True), _positions(adapter, g, p))
+                st.add(x[:, cols].cpu(), targets[g.name].pop(i))
+            _write(consumer, cols, st, config)
+            tokens[g.name] = st.n
     finally:
         handle.remove()
-    n_tokens = {g.name: int(stats[g.name].n) for g in order}
-    return work, {**config.to_dict(), "groups": len(order), "tokens": min(n_tokens.values()),
+    return tokens
+
+
+def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels: LabelSpace,
+           config: RepairConfig, progress: Progress = no_progress, *, budget: int | None = None
+           ) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` whose repairable groups' consumer weights are re-solved for ``plan`` on the calibration
+    ``batches`` (their labels are not used). The copy is still dense-shaped (slice it with ``prune.apply``, which
+    keeps exactly the repaired columns) and owns only the consumers it rewrote: every other tensor is ``model``'s
+    own (slice it in place, then :func:`taskprune.pruning.apply.own_tensors`, as ``compress`` does). ``budget``:
+    bytes of one-shot statistics held at once (default :func:`statistics_budget`). Returns the copy and a summary
+    for the plan's provenance."""
+    if config.mode == "none":
+        return model, {"mode": "none"}
+    base = get_adapter(model)
+    by_name = base.group_by_name()
+    groups = [by_name[n] for n, g in plan.groups.items()
+              if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE and g["keep"]]
+    names = {id(m): n for n, m in model.named_modules()}
+    consumers = [names[id(base.parts(g).consumers[0])] for g in groups]
+    work = _work_copy(model, consumers)
+    if not groups:
+        return work, {**config.to_dict(), "groups": 0, "tokens": 0}
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in batches]
+    order = _forward_order(groups)
+    keep_cols = {g.name: kept_columns(g, plan.keep(g.name)).to(device) for g in order}
+    if config.mode == "bias" or config.centred:  # the compensation needs a bias to live in
+        add_biases(work, consumers)
+    if config.sequential:
+        tokens = _sequential(model, work, plan, order, keep_cols, batches, labels, config, progress)
+    else:
+        tokens = _one_shot(model, work, order, keep_cols, batches, labels, config, budget, progress)
+    return work, {**config.to_dict(), "groups": len(order), "tokens": int(min(tokens.values())),
                   "calibration_examples": sum(len(b) for b in batches)}
