@@ -19,9 +19,7 @@ from torch import nn
 from .errors import TaskpruneError
 from .lm import model_kind
 from .models import get_adapter
-
-#: group roles whose consumer is a Linear repair re-solves (pruning/repair.py's REPAIRABLE)
-_REPAIRED_ROLES = ("ffn", "vo", "heads")
+from .pruning.repair import REPAIRABLE
 
 
 def _decoder_only(model: nn.Module) -> bool:
@@ -34,7 +32,7 @@ def _kv_groups(model: nn.Module) -> bool:
 
 def _biasless_consumers(model: nn.Module) -> bool:
     adapter = get_adapter(model)
-    return any(adapter.parts(g).consumers[0].bias is None for g in adapter.groups() if g.role in _REPAIRED_ROLES)
+    return any(adapter.parts(g).consumers[0].bias is None for g in adapter.groups() if g.role in REPAIRABLE)
 
 
 @dataclass(frozen=True)

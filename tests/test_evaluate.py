@@ -119,7 +119,7 @@ def test_encoder_cache_reuses_the_encoder_for_decoder_only_changes(family: str) 
     g = torch.Generator().manual_seed(0)
     scores = {grp.name: torch.rand(grp.size, generator=g) for grp in get_adapter(model).groups()}
     plan = make_plan(model, scores, RateSpec(rate=0.7, modules=("decoder",)))
-    labels, start = LabelSpace.build(tok, task), get_adapter(model).decoder_start_token_id()
+    labels = LabelSpace.build(tok, task)
     ordered = [examples[i] for i in length_order(examples, tok)]  # evaluate batches length-sorted examples
     batch = next(batches(ordered[:4], tok, 4))
     with masked(plan, model):

@@ -94,9 +94,6 @@ def test_model_kind_of_an_unsupported_model_is_one_error() -> None:
         model_kind(bert)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="library bug: the adapters' matches() read model.config unguarded, so get_adapter raises "
-                          "AttributeError instead of its TaskpruneError for a module without a config")
 def test_model_kind_of_a_module_without_a_config_is_one_error() -> None:
     with pytest.raises(TaskpruneError, match="unsupported architecture"):
         model_kind(torch.nn.Linear(2, 2))

@@ -11,7 +11,8 @@ from .base import GROUP_ROLES, LAYER_TYPES, MODULES, Adapter, GroupParts, Neuron
 
 def get_adapter(model: nn.Module) -> Adapter:
     """The adapter for ``model``; a clear error naming the supported families otherwise."""
-    for cls in registered_adapters().values():
+    # every adapter matches on the config's model_type: a module without a config is no architecture we know
+    for cls in registered_adapters().values() if hasattr(model, "config") else ():
         if cls.matches(model):
             return cls(model)
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)

@@ -6,8 +6,9 @@ allocated per group:
 
 - ``uniform``: every group at the budget (the paper; stock widths, plain ``from_pretrained``).
 - ``global``: FLAP's adaptive structure. Scores are standardised within each group (z-scores: groups' raw scales
-  differ by orders of magnitude) and ranked together; one threshold removes every unit below it, found by bisection
-  so that the removed parameters (each unit weighted by the parameters it owns) meet the budget. An attention's Q/K
+  differ by orders of magnitude) and ranked together; the least important units go first, as many as the removed
+  parameters (each unit weighted by the parameters it owns) need to meet the budget, found by bisection (tied
+  scores leave every group evenly). An attention's Q/K
   and V/O share one rate (one head size), and no group loses more than ``max_rate``.
 - ``global-raw``: the same ranking on the raw scores, for scores on one scale across groups (Kwon et al.'s Fisher
   information: a loss sensitivity, comparable between layers).
@@ -56,10 +57,12 @@ def _pools(adapter: Adapter, rates: RateSpec) -> dict[str, list[NeuronGroup]]:
 
 
 def _removed(adapter: Adapter, group: NeuronGroup, rate: float) -> int:
-    """Parameters removed from ``group`` at ``rate`` (per-head floor rounding as :func:`plan.select_units`)."""
+    """Parameters removed from ``group`` at ``rate`` (per-head floor rounding as :func:`plan.select_units`): what it
+    owns now less what it owns at the kept width, not what it would own at the removed width (a decoder-only
+    heads group owns its whole K/V block at any width above zero)."""
     head = group.size // group.n_heads
     gone = math.floor(head * rate + 1e-9) * group.n_heads
-    return adapter.prunable_parameters(group, gone)
+    return adapter.prunable_parameters(group) - adapter.prunable_parameters(group, group.size - gone)
 
 
 def budget_parameters(model: nn.Module, rates: RateSpec, budget: float) -> tuple[int, int]:
@@ -99,25 +102,37 @@ def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: floa
             return scores[g.name].double() / adapter.prunable_parameters(g, 1)
         return _standardised(scores[g.name]) if standardise else scores[g.name].double()
 
-    z = {g.name: ranked(g) for pool in pools.values() for g in pool}
+    keys = list(pools)
     target, _ = budget_parameters(model, rates, budget)
+    # one global order of units, least important first; ties (equal scores) are broken by each unit's rank within
+    # its group as a fraction of the group, so tied units leave every group evenly instead of all at one threshold
+    values, fractions, owners = [], [], []
+    for i, key in enumerate(keys):
+        for g in pools[key]:
+            v = ranked(g).flatten()
+            rank = torch.empty(v.numel(), dtype=torch.float64)
+            rank[torch.sort(v, stable=True).indices] = torch.arange(v.numel(), dtype=torch.float64)
+            values.append(v)
+            fractions.append((rank + 0.5) / max(v.numel(), 1))
+            owners.append(torch.full((v.numel(),), i))
+    by_fraction = torch.sort(torch.cat(fractions), stable=True).indices
+    order = by_fraction[torch.sort(torch.cat(values)[by_fraction], stable=True).indices]
+    owner = torch.cat(owners)[order]
+    sizes = [sum(g.size for g in pools[key]) for key in keys]
 
-    def rates_at(tau: float) -> dict[str, float]:
-        out = {}
-        for key, pool in pools.items():
-            below = sum(int((z[g.name] < tau).sum()) for g in pool)
-            out[key] = min(max_rate, below / sum(g.size for g in pool))
-        return out
+    def rates_at(k: int) -> dict[str, float]:
+        """Rates when the first ``k`` units of the global order go."""
+        below = torch.bincount(owner[:k], minlength=len(keys)).tolist()
+        return {key: min(max_rate, below[i] / sizes[i]) for i, key in enumerate(keys)}
 
     def removed(r: dict[str, float]) -> int:
         return sum(_removed(adapter, g, r[key]) for key, pool in pools.items() for g in pool)
 
-    every = torch.cat([v.flatten() for v in z.values()])
-    lo, hi = float(every.min()) - 1.0, float(every.max()) + 1.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
+    lo, hi = 0, owner.numel()  # the fewest units whose removal meets the budget (from above, as before)
+    while lo < hi:
+        mid = (lo + hi) // 2
         if removed(rates_at(mid)) < target:
-            lo = mid
+            lo = mid + 1
         else:
             hi = mid
     chosen = rates_at(hi)

@@ -37,8 +37,18 @@ from ..tasks import Example
 from . import openai_format as fmt
 from .batcher import Batcher
 from .generate import Decoding, Sampling, end_ids
-from .openai_schema import (ChatRequest, Common, CompletionRequest, OpenAIError, check_logprobs, check_sampling,
-                            error_body, messages_of, prompt_of, task_input)
+from .openai_schema import (
+    ChatRequest,
+    Common,
+    CompletionRequest,
+    OpenAIError,
+    check_logprobs,
+    check_sampling,
+    error_body,
+    messages_of,
+    prompt_of,
+    task_input,
+)
 from .service import ServeError, TaskService
 
 BASE_ID = "base"
