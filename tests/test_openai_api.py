@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 openai = pytest.importorskip("openai", reason="the official openai client is not installed (make test installs it)")
@@ -273,6 +274,27 @@ def test_invalid_values_are_refused_before_any_work(made: dict, tmp_path: Path, 
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
     assert not service.cache.keys()  # nothing was cut: refused before any work
+
+
+def test_openai_requests_are_counted_by_route_model_and_status(made: dict, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    plans = tmp_path / "plans"
+    shutil_copy(made["folder"], plans / "toy")
+    with TestClient(create_app(_service(made, plans))) as client:
+        ok = client.post("/v1/completions", json={"model": "base", "prompt": "review good", "max_tokens": 2,
+                                                  "temperature": 0})
+        bad = client.post("/v1/chat/completions", json={"model": "toy", "temperature": 3,
+                                                        "messages": [{"role": "user", "content": "x"}]})
+        assert (ok.status_code, bad.status_code) == (200, 400), (ok.text, bad.text)
+        text = client.get("/metrics").text
+    counts = {tuple(sorted(s.labels.items())): s.value for m in text_string_to_metric_families(text)
+              if m.name == "taskprune_openai_requests" for s in m.samples if s.name.endswith("_total")}
+    assert counts == {(("model", "base"), ("route", "completions"), ("status", "200")): 1.0,
+                      (("model", "base"), ("route", "chat"), ("status", "400")): 1.0}  # refused before resolving
+    latency = [s for m in text_string_to_metric_families(text) if m.name == "taskprune_openai_request_seconds"
+               for s in m.samples if s.name.endswith("_count")]
+    assert {s.labels["route"]: s.value for s in latency} == {"completions": 1.0}  # only the answered request
 
 
 def test_a_stream_whose_client_goes_away_frees_its_slot(made: dict, tmp_path: Path,

@@ -10,7 +10,6 @@ or ``{"plan": ..., "repair": <base64 of repair.safetensors>}``), ``DELETE /v1/pl
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from . import openai
 from .batcher import Batcher
+from .metrics import observed
 from .service import ServeError, TaskService
 
 
@@ -163,10 +163,14 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20, max_plan_byt
               responses={404: {"description": "unknown task or no plan"}, 413: {"description": "too large"},
                          422: {"description": "malformed request"}, 504: {"description": "timed out"}})
     async def predict(req: PredictRequest) -> PredictResponse:
-        t0 = time.perf_counter()
-        status = 200
         task = "_unknown"  # metric label until the name is known: label values stay bounded
-        try:
+
+        def done(status: int, seconds: float) -> None:
+            metrics.requests.labels(task, str(status)).inc()
+            if status == 200:
+                metrics.latency.labels(task).observe(seconds)
+
+        with observed(done):
             task = service.canonical(req.task)
             texts = service.render(task, req.inputs)
             service.check_servable(task, req.dense)  # 404 before queueing
@@ -177,16 +181,6 @@ def create_app(service: TaskService, max_body_bytes: int = 4 << 20, max_plan_byt
                                       "the model is stuck") from None
             return PredictResponse(task=task, model="dense" if req.dense else "pruned",
                                    predictions=[LabelScores(label=p.label, scores=p.scores) for p in preds])
-        except ServeError as err:
-            status = err.status
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            metrics.requests.labels(task, str(status)).inc()
-            if status == 200:
-                metrics.latency.labels(task).observe(time.perf_counter() - t0)
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:

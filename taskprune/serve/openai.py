@@ -37,6 +37,7 @@ from ..tasks import Example
 from . import openai_format as fmt
 from .batcher import Batcher
 from .generate import Decoding, Sampling, end_ids
+from .metrics import observed
 from .openai_schema import (
     ChatRequest,
     Common,
@@ -209,8 +210,14 @@ def add_routes(app: FastAPI, service: TaskService, executor: Executor, batcher: 
         yield fmt.DONE
 
     async def respond(route: str, req: Common, chat: bool) -> Any:  # noqa: ANN401
-        t0, task, status = time.perf_counter(), None, 200
-        try:
+        task = None
+
+        def done(status: int, seconds: float) -> None:
+            metrics.openai_requests.labels(route, task or BASE_ID, str(status)).inc()
+            if status == 200:
+                metrics.openai_latency.labels(route).observe(seconds)
+
+        with observed(done):
             sampling = check_sampling(req, limits.max_tokens)  # every value, before any work
             want_lp, top = check_logprobs(req)
             messages = messages_of(req) if chat else None  # type: ignore[arg-type]
@@ -232,16 +239,6 @@ def add_routes(app: FastAPI, service: TaskService, executor: Executor, batcher: 
             else:
                 prompt = list(tok(text)["input_ids"])
             return await generate(req, chat, task, dense, prompt, sampling, want_lp, top)
-        except ServeError as err:
-            status = err.status
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            metrics.openai_requests.labels(route, task or BASE_ID, str(status)).inc()
-            if status == 200:
-                metrics.openai_latency.labels(route).observe(time.perf_counter() - t0)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
