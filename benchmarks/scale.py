@@ -285,7 +285,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=5, help="dense/pruned timing pairs per latency row")
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--bf16-above", type=float, default=2e9, help="parameters above which the model is bfloat16")
+    ap.add_argument("--bf16-above", type=float, default=2e9,
+                    help="parameters above which the model is bfloat16 (Llama-3.2-3B: its float32 compress would "
+                         "need ~2.5x its 12.8 GB of weights; on a CPU without avx512_bf16/AMX, bf16 matmuls are so "
+                         "slow that its 10-example scoring probe ran over 40 min without finishing, 2026-12-03)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=Path("benchmarks/scale/results.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="write TABLE.md and scale.png here from --out's rows")
