@@ -18,8 +18,7 @@ from torch import nn
 
 from .errors import TaskpruneError
 from .lm import model_kind
-from .models import get_adapter
-from .pruning.repair import REPAIRABLE
+from .models import REPAIRABLE_ROLES, get_adapter
 
 
 def _decoder_only(model: nn.Module) -> bool:
@@ -32,7 +31,7 @@ def _kv_groups(model: nn.Module) -> bool:
 
 def _biasless_consumers(model: nn.Module) -> bool:
     adapter = get_adapter(model)
-    return any(adapter.parts(g).consumers[0].bias is None for g in adapter.groups() if g.role in REPAIRABLE)
+    return any(adapter.parts(g).consumers[0].bias is None for g in adapter.groups() if g.role in REPAIRABLE_ROLES)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..data import IGNORE, Batch, LabelSpace, end_token_id, targets_for
 from ..errors import TaskpruneError
 from ..models import NeuronGroup, get_adapter
 from ..tasks import Example, Task
+from .chat import end_of_turn_id, has_chat_template, pad_id
 
 #: tokens kept from the END of an over-long causal prompt (the question, the answer instruction and the chat
 #: template's assistant header live there); the rest of ``max_length`` comes from its start
@@ -279,40 +280,6 @@ def _shared_prefix(dec_in: torch.Tensor, target: torch.Tensor) -> int:
 # ------------------------------------------------------------------------------------------------------
 # causal
 # ------------------------------------------------------------------------------------------------------
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else end_token_id(tokenizer))
-
-
-def use_chat_template(tokenizer: Any, mode: str) -> None:
-    """``--chat-template``: ``auto`` keeps the tokenizer as it is, ``off`` drops its chat template (prompts become
-    plain text ending in "Answer:"), ``on`` refuses a tokenizer that has none. The template lives on the tokenizer,
-    as in transformers, so a pruned checkpoint saved with this tokenizer keeps the choice."""
-    if mode == "off":
-        tokenizer.chat_template = None
-    elif mode == "on" and not has_chat_template(tokenizer):
-        raise TaskpruneError("--chat-template on: this tokenizer has no chat template (use auto or off)")
-    elif mode not in ("auto", "on", "off"):
-        raise TaskpruneError(f"chat template mode {mode!r} is not one of auto, on, off")
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token that ends an assistant turn in the chat template (``<|im_end|>``, ``<|eot_id|>``...), else EOS."""
-    if has_chat_template(tokenizer):
-        marker = "\u2063taskprune\u2063"
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False)
-        after = text.split(marker, 1)[-1]
-        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-        if ids and ids[0] in set(tokenizer.all_special_ids):
-            return int(ids[0])
-    return end_token_id(tokenizer)
-
-
 class CausalKind(ModelKind):
     name = "causal"
     has_encoder = False
@@ -341,7 +308,7 @@ class CausalKind(ModelKind):
     def encode(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> Batch:
         seqs = [self.prompt_ids(tokenizer, e, max_length) for e in examples]
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), _pad_id(tokenizer), dtype=torch.long)
+        ids = torch.full((len(seqs), width), pad_id(tokenizer), dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):  # left padding: every prompt ends at the last position
             ids[i, width - len(s):] = torch.tensor(s)
@@ -411,7 +378,7 @@ class CausalKind(ModelKind):
         return torch.stack(scores, dim=1)
 
     def generation_kwargs(self, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
-        return {"pad_token_id": _pad_id(tokenizer)}
+        return {"pad_token_id": pad_id(tokenizer)}
 
     def generated(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         return out[:, batch.input_ids.shape[1]:]  # generate() returns the prompt too

@@ -6,7 +6,17 @@ from torch import nn
 
 from ..errors import TaskpruneError
 from . import bert2bert, llama, t5  # noqa: F401  (register the built-in adapters)
-from .base import GROUP_ROLES, LAYER_TYPES, MODULES, Adapter, GroupParts, NeuronGroup, Site, registered_adapters
+from .base import (
+    GROUP_ROLES,
+    LAYER_TYPES,
+    MODULES,
+    REPAIRABLE_ROLES,
+    Adapter,
+    GroupParts,
+    NeuronGroup,
+    Site,
+    registered_adapters,
+)
 
 
 def get_adapter(model: nn.Module) -> Adapter:
@@ -25,4 +35,5 @@ def get_adapter(model: nn.Module) -> Adapter:
     )
 
 
-__all__ = ["Adapter", "GroupParts", "NeuronGroup", "Site", "get_adapter", "MODULES", "LAYER_TYPES", "GROUP_ROLES"]
+__all__ = ["Adapter", "GroupParts", "NeuronGroup", "Site", "get_adapter", "MODULES", "LAYER_TYPES", "GROUP_ROLES",
+           "REPAIRABLE_ROLES"]

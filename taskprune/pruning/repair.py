@@ -43,7 +43,7 @@ from ..data import Batch, LabelSpace
 from ..errors import TaskpruneError
 from ..lm import model_kind
 from ..lm.kinds import CalibrationForward
-from ..models import Adapter, NeuronGroup, get_adapter
+from ..models import REPAIRABLE_ROLES, Adapter, NeuronGroup, get_adapter
 from ..scoring.base import Progress, no_progress
 from .apply import mask, share_tensors_copy
 from .biases import add_biases
@@ -51,7 +51,7 @@ from .plan import PruningPlan
 
 REPAIR_MODES = ("none", "ls", "bias", "scale")
 #: group kinds with a linear consumer whose input is the group's units (QK units feed a softmax: not repairable)
-REPAIRABLE = ("ffn", "vo", "heads")
+REPAIRABLE = REPAIRABLE_ROLES
 
 
 @dataclass

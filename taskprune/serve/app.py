@@ -25,8 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from . import openai
 from .batcher import Batcher
-from .metrics import observed
-from .service import ServeError, TaskService
+from .service import ServeError, TaskService, observed
 
 
 class PredictRequest(BaseModel):

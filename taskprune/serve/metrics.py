@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -36,21 +32,3 @@ class ServeMetrics:
         self.batch_inputs = Histogram("taskprune_batch_inputs", "Inputs per model call (after batching requests)",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
 
-
-@contextmanager
-def observed(done: Callable[[int, float], None]) -> Iterator[None]:
-    """Run one request's body and call ``done(status, seconds)`` once it ends, however it ends: 200, the
-    ServeError's status, or 500 for anything else (the exception still propagates to the app's handlers)."""
-    from .service import ServeError  # service builds the metrics: imported here, not at module level
-
-    t0, status = time.perf_counter(), 200
-    try:
-        yield
-    except ServeError as err:
-        status = err.status
-        raise
-    except Exception:
-        status = 500
-        raise
-    finally:
-        done(status, time.perf_counter() - t0)

@@ -37,7 +37,6 @@ from ..tasks import Example
 from . import openai_format as fmt
 from .batcher import Batcher
 from .generate import Decoding, Sampling, end_ids
-from .metrics import observed
 from .openai_schema import (
     ChatRequest,
     Common,
@@ -50,7 +49,7 @@ from .openai_schema import (
     prompt_of,
     task_input,
 )
-from .service import ServeError, TaskService
+from .service import ServeError, TaskService, observed
 
 BASE_ID = "base"
 PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")

@@ -16,6 +16,8 @@ import base64
 import binascii
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,23 @@ class ServeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+@contextmanager
+def observed(done: Callable[[int, float], None]) -> Iterator[None]:
+    """Run one request's body and call ``done(status, seconds)`` once it ends, however it ends: 200, the
+    ServeError's status, or 500 for anything else (the exception still propagates to the app's handlers)."""
+    t0, status = time.perf_counter(), 200
+    try:
+        yield
+    except ServeError as err:
+        status = err.status
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        done(status, time.perf_counter() - t0)
 
 
 @dataclass
