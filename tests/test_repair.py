@@ -20,12 +20,12 @@ from taskprune.checkpoint import load_pruned, save_pruned
 from taskprune.errors import TaskpruneError
 from taskprune.lm import label_space, model_kind, teacher_forced_logits
 from taskprune.lm.batching import batches
-from taskprune.models import get_adapter
+from taskprune.models import REPAIRABLE_ROLES, get_adapter
 from taskprune.pruning.allocate import MAX_RATE, global_rates, removed_fraction, search_rates
 from taskprune.pruning.apply import apply, masked
 from taskprune.pruning.plan import make_plan
 from taskprune.pruning.rates import RateSpec
-from taskprune.pruning.repair import REPAIRABLE, RepairConfig, repair
+from taskprune.pruning.repair import RepairConfig, repair
 from taskprune.scoring import ScoreConfig, ScoringJob, get_scorer
 from taskprune.tasks import Example, Task
 
@@ -470,7 +470,7 @@ def test_repair_copies_only_what_it_rewrites_and_compress_owns_every_tensor() ->
     plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
     work, _ = repair(model, plan, _batches(model, tok), label_space(model, tok, TASK), RepairConfig("ls"))
     adapter = get_adapter(work)
-    rewritten = {id(adapter.parts(g).consumers[0].weight) for g in adapter.groups() if g.role in REPAIRABLE}
+    rewritten = {id(adapter.parts(g).consumers[0].weight) for g in adapter.groups() if g.role in REPAIRABLE_ROLES}
     assert rewritten
     base_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for p in work.parameters():

@@ -27,7 +27,7 @@ GroupRole = Literal["ffn", "qk", "vo", "heads"]
 MODULES: tuple[str, ...] = ("encoder", "decoder")
 LAYER_TYPES: tuple[str, ...] = ("self_attn", "cross_attn", "ffn")
 GROUP_ROLES: tuple[str, ...] = ("ffn", "qk", "vo", "heads")
-#: roles whose consumer is a Linear that weight repair re-solves (qk has no consumer of its own: V/O carries it)
+#: roles whose consumer is a Linear that weight repair re-solves (QK units feed a softmax: not repairable)
 REPAIRABLE_ROLES: tuple[str, ...] = ("ffn", "vo", "heads")
 
 

@@ -8,8 +8,8 @@ allocated per group:
 - ``global``: FLAP's adaptive structure. Scores are standardised within each group (z-scores: groups' raw scales
   differ by orders of magnitude) and ranked together; the least important units go first, as many as the removed
   parameters (each unit weighted by the parameters it owns) need to meet the budget, found by bisection (tied
-  scores leave every group evenly). An attention's Q/K
-  and V/O share one rate (one head size), and no group loses more than ``max_rate``.
+  scores leave every group evenly). An attention's Q/K and V/O share one rate (one head size), and no group loses
+  more than ``max_rate``.
 - ``global-raw``: the same ranking on the raw scores, for scores on one scale across groups (Kwon et al.'s Fisher
   information: a loss sensitivity, comparable between layers).
 - ``global-param``: the raw ranking on each unit's score divided by the parameters it owns (importance per removed

@@ -45,13 +45,11 @@ from ..lm import model_kind
 from ..lm.kinds import CalibrationForward
 from ..models import REPAIRABLE_ROLES, Adapter, NeuronGroup, get_adapter
 from ..scoring.base import Progress, no_progress
-from .apply import mask, share_tensors_copy
+from .apply import mask, own_tensors, share_tensors_copy
 from .biases import add_biases
 from .plan import PruningPlan
 
 REPAIR_MODES = ("none", "ls", "bias", "scale")
-#: group kinds with a linear consumer whose input is the group's units (QK units feed a softmax: not repairable)
-REPAIRABLE = REPAIRABLE_ROLES
 
 
 @dataclass
@@ -241,12 +239,7 @@ def _work_copy(model: nn.Module, consumers: list[str]) -> nn.Module:
     """A copy of ``model`` that owns the ``consumers``' weights (repair rewrites them) and shares every other tensor
     with ``model``: a whole deep copy would double the model's memory for tensors repair never touches."""
     work = share_tensors_copy(model).eval()
-    for name in consumers:
-        linear = work.get_submodule(name)
-        for attr in ("weight", "bias"):
-            t = getattr(linear, attr)
-            if t is not None:
-                setattr(linear, attr, nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad))
+    own_tensors(nn.ModuleList([work.get_submodule(name) for name in consumers]), model)
     return work
 
 
@@ -270,16 +263,16 @@ def gather(model: nn.Module, groups: list[NeuronGroup], keep_cols: dict[str, tor
     adapter, kind = get_adapter(model), model_kind(model)
     consumers = {g.name: adapter.parts(g).consumers[0] for g in groups}
     stats = {g.name: _Stats.zeros(len(keep_cols[g.name]), consumers[g.name].out_features, second) for g in groups}
-    current: list[CalibrationForward] = []
+    current: list[tuple[CalibrationForward, torch.Tensor]] = []  # the forward running and its positions
 
     def hook(g: NeuronGroup):  # noqa: ANN202
         consumer, cols, st = consumers[g.name], keep_cols[g.name], stats[g.name]
 
         def record(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            m = current[0].mask.bool()
+            forward, m = current[0]
             y = _tokens(output.detach(), m)  # y = W x: the consumer's own output, less its bias
             st.add(_tokens(inputs[0].detach(), m)[:, cols], y if consumer.bias is None else y - consumer.bias,
-                   current[0].weight)
+                   forward.weight)
 
         return consumer.register_forward_hook(record)
 
@@ -288,7 +281,7 @@ def gather(model: nn.Module, groups: list[NeuronGroup], keep_cols: dict[str, tor
         with torch.inference_mode():
             for batch in progress(batches, desc, len(batches)):
                 for forward in kind.calibration_forwards(model, batch, labels):
-                    current[:] = [forward]
+                    current[:] = [(forward, forward.mask.bool())]  # once per forward, not per consumer
                     forward.run()
     finally:
         for h in handles:
@@ -394,7 +387,7 @@ def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels
     base = get_adapter(model)
     by_name = base.group_by_name()
     groups = [by_name[n] for n, g in plan.groups.items()
-              if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE and g["keep"]]
+              if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE_ROLES and g["keep"]]
     names = {id(m): n for n, m in model.named_modules()}
     consumers = [names[id(base.parts(g).consumers[0])] for g in groups]
     work = _work_copy(model, consumers)
