@@ -31,13 +31,13 @@ from .lm.batching import LazyBatches, length_order
 from .method import TransformRequest
 from .models import get_adapter
 from .pruning.allocate import global_rates, removed_fraction, search_rates
-from .pruning.apply import apply, own_tensors
+from .pruning.apply import apply, masked, own_tensors
 from .pruning.plan import PruningPlan, make_plan
-from .pruning.rates import RateSpec, check_rates_fit
+from .pruning.rates import RateSpec, check_rates_fit, scaled_rates
 from .pruning.repair import RepairConfig
 from .pruning.repair import repair as repair_model
 from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
-from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_trials, resolve_method
+from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_steps, check_trials, resolve_method
 from .runtime.distributed import SINGLE, Shard
 from .runtime.placement import is_dispatched
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, save_scores, score_metadata
@@ -149,6 +149,8 @@ def compress(
     search_iterations: int = DEFAULT_SEARCH_ITERATIONS,
     shard: Shard | None = None,
     inplace: bool = False,
+    steps: int = 1,
+    round_repair: bool = True,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
 
@@ -162,9 +164,14 @@ def compress(
     ``shard``: score across processes (see :func:`score`); every process gets the same plan and model.
     ``inplace``: prune ``model`` itself instead of a copy (what a model placed by a device map needs: a copy of
     a model bigger than memory is no option).
+    ``steps``: reach ``rates`` in that many rounds of equal increments (iterative pruning): after each round but
+    the last, the pruned (and repaired) model is scored again, so the next cut sees what the earlier ones left;
+    the units a round removed score zero and stay removed. The final model is still cut from ``model`` and
+    repaired once against it. Costs ``steps`` scorings (and ``steps - 1`` extra repairs).
     """
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
+    check_steps(steps, method)
     check_rates_fit(rates, model)  # before minutes of scoring, not after
     if repair_cfg is not None and repair_cfg.centred and repair_cfg.mode in ("ls", "scale"):
         check_applies("--repair-centred", model)
@@ -185,9 +192,13 @@ def compress(
         raise TaskpruneError(f"repair {repair_cfg.mode} works on a copy of the whole model: it does not run on a model "
                              "placed by a device map; use repair none (--repair none)")
     t0 = time.perf_counter()
-    scores = score(model, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
-                   max_length=max_length, progress=progress, only=rates if get_method(scorer).group_local else None,
-                   shard=shard)
+
+    def score_on(m: nn.Module, r: RateSpec) -> Scores:
+        return score(m, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
+                     max_length=max_length, progress=progress, only=r if get_method(scorer).group_local else None,
+                     shard=shard)
+
+    scores = score_on(model, rates)
     kind = model_kind(model)
     labels = kind.label_space(tokenizer, task)
     calib = calibration if calibration else examples
@@ -200,20 +211,34 @@ def compress(
         return make_plan(model, scores, r, task=task.name, method=method, samples=len(examples), seed=seed,
                          options=config.to_dict(), base_fingerprint=base_fingerprint)
 
-    allocation_info: dict[str, Any] | None = None
-    if allocation in ("global", "global-raw", "global-param"):
-        rates = global_rates(model, scores, rates, rates.rate, standardise=allocation == "global",
-                             per_parameter=allocation == "global-param")
-        allocation_info = {"method": allocation, "budget": config.target_rates["rate"]}
-    elif allocation == "search":
-        fitness_batches = calib_batches[: max(1, SEARCH_EXAMPLES // calib_batches[0].input_ids.shape[0])]
-        rates, info = search_rates(model, scores, rates, rates.rate, fitness_batches, labels, plan_for,
-                                   iterations=search_iterations, seed=config.seed, progress=progress)
-        allocation_info = {"method": "search", "budget": config.target_rates["rate"], **info}
-    if allocation_info is not None:
-        allocation_info["removed_fraction"] = round(removed_fraction(model, rates), 6)
+    def allocated(r: RateSpec) -> tuple[RateSpec, dict[str, Any] | None]:
+        """``r`` spread over the groups by the allocation (its budget ``r.rate``), with the allocation's record."""
+        if allocation in ("global", "global-raw", "global-param"):
+            out = global_rates(model, scores, r, r.rate, standardise=allocation == "global",
+                               per_parameter=allocation == "global-param")
+            info: dict[str, Any] | None = {"method": allocation, "budget": r.rate}
+        elif allocation == "search":
+            fitness_batches = calib_batches[: max(1, SEARCH_EXAMPLES // calib_batches[0].input_ids.shape[0])]
+            out, found = search_rates(model, scores, r, r.rate, fitness_batches, labels, plan_for,
+                                      iterations=search_iterations, seed=config.seed, progress=progress)
+            info = {"method": "search", "budget": r.rate, **found}
+        else:
+            return r, None
+        info["removed_fraction"] = round(removed_fraction(model, out), 6)
+        return out, info
+
+    for step in range(1, steps):  # iterative pruning: re-score the model an intermediate cut leaves
+        partial = plan_for(allocated(scaled_rates(rates, step / steps))[0])
+        current = repair_model(model, partial, calib_batches, labels, repair_cfg, progress)[0] \
+            if repair_cfg.mode != "none" and round_repair else model
+        with masked(partial, current, check=False):  # the partial plan carries no repair record: masks hold
+            scores = stay_removed(score_on(current, rates), partial)
+        del current
+    rates, allocation_info = allocated(rates)
+    if allocation_info is not None and steps > 1:
+        allocation_info["steps"] = steps
     plan = plan_for(rates)
-    plan.allocation = allocation_info
+    plan.allocation = allocation_info if steps == 1 or allocation_info else {"method": "uniform", "steps": steps}
     pruned: nn.Module = model
     if repair_cfg.mode != "none":
         pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
@@ -224,6 +249,21 @@ def compress(
         repaired = repaired_tensors(plan, model, final)
         own_tensors(final, model)
     return CompressResult(final, plan, scores, seconds, method, examples_per_rank=counts, repaired=repaired)
+
+
+def stay_removed(scores: Scores, plan: PruningPlan) -> Scores:
+    """Scores of a masked model with the plan's removed units below every kept one (their own score is an exact 0
+    already; below the minimum holds for signed scores too), so a later, larger cut keeps them removed."""
+    out = dict(scores)
+    for name, g in plan.groups.items():
+        if name in out and len(g["keep"]) < g["size"]:
+            s = out[name].clone()
+            gone = torch.ones(s.numel(), dtype=torch.bool)
+            gone[plan.keep(name)] = False
+            kept = s[~gone.to(s.device)]
+            s[gone.to(s.device)] = (kept.min() - kept.abs().max() - 1) if kept.numel() else -1.0
+            out[name] = s
+    return out
 
 
 @dataclass

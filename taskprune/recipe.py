@@ -63,6 +63,14 @@ def check_recipe(method: str, rates: RateSpec, allocate: str | None = None, repa
                              "with any allocation)")
 
 
+def check_steps(steps: int, method: str) -> None:
+    """Iterative pruning re-scores a pruned model, which only a method that scores units can do."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise TaskpruneError(f"steps must be a positive integer (rounds of pruning), got {steps!r}")
+    if steps > 1 and not get_method(method).selects_units:
+        raise TaskpruneError(f"{method} does not score units, so it cannot prune in rounds: leave --steps at 1")
+
+
 def check_trials(method: str, trials: int, evaluated: bool, allocate: str | None = None,
                  repair: str | None = None) -> None:
     """Refuse a ``--trials`` run that cannot be done, before any model is loaded (see
@@ -101,6 +109,7 @@ class Recipe:
     calibration: int | None = None
     search_iterations: int | None = None
     repair_centred: bool | None = None
+    steps: int | None = None  # rounds of iterative pruning (None: one)
 
     @property
     def allocation_and_repair(self) -> tuple[str, str]:
@@ -118,6 +127,7 @@ class Recipe:
     def check(self, rates: RateSpec) -> None:
         """Every refusal the flags alone justify: the combination, then the tuning flags it would not use."""
         check_recipe(self.method, rates, self.allocate, self.repair)
+        check_steps(self.steps or 1, self.method)
         self.check_tuning()
 
     def check_tuning(self) -> None:
@@ -155,7 +165,7 @@ class Recipe:
             return {"allocate": self.allocate, "repair": self.repair}
         allocation, repair = self.allocation_and_repair
         alpha = RepairConfig.alpha if self.repair_alpha is None else self.repair_alpha
-        extra: dict[str, Any] = {"allocate": allocation,
+        extra: dict[str, Any] = {"allocate": allocation, "steps": self.steps or 1,
                                  "search_iterations": self.search_iterations or DEFAULT_SEARCH_ITERATIONS,
                                  "repair": RepairConfig(repair, alpha, self.repair_order == "sequential",
                                                         centred=bool(self.repair_centred))}

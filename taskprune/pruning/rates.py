@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -168,6 +168,15 @@ def _pairs(items: Iterable[str], flag: str) -> dict[str, float]:
         except ValueError:
             raise TaskpruneError(f"{flag}: {value!r} is not a number") from None
     return out
+
+
+def scaled_rates(rates: RateSpec, factor: float) -> RateSpec:
+    """Every rate of ``rates`` times ``factor`` (0 < factor <= 1): one round of an iterative schedule."""
+    f = lambda r: round(r * factor, 9)  # noqa: E731
+    return replace(rates, rate=f(rates.rate), module_rates={k: f(v) for k, v in rates.module_rates.items()},
+                   layer_type_rates={k: f(v) for k, v in rates.layer_type_rates.items()},
+                   depth_rates=[(lo, hi, f(r)) for lo, hi, r in rates.depth_rates],
+                   group_rates={k: f(v) for k, v in rates.group_rates.items()})
 
 
 def check_rates_fit(rates: RateSpec, model: nn.Module, what: str = "depth rate") -> None:
