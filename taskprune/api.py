@@ -167,7 +167,8 @@ def compress(
     ``steps``: reach ``rates`` in that many rounds of equal increments (iterative pruning): after each round but
     the last, the pruned (and repaired) model is scored again, so the next cut sees what the earlier ones left;
     the units a round removed score zero and stay removed. The final model is still cut from ``model`` and
-    repaired once against it. Costs ``steps`` scorings (and ``steps - 1`` extra repairs).
+    repaired once against it. Costs ``steps`` scorings (and ``steps - 1`` extra repairs; ``round_repair=False``
+    scores the rounds masked but unrepaired, which measured worse on SmolLM2: docs/method.md).
     """
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
