@@ -190,7 +190,10 @@ UNDER_BUDGET = 0.02
 
 
 def _removed_share(row: dict, dense: dict) -> float:
-    """Fraction of the dense model's prunable parameters the row's pruned model no longer has."""
+    """Fraction of the dense model's prunable parameters the row's pruned model no longer has (NaN: a row written
+    without parameter counts)."""
+    if "prunable" not in row or "prunable" not in dense:
+        return float("nan")
     return 1 - row["prunable"] / dense["prunable"]
 
 
