@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -57,8 +58,7 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+param+seqrepair": ("attribution", "global-param", "ls+sequential"),
 }
 #: variants pruned in rounds (``compress(steps=)``: re-scored after each round but the last)
-STEPS = {"taskprune+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter5": 5,
-         "AP+global+repair+iter3": 3, "AP+param+repair+iter3m": 3}
+STEPS = {"taskprune+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3}
 #: variants whose intermediate rounds are scored masked but unrepaired (only the final cut is repaired)
 MASKED_ROUNDS = {"AP+param+repair+iter3m"}
 VARIANTS.update({v: VARIANTS[v.rsplit("+", 1)[0]] for v in STEPS})
@@ -237,7 +237,7 @@ def report(args: argparse.Namespace) -> None:
                     got = statistics.fmean(_removed_share(r, dense) for r in br) if dense else float("nan")
                     short = got < b - UNDER_BUDGET
                     cells.append(f"{m:.2f} ({len(br)})" + (" †" if short else ""))
-                    shares.append(f"{got:.3f}" if got == got else "")
+                    shares.append("" if math.isnan(got) else f"{got:.3f}")
                     ys.append(m)
                 else:
                     cells.append("")

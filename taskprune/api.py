@@ -236,10 +236,10 @@ def compress(
             scores = stay_removed(score_on(current, rates), partial)
         del current
     rates, allocation_info = allocated(rates)
-    if allocation_info is not None and steps > 1:
-        allocation_info["steps"] = steps
+    if steps > 1:
+        allocation_info = {**(allocation_info or {"method": "uniform"}), "steps": steps}
     plan = plan_for(rates)
-    plan.allocation = allocation_info if steps == 1 or allocation_info else {"method": "uniform", "steps": steps}
+    plan.allocation = allocation_info
     pruned: nn.Module = model
     if repair_cfg.mode != "none":
         pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
@@ -259,10 +259,10 @@ def stay_removed(scores: Scores, plan: PruningPlan) -> Scores:
     for name, g in plan.groups.items():
         if name in out and len(g["keep"]) < g["size"]:
             s = out[name].clone()
-            gone = torch.ones(s.numel(), dtype=torch.bool)
-            gone[plan.keep(name)] = False
-            kept = s[~gone.to(s.device)]
-            s[gone.to(s.device)] = (kept.min() - kept.abs().max() - 1) if kept.numel() else -1.0
+            gone = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
+            gone[plan.keep(name).to(s.device)] = False
+            kept = s[~gone]
+            s[gone] = (kept.min() - kept.abs().max() - 1) if kept.numel() else -1.0
             out[name] = s
     return out
 
