@@ -12,7 +12,8 @@ tokenised by SmolLM2's tokenizer (every id is < 49,152, valid in each vocabulary
 
 Per size, in one run (three fresh processes: the two memory probes, then the timings):
 - scoring time (the default ScoreConfig: gates + activation checkpointing) and the bare forward+backward of the
-  same batches, plain and recomputing its blocks as scoring does; their ratios;
+  same batches, plain and recomputing its blocks as scoring does, after one warm bare pass, in ``--score-rounds``
+  rounds of all three with the order rotated per round; medians of the times and of each round's ratios;
 - compress wall time of the default recipe at ``--budget`` (attribution, global-raw allocation, least-squares repair
   on 128 calibration inputs), its allocation + repair time (the method's steps, ``CompressResult.scoring_seconds``,
   less the scoring time above), and its peak RSS;
@@ -47,7 +48,7 @@ import taskprune as tp  # noqa: E402
 from taskprune.api import scoring_job  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
 from taskprune.recipe import DEFAULT_CALIBRATION, calibration_examples  # noqa: E402
-from taskprune.runtime.timing import paired_seconds, timed  # noqa: E402
+from taskprune.runtime.timing import paired_seconds, round_robin, timed  # noqa: E402
 from taskprune.scoring.hooks import checkpointed  # noqa: E402
 
 
@@ -134,11 +135,22 @@ def main_child(args: argparse.Namespace) -> dict:
     job = scoring_job(model, tok, task, fit, batch_size=args.batch_size)
     batches = list(job.batches)
     row: dict = {"dtype": dtype, "params": sum(p.numel() for p in model.parameters())}
-    row["scoring_s"] = timed(lambda: tp.score(model, tok, task, fit, batch_size=args.batch_size))()
-    with torch.enable_grad():
-        row["bare_s"] = timed(lambda: bare_forward_backward(model, batches, job.labels))()
+
+    def recomputing() -> None:
         with checkpointed(model):
-            row["bare_recompute_s"] = timed(lambda: bare_forward_backward(model, batches, job.labels))()
+            bare_forward_backward(model, batches, job.labels)
+
+    with torch.enable_grad():
+        bare_forward_backward(model, batches, job.labels)  # warm: the process's first backward pays set-up
+        runs = round_robin([timed(lambda: tp.score(model, tok, task, fit, batch_size=args.batch_size)),
+                            timed(lambda: bare_forward_backward(model, batches, job.labels)), timed(recomputing)],
+                           args.score_rounds)
+    for key, times in zip(("scoring_s", "bare_s", "bare_recompute_s"), runs):
+        row[key] = statistics.median(times)
+        row[key.removesuffix("_s") + "_runs_s"] = [round(t, 3) for t in times]
+    # each round's bare ÷ scoring, then the median: a round's three passes saw the same machine
+    row["bare_ratio"] = statistics.median(b / s for b, s in zip(runs[1], runs[0]))
+    row["bare_recompute_ratio"] = statistics.median(b / s for b, s in zip(runs[2], runs[0]))
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
     res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
@@ -178,6 +190,7 @@ def _child(args: argparse.Namespace, name: str, what: str) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--probe", what, "--tokenizer", args.tokenizer,
            "--examples", str(args.examples), "--calibration", str(args.calibration), "--budget", str(args.budget),
            "--batch-size", str(args.batch_size), "--pairs", str(args.pairs), "--new-tokens", str(args.new_tokens),
+           "--score-rounds", str(args.score_rounds),
            "--bf16-above", str(args.bf16_above), "--threads", str(args.threads)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -217,6 +230,12 @@ def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return b, my - b * mx
 
 
+def _ratio(row: dict, bare: str) -> float:
+    """Bare ÷ scoring: the median of the rounds' ratios (rows of 2026-12-04 on), else the one cold scoring pass
+    timed before the bare passes (older rows: it paid the process's first backward)."""
+    return row.get(f"{bare}_ratio", row[f"{bare}_s"] / row["scoring_s"])
+
+
 def report(args: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
     rows = sorted((r for r in rows if r["size"] != "tiny" or args.include_tiny), key=lambda r: r["params"])
@@ -228,7 +247,7 @@ def report(args: argparse.Namespace) -> None:
         lines.append(
             f"| {r['size']} | {r['params'] / 1e6:.0f}M → {r['pruned_params'] / 1e6:.0f}M | {r['dtype']} | "
             f"{r['scoring_s']:.1f} | {r['bare_s']:.1f} ({r['bare_recompute_s']:.1f}) | "
-            f"{r['bare_s'] / r['scoring_s']:.2f} ({r['bare_recompute_s'] / r['scoring_s']:.2f}) | "
+            f"{_ratio(r, 'bare'):.2f} ({_ratio(r, 'bare_recompute'):.2f}) | "
             f"{r['compress_s']:.1f} | {rest:.1f} | "
             f"{r['score_peak_kb'] / 1024:.0f} / {r['infer_peak_kb'] / 1024:.0f} | "
             f"{r['score_peak_kb'] / r['infer_peak_kb']:.2f} | {r['compress_peak_kb'] / 1024:.0f} | "
@@ -284,6 +303,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=5, help="dense/pruned timing pairs per latency row")
+    ap.add_argument("--score-rounds", type=int, default=3,
+                    help="rounds of scoring, bare and recomputing bare forward+backward, order rotated per round")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--bf16-above", type=float, default=2e9,
                     help="parameters above which the model is bfloat16 (Llama-3.2-3B: its float32 compress would "

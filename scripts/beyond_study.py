@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
     "AP+param+repair": ("attribution", "global-param", "ls"),  # taskprune with the per-parameter ranking
+    "AP+sqrt+repair": ("attribution", "global-sqrt", "ls"),  # ... per square root of the parameters a unit owns
     "taskprune+centred": ("taskprune", None, "ls+centred"),  # the default with a bias added and a centred solve
     # repair in forward order on the pruned model's own inputs (SparseGPT's order), against the dense outputs
     "taskprune+seq": ("taskprune", None, "ls+sequential"),
@@ -69,7 +70,8 @@ RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
                ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
-               ("AP+param+repair", "taskprune"), ("taskprune+centred", "taskprune"), ("FLAP", "FLAP-nobias"),
+               ("AP+param+repair", "taskprune"), ("AP+sqrt+repair", "taskprune"), ("taskprune+centred", "taskprune"),
+               ("FLAP", "FLAP-nobias"),
                ("taskprune+seq", "taskprune"), ("AP+param+seqrepair", "AP+param+repair"),
                ("taskprune+iter3", "taskprune"), ("AP+param+repair+iter3", "AP+param+repair"),
                ("taskprune", "TP-taylor"), ("taskprune", "TP-magnitude"),

@@ -30,7 +30,7 @@ from .lm import model_kind
 from .lm.batching import LazyBatches, length_order
 from .method import TransformRequest
 from .models import get_adapter
-from .pruning.allocate import global_rates, removed_fraction, search_rates
+from .pruning.allocate import GLOBAL_RANKINGS, global_rates, removed_fraction, search_rates
 from .pruning.apply import apply, masked, own_tensors
 from .pruning.plan import PruningPlan, make_plan
 from .pruning.rates import RateSpec, check_rates_fit, scaled_rates
@@ -214,9 +214,9 @@ def compress(
 
     def allocated(r: RateSpec) -> tuple[RateSpec, dict[str, Any] | None]:
         """``r`` spread over the groups by the allocation (its budget ``r.rate``), with the allocation's record."""
-        if allocation in ("global", "global-raw", "global-param"):
-            out = global_rates(model, scores, r, r.rate, standardise=allocation == "global",
-                               per_parameter=allocation == "global-param")
+        if allocation in GLOBAL_RANKINGS:
+            standardise, power = GLOBAL_RANKINGS[allocation]
+            out = global_rates(model, scores, r, r.rate, standardise=standardise, per_parameter=power)
             info: dict[str, Any] | None = {"method": allocation, "budget": r.rate}
         elif allocation == "search":
             fitness_batches = calib_batches[: max(1, SEARCH_EXAMPLES // calib_batches[0].input_ids.shape[0])]

@@ -20,6 +20,7 @@ from taskprune.lm.batching import batches
 from taskprune.models import get_adapter
 from taskprune.pruning.allocate import (
     ALLOCATIONS,
+    GLOBAL_RANKINGS,
     MAX_RATE,
     budget_parameters,
     global_rates,
@@ -65,7 +66,8 @@ def plan_removed_fraction(model, rates: RateSpec) -> float:  # noqa: ANN001
 # constants
 # ------------------------------------------------------------------------------------------------------
 def test_the_allocations_and_the_default_cap() -> None:
-    assert ALLOCATIONS == ("uniform", "global", "global-raw", "global-param", "search")
+    assert ALLOCATIONS == ("uniform", "global", "global-raw", "global-param", "global-sqrt", "search")
+    assert set(GLOBAL_RANKINGS) < set(ALLOCATIONS)
     assert 0.0 < MAX_RATE < 1.0
     assert inspect.signature(global_rates).parameters["max_rate"].default == MAX_RATE
     assert inspect.signature(search_rates).parameters["max_rate"].default == MAX_RATE

@@ -306,6 +306,14 @@ def test_timing_pairs_alternate_and_the_ratio_is_the_median_of_pairs() -> None:
     assert str(ratio_summary([2.0, 2.0], [1.0, 1.0])) == "2.00 (2.00-2.00)"
 
 
+def test_round_robin_rotates_the_order_so_each_runs_once_in_every_position() -> None:
+    from taskprune.runtime.timing import round_robin
+
+    calls: list[str] = []
+    runs = round_robin([lambda n=n: calls.append(n) or n for n in "abc"], 3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"] and runs == [["a"] * 3, ["b"] * 3, ["c"] * 3]
+
+
 def test_demo_size_counts_what_the_files_hold(tmp_path: Path) -> None:
     """A tied bert2bert's word embedding is one parameter tensor but is stored twice (encoder and decoder copies)."""
     from taskprune.checkpoint import fp16_checkpoint_size as _fp16_checkpoint

@@ -250,14 +250,17 @@ def test_global_allocation_removes_the_budget(family: str, budget: float) -> Non
     assert RateSpec.from_dict(plan.rates) == rates
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
 @pytest.mark.parametrize("family", ["t5-gated", "llama"])
-def test_per_parameter_ranking_is_the_raw_ranking_of_each_units_score_per_parameter(family: str) -> None:
+def test_per_parameter_ranking_is_the_raw_ranking_of_each_units_score_per_parameter(family: str, power: float) -> None:
+    """global-param (power 1) and global-sqrt (power 0.5): the raw ranking of score / parameters ** power."""
     model = make_model(family) if family in SEQ2SEQ else tiny_causal(family, layers=3)
     adapter = get_adapter(model)
     g = torch.Generator().manual_seed(3)
     scores = {grp.name: torch.rand(grp.size, generator=g) * (1 + 10 * i) for i, grp in enumerate(adapter.groups())}
-    divided = {grp.name: scores[grp.name].double() / adapter.prunable_parameters(grp, 1) for grp in adapter.groups()}
-    per_param = global_rates(model, scores, RateSpec(rate=0.5), 0.5, per_parameter=True)
+    divided = {grp.name: scores[grp.name].double() / adapter.prunable_parameters(grp, 1) ** power
+               for grp in adapter.groups()}
+    per_param = global_rates(model, scores, RateSpec(rate=0.5), 0.5, per_parameter=power)
     assert per_param == global_rates(model, divided, RateSpec(rate=0.5), 0.5, standardise=False)
     assert abs(removed_fraction(model, per_param) - 0.5) < 0.1
 
@@ -278,6 +281,14 @@ def test_the_raw_ranking_keeps_whole_heads_that_the_per_parameter_ranking_remove
     per_param = global_rates(model, scores, RateSpec(rate=0.4), 0.4, per_parameter=True)
     assert all(raw.group_rates[h] == 0 for h in heads)
     assert any(per_param.group_rates[h] > 0 for h in heads)
+
+    # scores growing as parameters ** 0.75: per square root of them a head still outranks an FFN unit (global-sqrt
+    # keeps every head, as the raw ranking does); per parameter it ranks below (global-param removes heads)
+    scores = {grp.name: adapter.prunable_parameters(grp, 1) ** 0.75 * (1 + 0.01 * torch.rand(grp.size, generator=g))
+              for grp in adapter.groups()}
+    per_sqrt = global_rates(model, scores, RateSpec(rate=0.4), 0.4, per_parameter=0.5)
+    assert all(per_sqrt.group_rates[h] == 0 for h in heads)
+    assert any(global_rates(model, scores, RateSpec(rate=0.4), 0.4, per_parameter=1.0).group_rates[h] > 0 for h in heads)
 
 
 def test_search_keeps_the_budget_and_never_worsens_its_fitness() -> None:
@@ -323,11 +334,12 @@ def test_peer_presets_compress_and_record_what_they_did(family: str, method: str
     assert sum(p.numel() for p in res.model.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-def test_compress_with_the_per_parameter_allocation_records_it() -> None:
+@pytest.mark.parametrize("allocate", ["global-param", "global-sqrt"])
+def test_compress_with_the_per_parameter_allocation_records_it(allocate: str) -> None:
     model, tok = tiny_causal("llama", layers=3), tiny_causal_tokenizer()
     res = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), method="attribution",
-                   allocate="global-param", repair="ls", calibration=EXAMPLES)
-    assert res.plan.allocation["method"] == "global-param" and res.plan.repair["mode"] == "ls"
+                   allocate=allocate, repair="ls", calibration=EXAMPLES)
+    assert res.plan.allocation["method"] == allocate and res.plan.repair["mode"] == "ls"
     assert abs(res.plan.allocation["removed_fraction"] - 0.5) < 0.1
 
 

@@ -55,6 +55,18 @@ def paired_seconds(a: Callable[[], object], b: Callable[[], object], pairs: int,
     return alternating_pairs(timed(a), timed(b), pairs)
 
 
+def round_robin(fns: list[Callable[[], T]], rounds: int) -> list[list[T]]:
+    """What each of ``fns`` returns over ``rounds`` rounds of calling them all back to back; round ``i`` starts
+    at ``fns[i % len(fns)]`` (a rotation), so over ``len(fns)`` rounds each runs once in every position —
+    :func:`alternating_pairs` for more than two."""
+    out: list[list[T]] = [[] for _ in fns]
+    for i in range(rounds):
+        for k in range(len(fns)):
+            j = (i + k) % len(fns)
+            out[j].append(fns[j]())
+    return out
+
+
 @dataclass(frozen=True)
 class RatioSummary:
     """Median of per-pair ratios and its spread (quartiles; the extremes for fewer than 4 pairs)."""
