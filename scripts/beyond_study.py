@@ -66,12 +66,16 @@ VARIANTS.update({v: VARIANTS[v.rsplit("+", 1)[0]] for v in STEPS})
 #: rows written by a peer's own code (benchmarks/peers/), reported beside the variants above
 PEER_ROWS = {"TP-taylor": "Torch-Pruning's TaylorImportance, FFN units only (benchmarks/peers/torch_pruning_peer.py)",
              "TP-magnitude": "Torch-Pruning's MagnitudeImportance, FFN units only"}
+#: rows of a variant the code no longer runs, kept for comparison (reproducible at the commit named)
+EARLIER_ROWS = {"FLAP-headz": "FLAP's metric unsquared, summed per head and standardised over the heads (`global`): "
+                              "taskprune's FLAP until 2026-12-04 (commit b297efb)",
+                "FLAP-headz-nobias": "the same without its bias compensation (the 200-example table's FLAP-nobias)"}
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
                ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
                ("AP+param+repair", "taskprune"), ("AP+sqrt+repair", "taskprune"), ("taskprune+centred", "taskprune"),
-               ("FLAP", "FLAP-nobias"),
+               ("FLAP", "FLAP-nobias"), ("FLAP", "FLAP-headz"),
                ("taskprune+seq", "taskprune"), ("AP+param+seqrepair", "AP+param+repair"),
                ("taskprune+iter3", "taskprune"), ("AP+param+repair+iter3", "AP+param+repair"),
                ("taskprune", "TP-taylor"), ("taskprune", "TP-magnitude"),
@@ -227,7 +231,7 @@ def report(args: argparse.Namespace) -> None:
         lines += ["| method | " + " | ".join(str(b) for b in budgets) + " | compress s (mean) |",
                   "|---|" + "---:|" * (len(budgets) + 1)]
         removed_lines: list[str] = []
-        for v in [*VARIANTS, *PEER_ROWS]:
+        for v in [*VARIANTS, *PEER_ROWS, *EARLIER_ROWS]:
             vrows = [r for r in trows if r["variant"] == v]
             if not vrows:
                 continue
@@ -249,6 +253,8 @@ def report(args: argparse.Namespace) -> None:
             lines.append(f"| {v} | " + " | ".join(cells) + f" | {secs:.1f} |")
             removed_lines.append(f"| {v} | " + " | ".join(shares) + " |")
             ax.plot(budgets, ys, marker="o", label=v)
+        named = {**PEER_ROWS, **EARLIER_ROWS}
+        lines += [""] + [f"- {v}: {named[v]}" for v in named if any(r["variant"] == v for r in trows)]
         lines += ["", f"† removed less than the budget by more than {UNDER_BUDGET} (the measured fraction below). "
                   "Measured fraction of the prunable parameters removed (1 - the pruned model's prunable parameters "
                   "/ the dense model's, mean over the runs): a uniform rate removes units, not parameters, and a "

@@ -98,7 +98,29 @@ def test_bias_compensation_absorbs_a_constant_unit_exactly() -> None:
     torch.testing.assert_close(logits(apply(plan, fixed, check=False), inputs), logits(model, inputs),
                                atol=1e-9, rtol=1e-9)
     flap = get_scorer("flap")(ScoringJob(model, _batches(model, tok), labels, [group]))[group.name]
-    assert flap[5] == 0 and bool((flap[torch.arange(group.size) != 5] > 0).all())
+    assert bool((flap[torch.arange(group.size) != 5] > flap[5]).all())  # the constant unit ranks last
+
+
+def test_flap_scores_follow_its_published_structure() -> None:
+    """FLAP's AL-AM (CASIA-IVA-Lab/FLAP lib/prune.py): an attention channel's WIFV squared, standardised over the
+    layer's channels, a head the mean of its channels; an FFN unit's WIFV standardised over the layer's units."""
+    from taskprune.scoring.flap import unit_scores
+
+    var = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5, 0.5])
+    norms = torch.tensor([1.0, 1.0, 2.0, 1.0, 4.0, 2.0])
+    m = (var * norms) ** 2  # 1, 4, 36, 16, 4, 1: heads of two channels each
+    z = (m - m.mean()) / m.std()
+    torch.testing.assert_close(unit_scores(var, norms, 3, attention=True), z.reshape(3, 2).mean(1))
+    m = var * norms
+    torch.testing.assert_close(unit_scores(var, norms, 6, attention=False), (m - m.mean()) / m.std())
+    # on a model: every group's scores standardised (an FFN's exactly; heads average their channels' z-scores)
+    model, tok = tiny_causal("llama", layers=2), tiny_causal_tokenizer()
+    groups = get_adapter(model).groups()
+    scores = get_scorer("flap")(ScoringJob(model, _batches(model, tok), label_space(model, tok, TASK), groups))
+    for grp in groups:
+        assert abs(float(scores[grp.name].mean())) < 1e-5
+        if grp.role == "ffn":
+            assert abs(float(scores[grp.name].std()) - 1) < 1e-4
 
 
 def _constant_attention_qwen2():  # noqa: ANN202
@@ -328,7 +350,7 @@ def test_peer_presets_compress_and_record_what_they_did(family: str, method: str
     else:
         model, tok = tiny_causal(family, layers=3), tiny_causal_tokenizer()
     res = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), method=method, calibration=EXAMPLES)
-    assert res.plan.allocation["method"] == ("global" if method == "flap" else "global-raw")
+    assert res.plan.allocation["method"] == "global-raw"  # FLAP's scores come standardised
     assert res.plan.repair["mode"] == ("bias" if method == "flap" else "scale")
     assert abs(res.plan.allocation["removed_fraction"] - 0.5) < 0.1
     assert sum(p.numel() for p in res.model.parameters()) < sum(p.numel() for p in model.parameters())

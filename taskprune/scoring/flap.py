@@ -1,11 +1,17 @@
-"""FLAP's fluctuation metric (An et al., AAAI 2024), the peer's importance in this engine.
+"""FLAP's fluctuation metric (An et al., AAAI 2024) with its adaptive structure, the peer's importance in this engine.
 
 A unit whose input to the consumer barely varies over tokens can be replaced by its mean (FLAP's bias
-compensation, :mod:`taskprune.pruning.repair` ``bias``), so its importance is how much it fluctuates, weighted by how
-strongly the consumer reads it: ``score_j = sum over the unit's channels of Var_t(x_c) * ||W[:, c]||^2``. No labels:
-the decoder (a causal LM's answer) is teacher-forced over every candidate label, as in repair's calibration.
-FLAP removes whole heads; for the per-dim Q/K units of T5/BERT attentions, which feed a softmax rather than a
-linear consumer, the score is ``Var(q_j) * Var(k_j)`` (our extension: a dim matters when both sides vary).
+compensation, :mod:`taskprune.pruning.repair` ``bias``), so a channel's importance is how much it fluctuates, weighted
+by how strongly the consumer reads it: ``m_c = Var_t(x_c) * ||W[:, c]||^2`` (WIFV). As FLAP's own code
+(CASIA-IVA-Lab/FLAP ``lib/prune.py``, structure AL-AM, the paper's default) does: an attention's channel metric is
+squared; each layer's metrics are standardised over that layer's channels (mean and sample standard deviation over
+the o_proj inputs of all its heads, over the FFN's units); a head scores the MEAN of its channels' standardised
+metrics. Scores of every group are then on one scale and compress ranks them together by raw value
+(``global-raw``, each unit weighted by the parameters it owns, as FLAP's ``compression_weight``).
+No labels: the decoder (a causal LM's answer) is teacher-forced over every candidate label, as in repair's
+calibration. FLAP removes whole heads; for the per-dim Q/K units of T5/BERT attentions, which feed a softmax rather
+than a linear consumer, the metric is ``Var(q_j) * Var(k_j)`` (our extension: a dim matters when both sides vary),
+standardised over the group's dims.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ def _pooled(sums: dict[str, list[list]]) -> dict[str, list[list]]:
     return pooled
 
 
-@register_scorer("flap", help="flap (FLAP's fluctuation scores; compress adds its global allocation and bias "
-                 "compensation)", combine="self", group_local=True, allocate="global", repair="bias", order=70)
+@register_scorer("flap", help="flap (FLAP's fluctuation scores, standardised per layer; compress adds its global "
+                 "ranking and bias compensation)", combine="self", group_local=True, allocate="global-raw",
+                 repair="bias", order=70)
 def flap_scores(job: ScoringJob) -> Scores:
     model, labels = job.model, job.labels
     kind = model_kind(model)
@@ -72,12 +79,29 @@ def flap_scores(job: ScoringJob) -> Scores:
             n = max(float(n), 1.0)
             var.append((s2 / n - (s1 / n) ** 2).clamp(min=0).float())  # type: ignore[operator]
         if g.role == "qk":
-            out[name] = var[0] * var[1] if len(var) > 1 else var[0]
+            out[name] = _standardised(var[0] * var[1] if len(var) > 1 else var[0]).float()
             continue
         col = weight_value(adapter.parts(g).consumers[0], "weight").detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2
         w = g.unit_width  # the site showed a whole head as [w, units]; the consumer's columns are [units, w]
         v = var[0].cpu().reshape(w, g.size).T.reshape(-1) if w > 1 else var[0].cpu()
-        out[name] = (v * col).reshape(g.size, w).sum(1)
+        out[name] = unit_scores(v, col, g.size, attention=g.role != "ffn")
     for name, g in groups.items():
         out.setdefault(name, torch.zeros(g.size))
     return out
+
+
+def unit_scores(variance: torch.Tensor, column_norms: torch.Tensor, units: int, attention: bool) -> torch.Tensor:
+    """FLAP's AL-AM score of each of ``units`` units from its channels' input variances and consumer columns'
+    squared norms (both per channel, units-major): WIFV, squared for an attention, standardised over the layer's
+    channels, averaged over each unit's channels."""
+    metric = variance * column_norms
+    if attention:
+        metric = metric.pow(2)
+    return _standardised(metric).reshape(units, -1).mean(1).float()
+
+
+def _standardised(metric: torch.Tensor) -> torch.Tensor:
+    """(m - mean) / std over one layer's channels (FLAP's ``standarlization``; a constant layer scores zeros)."""
+    m = metric.double()
+    std = m.std() if m.numel() > 1 else m.new_tensor(0.0)
+    return (m - m.mean()) / (std if std > 0 else 1.0)
