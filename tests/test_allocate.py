@@ -149,6 +149,30 @@ def test_global_rates_keeps_the_rest_of_the_spec() -> None:
     assert rates.group_rates == {}  # the given spec is not changed
 
 
+def test_a_rate_of_one_third_still_removes_the_head_the_allocation_counted() -> None:
+    """A heads group of 3 query heads per KV head at rate 1/3 removes one of each three: stored at 6 decimals
+    rounded down (0.333333) it removed none, and the plan fell short of the budget it was allocated to meet."""
+
+    from taskprune.pruning.allocate import stored_rate
+
+    assert stored_rate(1 / 3) == 0.333334 and stored_rate(0.5) == 0.5 and stored_rate(0.7) == 0.7
+    model = tiny_causal("llama", layers=2, heads=6, kv_heads=2, hidden=48)
+    adapter = get_adapter(model)
+    heads = [g for g in adapter.groups() if g.role == "heads"]
+    # exactly two of each heads group's six units rank below everything else, the rest of the order is the FFNs'
+    scores = {g.name: (torch.arange(g.size, dtype=torch.float64) + (100.0 if g.role == "ffn" else 0.0))
+              for g in adapter.groups()}
+    for g in heads:
+        scores[g.name][2:] += 1000.0
+    gone = sum(adapter.prunable_parameters(g) - adapter.prunable_parameters(g, g.size - 2) for g in heads)
+    budget = gone / budget_parameters(model, RateSpec(rate=0.5), 1)[1]
+    spec = global_rates(model, scores, RateSpec(rate=budget), budget, standardise=False)
+    assert all(spec.group_rates[g.name] == stored_rate(1 / 3) for g in heads)
+    plan = make_plan(model, scores, spec)
+    assert all(len(plan.groups[g.name]["keep"]) == g.size - 2 for g in heads)
+    assert plan_removed_fraction(model, spec) >= budget - 1e-12
+
+
 def test_budget_zero_prunes_nothing_and_an_unreachable_budget_caps_every_group() -> None:
     model = make_model("t5-relu")
     scores = rand_scores(model)

@@ -72,6 +72,13 @@ def _removed(adapter: Adapter, group: NeuronGroup, rate: float) -> int:
     return adapter.prunable_parameters(group) - adapter.prunable_parameters(group, group.size - gone)
 
 
+def stored_rate(rate: float) -> float:
+    """``rate`` at the plan's 6 decimals, rounded UP: a rate of 1/3 stored as 0.333333 would remove no head of three
+    (``floor(3 * 0.333333)`` is 0) although the allocation counted one; rounded up, every group removes the units
+    the allocation counted (a group under a million units gains none)."""
+    return math.ceil(rate * 1e6 - 1e-6) / 1e6
+
+
 def budget_parameters(model: nn.Module, rates: RateSpec, budget: float) -> tuple[int, int]:
     """(parameters to remove, prunable parameters in the scope) for a budget fraction."""
     adapter = get_adapter(model)
@@ -144,7 +151,7 @@ def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: floa
         else:
             hi = mid
     chosen = rates_at(hi)
-    group_rates = {g.name: round(chosen[key], 6) for key, pool in pools.items() for g in pool}
+    group_rates = {g.name: stored_rate(chosen[key]) for key, pool in pools.items() for g in pool}
     return replace(rates, group_rates=group_rates)
 
 
@@ -173,7 +180,7 @@ def search_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: floa
     dense = label_distributions(model, batches, labels)
 
     def spec(r: dict[str, float]) -> RateSpec:
-        return replace(rates, group_rates={g.name: round(r[k], 6) for k, pool in pools.items() for g in pool})
+        return replace(rates, group_rates={g.name: stored_rate(r[k]) for k, pool in pools.items() for g in pool})
 
     def fitness(r: dict[str, float]) -> float:
         with masked(make_plan(spec(r)), model, check=False):
