@@ -47,19 +47,19 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "FLAP-nobias": ("flap", None, "none"),
     "Kwon": ("kwon", None, None),
     "AP+global": ("attribution", "global", "none"),
-    "taskprune": ("taskprune", None, None),  # the default: AP + global-raw allocation + least-squares repair
+    "taskprune": ("taskprune", None, None),  # the default: AP + global-sqrt allocation + least-squares repair
     "AP+repair": ("attribution", "uniform", "ls"),
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
-    "AP+param+repair": ("attribution", "global-param", "ls"),  # taskprune with the per-parameter ranking
-    "AP+sqrt+repair": ("attribution", "global-sqrt", "ls"),  # ... per square root of the parameters a unit owns
-    "taskprune+centred": ("taskprune", None, "ls+centred"),  # the default with a bias added and a centred solve
+    "AP+raw+repair": ("attribution", "global-raw", "ls"),  # the default until 2026-12-04 (raw-score ranking)
+    "AP+param+repair": ("attribution", "global-param", "ls"),  # the per-parameter ranking
+    "AP+raw+centred": ("attribution", "global-raw", "ls+centred"),  # ... with a bias added and a centred solve
     # repair in forward order on the pruned model's own inputs (SparseGPT's order), against the dense outputs
-    "taskprune+seq": ("taskprune", None, "ls+sequential"),
+    "AP+raw+seqrepair": ("attribution", "global-raw", "ls+sequential"),
     "AP+param+seqrepair": ("attribution", "global-param", "ls+sequential"),
 }
 #: variants pruned in rounds (``compress(steps=)``: re-scored after each round but the last)
-STEPS = {"taskprune+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3}
+STEPS = {"taskprune+iter3": 3, "AP+raw+repair+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3}
 #: variants whose intermediate rounds are scored masked but unrepaired (only the final cut is repaired)
 MASKED_ROUNDS = {"AP+param+repair+iter3m"}
 VARIANTS.update({v: VARIANTS[v.rsplit("+", 1)[0]] for v in STEPS})
@@ -73,11 +73,12 @@ EARLIER_ROWS = {"FLAP-headz": "FLAP's metric unsquared, summed per head and stan
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
-               ("AP+global", "paper-AP"), ("AP+search+repair", "taskprune"), ("AP+global+repair", "taskprune"),
-               ("AP+param+repair", "taskprune"), ("AP+sqrt+repair", "taskprune"), ("taskprune+centred", "taskprune"),
-               ("FLAP", "FLAP-nobias"), ("FLAP", "FLAP-headz"),
-               ("taskprune+seq", "taskprune"), ("AP+param+seqrepair", "AP+param+repair"),
-               ("taskprune+iter3", "taskprune"), ("AP+param+repair+iter3", "AP+param+repair"),
+               ("AP+global", "paper-AP"), ("taskprune", "AP+raw+repair"), ("AP+search+repair", "taskprune"),
+               ("AP+global+repair", "taskprune"), ("AP+param+repair", "taskprune"),
+               ("AP+raw+centred", "AP+raw+repair"), ("FLAP", "FLAP-nobias"), ("FLAP", "FLAP-headz"),
+               ("AP+raw+seqrepair", "AP+raw+repair"), ("AP+param+seqrepair", "AP+param+repair"),
+               ("taskprune+iter3", "taskprune"), ("AP+raw+repair+iter3", "AP+raw+repair"),
+               ("AP+param+repair+iter3", "AP+param+repair"),
                ("taskprune", "TP-taylor"), ("taskprune", "TP-magnitude"),
                ("paper-AP", "RP"), ("paper-AP", "FPP"))
 

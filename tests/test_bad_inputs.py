@@ -255,7 +255,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     # section 7: what the flags alone show is refused before the model loads (NM names a model that does not
     # exist: reaching the load would be a different error), and nothing asked for is dropped silently
     "per-part rates under an allocation": (["compress", *NM, *T, "--depth-rate", "0-1=0", "--out", "{root}/new"],
-                                           "--depth-rate sets rates per part, but taskprune's global-raw allocation"),
+                                           "--depth-rate sets rates per part, but taskprune's global-sqrt allocation"),
     "module rate under flap": (["compress", *NM, *T, "--method", "flap", "--module-rate", "encoder=0.2", "--out",
                                 "{root}/new"], "--module-rate sets rates per part"),
     "svd with repair": (["compress", *NM, *T, "--method", "svd", "--repair", "ls", "--out", "{root}/new"],
@@ -270,7 +270,7 @@ CASES: dict[str, tuple[list[str], str]] = {
                              "--out", "{root}/new"], "warmup + cooldown must not exceed 1"),
     "repair alpha without ls": (["compress", *NM, *T, "--method", "flap", "--repair-alpha", "1", "--out",
                                  "{root}/new"], "--repair-alpha would change nothing: --method flap runs allocation "
-                                                "global with repair bias"),
+                                                "global-raw with repair bias"),
     "calibration without repair": (["compress", *NM, *T, "--method", "attribution", "--calibration", "64", "--out",
                                     "{root}/new"], "--calibration would change nothing"),
     "search iterations without search": (["demo", *NM, *T, "--search-iterations", "9"],

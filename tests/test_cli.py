@@ -63,7 +63,7 @@ def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureF
     kept = float(re.search(r"kept ([0-9.]+)% of prunable", text).group(1))
     assert abs(kept - 50.0) < 6  # a budget of parameters, met up to the granularity of a tiny model's units
     # the default recipe: attribution, one ranking of raw scores across groups, least-squares repair
-    assert "allocation: global-raw" in text and "plain from_pretrained" in text
+    assert "allocation: global-sqrt" in text and "plain from_pretrained" in text
     assert "repair: ls on 8 calibration inputs" in text
     assert json.loads((out / "plan.json").read_text())["repair"]["mode"] == "ls"
     assert {"config.json", "model.safetensors", "plan.json", "scores.safetensors"} <= {p.name for p in out.iterdir()}
@@ -288,7 +288,7 @@ def test_demo_prints_the_before_after_table(workspace: dict[str, Path], capsys: 
         assert row in out
     assert "median of 9 pairs" in out and "order alternating" in out
     # compress's default recipe (attribution + global allocation + least-squares repair), not the paper's alone
-    assert "--method taskprune" in out and "allocation: global-raw" in out and "repair: ls on" in out
+    assert "--method taskprune" in out and "allocation: global-sqrt" in out and "repair: ls on" in out
     assert run("demo", "--model", workspace["model"], "--task", workspace["task"], "--samples", 4,
                "--batch-size", 2, "--method", "attribution", "--latency-pairs", 1) == 0
     out = capsys.readouterr().out

@@ -67,7 +67,7 @@ def test_two_rounds_score_the_model_the_first_round_left(family: str) -> None:
     assert any(res.plan.groups[n]["keep"] != g["keep"] for n, g in one_shot.plan.groups.items())  # it did re-score
 
 
-@pytest.mark.parametrize("allocate", ["global-raw", "global-param"])
+@pytest.mark.parametrize("allocate", ["global-raw", "global-param", "global-sqrt"])
 def test_rounds_with_repair_and_allocation_are_nested_and_meet_the_budget(allocate: str) -> None:
     model, tok = _model("llama")
     rates = RateSpec(rate=0.5)
