@@ -154,8 +154,8 @@ def add_recipe(p: argparse.ArgumentParser) -> None:
                    help="how --rate (then the fraction of the scope's prunable parameters removed) is spread: "
                         "uniform (every group at --rate: the paper, stock widths), global (one ranking of "
                         "standardised scores, FLAP), global-raw (of raw scores), global-param (of raw scores per "
-                        "parameter a unit owns), global-sqrt (per square root of them), search (moves budget between groups by the KL to the dense model on "
-                        "calibration inputs); default: the method's own "
+                        "parameter a unit owns), global-sqrt (per square root of them), search (moves budget "
+                        "between groups by the KL to the dense model on calibration inputs); default: the method's own "
                         f"({DEFAULT_METHOD}: {ours.allocate}; attribution and the baselines: uniform)")
     g.add_argument("--repair", default=None, choices=REPAIR_MODES,
                    help="re-solve the kept weights on unlabelled calibration inputs: ls (ridge least squares), bias "

@@ -41,7 +41,7 @@ from ..data import Batch, LabelSpace
 from ..errors import TaskpruneError
 from ..lm import model_kind
 from ..models import Adapter, NeuronGroup, get_adapter
-from ..scoring.base import Progress, Scores, no_progress
+from ..scoring.base import Progress, Scores, no_progress, standardised
 from .rates import RateSpec
 
 ALLOCATIONS = ("uniform", "global", "global-raw", "global-param", "global-sqrt", "search")
@@ -95,12 +95,6 @@ def removed_fraction(model: nn.Module, rates: RateSpec) -> float:
     return gone / max(total, 1)
 
 
-def _standardised(scores: torch.Tensor) -> torch.Tensor:
-    s = scores.double()
-    std = s.std() if s.numel() > 1 else torch.tensor(1.0, dtype=s.dtype)
-    return (s - s.mean()) / (std if std > 0 else 1.0)
-
-
 def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: float,
                  max_rate: float = MAX_RATE, standardise: bool = True, per_parameter: float = 0.0) -> RateSpec:
     """FLAP-style allocation: one threshold on within-group z-scores meets ``budget`` (see the module docstring);
@@ -115,7 +109,7 @@ def global_rates(model: nn.Module, scores: Scores, rates: RateSpec, budget: floa
     def ranked(g: NeuronGroup) -> torch.Tensor:
         if per_parameter:
             return scores[g.name].double() / adapter.prunable_parameters(g, 1) ** float(per_parameter)
-        return _standardised(scores[g.name]) if standardise else scores[g.name].double()
+        return standardised(scores[g.name]) if standardise else scores[g.name].double()
 
     keys = list(pools)
     target, _ = budget_parameters(model, rates, budget)

@@ -24,6 +24,14 @@ Scores = dict[str, torch.Tensor]
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
 
 
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """(s - mean) / std within one group (float64): z-scores put groups whose raw scales differ on one scale (FLAP's
+    per-layer standardisation; the ``global`` allocation). A constant group, or one of a single unit, scores zeros."""
+    s = scores.double()
+    std = s.std() if s.numel() > 1 else s.new_tensor(0.0)
+    return (s - s.mean()) / (std if std > 0 else 1.0)
+
+
 def no_progress(items: Iterable[Any], _desc: str, _total: int) -> Iterable[Any]:
     return items
 

@@ -22,7 +22,7 @@ from ..data import Batch
 from ..lm import model_kind
 from ..models import get_adapter
 from ..runtime.placement import weight_value
-from .base import Scores, ScoringJob, register_scorer
+from .base import Scores, ScoringJob, register_scorer, standardised
 from .hooks import ActivationRecorder, run_scoring
 
 
@@ -79,7 +79,7 @@ def flap_scores(job: ScoringJob) -> Scores:
             n = max(float(n), 1.0)
             var.append((s2 / n - (s1 / n) ** 2).clamp(min=0).float())  # type: ignore[operator]
         if g.role == "qk":
-            out[name] = _standardised(var[0] * var[1] if len(var) > 1 else var[0]).float()
+            out[name] = standardised(var[0] * var[1] if len(var) > 1 else var[0]).float()
             continue
         col = weight_value(adapter.parts(g).consumers[0], "weight").detach().float().pow(2).sum(0).cpu()  # ||W[:, c]||^2
         w = g.unit_width  # the site showed a whole head as [w, units]; the consumer's columns are [units, w]
@@ -97,11 +97,4 @@ def unit_scores(variance: torch.Tensor, column_norms: torch.Tensor, units: int, 
     metric = variance * column_norms
     if attention:
         metric = metric.pow(2)
-    return _standardised(metric).reshape(units, -1).mean(1).float()
-
-
-def _standardised(metric: torch.Tensor) -> torch.Tensor:
-    """(m - mean) / std over one layer's channels (FLAP's ``standarlization``; a constant layer scores zeros)."""
-    m = metric.double()
-    std = m.std() if m.numel() > 1 else m.new_tensor(0.0)
-    return (m - m.mean()) / (std if std > 0 else 1.0)
+    return standardised(metric).reshape(units, -1).mean(1).float()
