@@ -14,8 +14,8 @@ Per size, in one run (three fresh processes: the two memory probes, then the tim
 - scoring time (the default ScoreConfig: gates + activation checkpointing) and the bare forward+backward of the
   same batches, plain and recomputing its blocks as scoring does, after one warm bare pass, in ``--score-rounds``
   rounds of all three with the order rotated per round; medians of the times and of each round's ratios;
-- compress wall time of the default recipe at ``--budget`` (attribution, global-raw allocation, least-squares repair
-  on 128 calibration inputs), its allocation + repair time (the method's steps, ``CompressResult.scoring_seconds``,
+- compress wall time of the default recipe at ``--budget`` (``--method taskprune``: attribution, its global
+  allocation, least-squares repair on 128 calibration inputs), its allocation + repair time (the method's steps, ``CompressResult.scoring_seconds``,
   less the scoring time above), and its peak RSS;
 - peak RSS of scoring and of inference over the same batches (VmHWM reset after loading);
 - pruned vs dense forward latency at batch 1 and 16 and greedy generation tokens/s at batch 1 (KV cache), in
@@ -46,6 +46,7 @@ from bench import _examples, _rss_kb, bare_forward_backward  # noqa: E402
 
 import taskprune as tp  # noqa: E402
 from taskprune.api import scoring_job  # noqa: E402
+from taskprune.cli.options import POSITIVE_INT  # noqa: E402
 from taskprune.evaluate import rank_scores  # noqa: E402
 from taskprune.recipe import DEFAULT_CALIBRATION, calibration_examples  # noqa: E402
 from taskprune.runtime.timing import paired_seconds, round_robin, timed  # noqa: E402
@@ -136,15 +137,17 @@ def main_child(args: argparse.Namespace) -> dict:
     batches = list(job.batches)
     row: dict = {"dtype": dtype, "params": sum(p.numel() for p in model.parameters())}
 
+    def bare() -> None:
+        bare_forward_backward(model, batches, job.labels)
+
     def recomputing() -> None:
         with checkpointed(model):
-            bare_forward_backward(model, batches, job.labels)
+            bare()
 
     with torch.enable_grad():
-        bare_forward_backward(model, batches, job.labels)  # warm: the process's first backward pays set-up
-        runs = round_robin([timed(lambda: tp.score(model, tok, task, fit, batch_size=args.batch_size)),
-                            timed(lambda: bare_forward_backward(model, batches, job.labels)), timed(recomputing)],
-                           args.score_rounds)
+        bare()  # warm: the process's first backward pays set-up
+        runs = round_robin([timed(lambda: tp.score(model, tok, task, fit, batch_size=args.batch_size)), timed(bare),
+                            timed(recomputing)], args.score_rounds)
     for key, times in zip(("scoring_s", "bare_s", "bare_recompute_s"), runs):
         row[key] = statistics.median(times)
         row[key.removesuffix("_s") + "_runs_s"] = [round(t, 3) for t in times]
@@ -303,7 +306,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=5, help="dense/pruned timing pairs per latency row")
-    ap.add_argument("--score-rounds", type=int, default=3,
+    ap.add_argument("--score-rounds", type=POSITIVE_INT, default=3,
                     help="rounds of scoring, bare and recomputing bare forward+backward, order rotated per round")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--bf16-above", type=float, default=2e9,

@@ -152,7 +152,6 @@ def test_global_rates_keeps_the_rest_of_the_spec() -> None:
 def test_a_rate_of_one_third_still_removes_the_head_the_allocation_counted() -> None:
     """A heads group of 3 query heads per KV head at rate 1/3 removes one of each three: stored at 6 decimals
     rounded down (0.333333) it removed none, and the plan fell short of the budget it was allocated to meet."""
-
     from taskprune.pruning.allocate import stored_rate
 
     assert stored_rate(1 / 3) == 0.333334 and stored_rate(0.5) == 0.5 and stored_rate(0.7) == 0.7

@@ -62,7 +62,7 @@ def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureF
     assert "parameters (prunable)" in text and "accuracy" in text
     kept = float(re.search(r"kept ([0-9.]+)% of prunable", text).group(1))
     assert abs(kept - 50.0) < 6  # a budget of parameters, met up to the granularity of a tiny model's units
-    # the default recipe: attribution, one ranking of raw scores across groups, least-squares repair
+    # the default recipe: attribution, one ranking across groups (scores per sqrt of parameters), least squares
     assert "allocation: global-sqrt" in text and "plain from_pretrained" in text
     assert "repair: ls on 8 calibration inputs" in text
     assert json.loads((out / "plan.json").read_text())["repair"]["mode"] == "ls"
