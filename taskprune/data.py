@@ -67,6 +67,14 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.gold.to(device))
 
+    def split(self, size: int | None) -> list[Batch]:
+        """Consecutive row slices of at most ``size`` examples (the whole batch for ``None``), padding kept: each
+        row sees exactly the inputs it had in the whole batch, so per-example results do not change."""
+        if size is None or size >= len(self):
+            return [self]
+        return [Batch(self.input_ids[i:i + size], self.attention_mask[i:i + size], self.gold[i:i + size])
+                for i in range(0, len(self), size)]
+
 
 def targets_for(labels: LabelSpace, classes: Sequence[int], start_id: int, pieces_only: bool = False):  # noqa: ANN201
     """Decoder inputs, target ids (``IGNORE``-padded) for one class per example.

@@ -291,3 +291,60 @@ def test_gates_give_the_scores_of_captured_activations(family: str, method: str,
     assert not shapes and sum(bool(s.abs().max() > 0) for s in captured.values()) >= len(captured) // 2
     for name, s in captured.items():
         torch.testing.assert_close(gated[name], s, rtol=1e-6, atol=1e-6 * float(s.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["t5-gated", "llama"])
+@pytest.mark.parametrize("method", ["attribution", "attribution-unsupervised", "fisher", "activation", "flap",
+                                    "random-attribution"])
+def test_micro_batches_change_no_score(family: str, method: str) -> None:
+    """ScoreConfig.micro_batch runs each batch in passes of at most that many examples: every scorer's scores equal
+    the whole-batch scores (within 1e-6 relative; float64, so that passes of other widths cannot differ by float32
+    rounding in tiny random models' near-zero scores), and the model really sees no more rows per pass."""
+    from tiny import tiny_causal, tiny_causal_tokenizer
+
+    from taskprune.api import scoring_job
+
+    if family == "llama":
+        model, tok = tiny_causal(family, layers=3), tiny_causal_tokenizer()
+    else:
+        model, tok = make_model(family), make_tokenizer(family)
+    model = model.double()
+    task = Task("toy", "{text}", ("negative", "positive"), ("0", "1"), causal_template="review {text} Answer:")
+    exs = [Example(t, i % 2, prompt=f"review {t}") for i, t in enumerate(
+        ["good movie", "the film was very bad", "a great film", "awful", "it is good", "bad and awful", "fine"])]
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: rows.append(int((args[0] if args else kwargs["input_ids"]).shape[0])),
+        with_kwargs=True)
+    try:
+        whole = get_scorer(method)(scoring_job(model, tok, task, exs, config=ScoreConfig(micro_batch=None),
+                                               batch_size=7))
+        assert max(rows) == 7
+        rows.clear()
+        parts = get_scorer(method)(scoring_job(model, tok, task, exs, config=ScoreConfig(micro_batch=2),
+                                               batch_size=7))
+        assert rows and max(rows) == 2 and 1 in rows  # 7 rows: passes of 2, 2, 2 and 1
+    finally:
+        handle.remove()
+    assert whole.keys() == parts.keys()
+    scale = max(float(s.abs().max()) for s in whole.values())  # a group whose true scores are 0 holds rounding only
+    assert scale > 0
+    for name, s in whole.items():
+        torch.testing.assert_close(parts[name], s, rtol=1e-6, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_micro_batch_must_be_positive_whole_number(bad: object) -> None:
+    with pytest.raises(TaskpruneError, match="micro-batch must be a positive whole number"):
+        ScoreConfig(micro_batch=bad)  # type: ignore[arg-type]
+
+
+def test_cli_micro_batch_reaches_the_score_config() -> None:
+    """``--micro-batch N`` is the config's ``micro_batch``; the default is the library's, 0 means whole batches."""
+    from taskprune.cli import build_parser
+    from taskprune.cli.options import score_config
+
+    parser = build_parser()
+    assert score_config(parser.parse_args(["score", "--model", "m", "--task", "sst2", "--out", "s.safetensors"])).micro_batch == ScoreConfig().micro_batch
+    assert score_config(parser.parse_args(["score", "--model", "m", "--task", "sst2", "--out", "s.safetensors", "--micro-batch", "3"])).micro_batch == 3
+    assert score_config(parser.parse_args(["score", "--model", "m", "--task", "sst2", "--out", "s.safetensors", "--micro-batch", "0"])).micro_batch is None

@@ -170,7 +170,8 @@ def run_scoring(
     """Shared loop of activation-based scorers: record, call ``per_batch`` to accumulate, return CPU scores.
 
     ``gated``: the recorder holds gates, not activations (for scores that sum h * grad over positions).
-    ``job.config.checkpoint`` recomputes blocks in the backward pass, except in a model with offloaded weights.
+    ``job.config.checkpoint`` recomputes blocks in the backward pass, except in a model with offloaded weights;
+    each batch runs in passes of at most ``job.config.micro_batch`` examples (``per_batch`` sees one pass).
 
     Only this process's batches are scored (all of them in one process; see :attr:`ScoringJob.shard`).
     """
@@ -187,6 +188,7 @@ def run_scoring(
             checkpointed(job.model, grad and job.config.checkpoint and not offloaded), \
             offloaded_weights_refetched(job.model):
         for i in job.progress(mine, desc, len(mine)):
-            per_batch(rec, job.batches[i].to(device), scores)
-            rec.clear()
+            for part in job.batches[i].split(job.config.micro_batch):
+                per_batch(rec, part.to(device), scores)
+                rec.clear()
     return {k: v.cpu() for k, v in scores.items()}
