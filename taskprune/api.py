@@ -34,9 +34,9 @@ from .pruning.allocate import GLOBAL_RANKINGS, global_rates, removed_fraction, s
 from .pruning.apply import apply, masked, own_tensors
 from .pruning.plan import PruningPlan, make_plan
 from .pruning.rates import RateSpec, check_rates_fit, scaled_rates
-from .pruning.repair import RepairConfig
+from .pruning.repair import RepairConfig, repaired_consumers
 from .pruning.repair import repair as repair_model
-from .pruning.repaired import REPAIR_FILE, repaired_tensors, save_repaired
+from .pruning.repaired import REPAIR_FILE, consumer_tensors, repaired_tensors, save_repaired
 from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_steps, check_trials, resolve_method
 from .runtime.distributed import SINGLE, Shard
 from .runtime.placement import is_dispatched
@@ -163,7 +163,8 @@ def compress(
     wall time of the method's own steps (scoring, allocation, repair; mask learning or factorising).
     ``shard``: score across processes (see :func:`score`); every process gets the same plan and model.
     ``inplace``: prune ``model`` itself instead of a copy (what a model placed by a device map needs: a copy of
-    a model bigger than memory is no option).
+    a model bigger than memory is no option); repair then rewrites its consumers without copying them, so the
+    process holds the model, the solved kept-width consumers and one slice at a time.
     ``steps``: reach ``rates`` in that many rounds of equal increments (iterative pruning): after each round but
     the last, the pruned (and repaired) model is scored again, so the next cut sees what the earlier ones left;
     the units a round removed score zero and stay removed. The final model is still cut from ``model`` and
@@ -242,13 +243,15 @@ def compress(
     plan.allocation = allocation_info
     pruned: nn.Module = model
     if repair_cfg.mode != "none":
-        pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress)
+        pruned, plan.repair = repair_model(model, plan, calib_batches, labels, repair_cfg, progress, inplace=inplace)
     seconds = time.perf_counter() - t0
     final = apply(plan, pruned, check=False, inplace=inplace or pruned is not model)
     repaired = None
     if pruned is not model:  # repair's copy shares the tensors it did not change with the base
         repaired = repaired_tensors(plan, model, final)
         own_tensors(final, model)
+    elif repair_cfg.mode != "none":  # repaired in place: no plain cut of the base is left to compare with
+        repaired = consumer_tensors(final, repaired_consumers(final, plan)[1])
     return CompressResult(final, plan, scores, seconds, method, examples_per_rank=counts, repaired=repaired)
 
 

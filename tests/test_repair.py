@@ -514,3 +514,54 @@ def test_repair_copies_only_what_it_rewrites_and_compress_owns_every_tensor() ->
     assert not base_storage & {t.untyped_storage().data_ptr() for t in [*out.parameters(), *out.buffers()]}
     assert out.get_input_embeddings().weight is out.get_output_embeddings().weight
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("mode", "sequential"), [("ls", False), ("ls", True), ("bias", False)])
+def test_repair_in_place_equals_repair_on_a_copy(mode: str, sequential: bool) -> None:
+    """``repair(inplace=True)`` rewrites the model's own consumers, copying none of them, and gives the copy path's
+    weights bit for bit (every group solved on the dense model's inputs although the statistics come in chunks, one
+    group per pass here, and the first chunk's solutions would change the second's inputs if written at once)."""
+    import taskprune.pruning.repair as repair_module
+
+    model, tok = tiny_causal("llama", layers=3), tiny_causal_tokenizer()
+    plan = make_plan(model, {g.name: torch.rand(g.size) for g in get_adapter(model).groups()}, RateSpec(rate=0.5))
+    labels, bs = label_space(model, tok, TASK), _batches(model, tok)
+    cfg = RepairConfig(mode, sequential=sequential)
+    on_copy, info = repair(model, plan, bs, labels, cfg, budget=1)
+    own = copy.deepcopy(model)
+    real = repair_module._work_copy
+    repair_module._work_copy = lambda *a: pytest.fail("repair in place made a work copy")  # type: ignore[assignment]
+    try:
+        fixed, info_in_place = repair(own, plan, bs, labels, cfg, budget=1, inplace=True)
+    finally:
+        repair_module._work_copy = real
+    assert fixed is own and info_in_place == info and info["groups"] >= 6
+    for (name, a), b in zip(on_copy.state_dict().items(), fixed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("family", ["llama", "t5-gated"])
+def test_compress_in_place_with_repair_gives_the_copys_model_and_record(family: str) -> None:
+    """``compress(inplace=True)`` with the default recipe's repair prunes the caller's model itself: the same
+    outputs as the copy path, and a repaired-tensors record (what ``taskprune serve`` cuts the repaired model with)
+    that holds every tensor the copy path's record holds, with the same values."""
+    if family == "llama":
+        model, tok = tiny_causal(family, layers=2), tiny_causal_tokenizer()
+    else:
+        model, tok = make_model(family), make_tokenizer(family)
+    own = copy.deepcopy(model)
+    on_copy = compress(model, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), calibration=EXAMPLES)
+    in_place = compress(own, tok, TASK, EXAMPLES[:6], RateSpec(rate=0.5), calibration=EXAMPLES, inplace=True)
+    assert in_place.model is own and on_copy.model is not model
+    assert in_place.plan.repair == on_copy.plan.repair and on_copy.plan.repair["groups"] > 0
+    b = _batches(model, tok)[0]
+    labels = label_space(model, tok, TASK)
+    tf = model_kind(model).teacher_forced(model, b, labels, b.gold.tolist())
+    with torch.no_grad():
+        torch.testing.assert_close(in_place.model(**tf.kwargs).logits, on_copy.model(**tf.kwargs).logits,
+                                   rtol=0, atol=0)
+    assert on_copy.repaired and set(on_copy.repaired) <= set(in_place.repaired)
+    for name, t in on_copy.repaired.items():
+        assert torch.equal(in_place.repaired[name], t), name
+    state = in_place.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in in_place.repaired.items())

@@ -70,18 +70,20 @@ def run(args: argparse.Namespace) -> None:
     fit = inputs.fit_sample(args, task)  # a wrong --data-dir is named before the model loads
     _, model, tok = inputs.load(args, rates)
     eval_set = inputs.eval_examples(args, task) if current().is_main else []  # rank 0 alone evaluates
-    placed = args.device_map is not None  # pruned in place: no copy of a model that needs a device map
+    placed = args.device_map is not None
 
     def metrics_of(model_: nn.Module) -> dict[str, float]:
         return evaluate(model_, tok, task, eval_set, batch_size=args.eval_batch_size, max_length=args.max_length,
                         progress=tqdm_progress).metrics
 
-    dense_metrics = metrics_of(model) if eval_set and placed else None
-    before = count_parameters(model)
+    # pruned in place (no one else holds the model this command loaded): no second copy of its tensors, repaired
+    # consumers included (what a 3B model in float32 needs on 24 GiB), so the dense model is evaluated first
+    dense_metrics = metrics_of(model) if eval_set else None
+    before, plan_text = count_parameters(model), rates.describe(model)
     pool = inputs.examples(args, task, "fit") if recipe.uses_calibration else None
     result = compress(model, tok, task, fit, rates, method=args.method, config=config, seed=args.seed,
                       batch_size=args.batch_size, max_length=args.max_length, progress=tqdm_progress,
-                      shard=current(), inplace=placed, **recipe.compress_kwargs(pool, fit, args.seed))
+                      shard=current(), inplace=True, **recipe.compress_kwargs(pool, fit, args.seed))
     if not current().is_main:
         return  # the other ranks helped score; rank 0 writes and reports
     out = save_compressed(result, tok, args.out, overwrite=args.overwrite)
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     rows: list[list[Any]] = [["parameters (total)", before["total"], after["total"]],
                              ["parameters (prunable)", before["prunable"], after["prunable"]]]
     if eval_set:
-        columns = [dense_metrics or metrics_of(model), metrics_of(result.model if placed else load_pruned(out))]
+        columns = [dense_metrics, metrics_of(result.model if placed else load_pruned(out))]
         for metrics in columns:
             for metric, value in metrics.items():
                 row = next((r for r in rows if r[0] == metric), None)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
                     row.append(value)
     n_used = "no examples" if args.method == "svd" else used(fit, args.samples)
     echo(f"{task.name}: {args.method} on {n_used} ({result.scoring_seconds:.1f} s{ranks_text(result.examples_per_rank)}), "
-         f"plan {rates.describe(model)}")
+         f"plan {plan_text}")
     echo(render_table(["", "before", "after"], rows))
     echo(f"kept {after['prunable'] / max(before['prunable'], 1):.1%} of prunable parameters; saved to {out}")
     if result.note:

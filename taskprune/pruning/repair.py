@@ -243,15 +243,24 @@ def _work_copy(model: nn.Module, consumers: list[str]) -> nn.Module:
     return work
 
 
-def _write(consumer: nn.Linear, cols: torch.Tensor, stats: _Stats, config: RepairConfig) -> None:
-    """Solve one group and write its new kept weights (and bias) into ``consumer``."""
+def _solved(consumer: nn.Linear, cols: torch.Tensor, stats: _Stats, config: RepairConfig
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One group's new kept weights (and bias), solved from its statistics."""
     weight = consumer.weight.detach()[:, cols].cpu()
     bias = None if consumer.bias is None else consumer.bias.detach().cpu()
-    new_w, new_b = solve(stats, weight, bias, config.mode, config.alpha)
+    return solve(stats, weight, bias, config.mode, config.alpha)
+
+
+def _store(consumer: nn.Linear, cols: torch.Tensor, new_w: torch.Tensor, new_b: torch.Tensor | None) -> None:
     with torch.no_grad():
         consumer.weight[:, cols] = new_w.to(consumer.weight.device, consumer.weight.dtype)
         if new_b is not None:
             consumer.bias.copy_(new_b.to(consumer.bias.device, consumer.bias.dtype))
+
+
+def _write(consumer: nn.Linear, cols: torch.Tensor, stats: _Stats, config: RepairConfig) -> None:
+    """Solve one group and write its new kept weights (and bias) into ``consumer``."""
+    _store(consumer, cols, *_solved(consumer, cols, stats, config))
 
 
 def gather(model: nn.Module, groups: list[NeuronGroup], keep_cols: dict[str, torch.Tensor],
@@ -301,12 +310,21 @@ def _one_shot(model: nn.Module, work: nn.Module, order: list[NeuronGroup], keep_
              for g in order}
     chunks = _chunks(order, sizes, statistics_budget() if budget is None else budget)
     tokens: dict[str, float] = {}
+    # repairing the model itself: a later run's statistics must still come from the dense model, so the solved
+    # weights (at the kept width) wait until every run is gathered
+    pending: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     for i, chunk in enumerate(chunks):
         desc = "repair statistics" + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else "")
         stats = gather(model, chunk, keep_cols, batches, labels, second, progress, desc)
         for g in chunk:
-            _write(adapter.parts(g).consumers[0], keep_cols[g.name], stats[g.name], config)
+            consumer, cols = adapter.parts(g).consumers[0], keep_cols[g.name]
+            if work is model:
+                pending.append((consumer, cols, *_solved(consumer, cols, stats[g.name], config)))
+            else:
+                _write(consumer, cols, stats[g.name], config)
             tokens[g.name] = stats.pop(g.name).n
+    for consumer, cols, new_w, new_b in pending:
+        _store(consumer, cols, new_w, new_b)
     return tokens
 
 
@@ -373,24 +391,33 @@ def _sequential(model: nn.Module, work: nn.Module, plan: PruningPlan, order: lis
     return tokens
 
 
-def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels: LabelSpace,
-           config: RepairConfig, progress: Progress = no_progress, *, budget: int | None = None
-           ) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``model`` whose repairable groups' consumer weights are re-solved for ``plan`` on the calibration
-    ``batches`` (their labels are not used). The copy is still dense-shaped (slice it with ``prune.apply``, which
-    keeps exactly the repaired columns) and owns only the consumers it rewrote: every other tensor is ``model``'s
-    own (slice it in place, then :func:`taskprune.pruning.apply.own_tensors`, as ``compress`` does). ``budget``:
-    bytes of one-shot statistics held at once (default :func:`statistics_budget`). Returns the copy and a summary
-    for the plan's provenance."""
-    if config.mode == "none":
-        return model, {"mode": "none"}
+def repaired_consumers(model: nn.Module, plan: PruningPlan) -> tuple[list[NeuronGroup], list[str]]:
+    """The groups repair re-solves for ``plan`` (repairable roles, cut but not emptied) and their consumers' module
+    names in ``model``."""
     base = get_adapter(model)
     by_name = base.group_by_name()
     groups = [by_name[n] for n, g in plan.groups.items()
               if len(g["keep"]) < g["size"] and by_name[n].role in REPAIRABLE_ROLES and g["keep"]]
     names = {id(m): n for n, m in model.named_modules()}
-    consumers = [names[id(base.parts(g).consumers[0])] for g in groups]
-    work = _work_copy(model, consumers)
+    return groups, [names[id(base.parts(g).consumers[0])] for g in groups]
+
+
+def repair(model: nn.Module, plan: PruningPlan, batches: Sequence[Batch], labels: LabelSpace,
+           config: RepairConfig, progress: Progress = no_progress, *, budget: int | None = None,
+           inplace: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` whose repairable groups' consumer weights are re-solved for ``plan`` on the calibration
+    ``batches`` (their labels are not used). The copy is still dense-shaped (slice it with ``prune.apply``, which
+    keeps exactly the repaired columns) and owns only the consumers it rewrote: every other tensor is ``model``'s
+    own (slice it in place, then :func:`taskprune.pruning.apply.own_tensors`, as ``compress`` does). ``budget``:
+    bytes of one-shot statistics held at once (default :func:`statistics_budget`). ``inplace``: rewrite
+    ``model``'s own consumers instead (no copy of them: a model pruned in place next, e.g. a 3B model in float32 on
+    24 GiB, does not hold its consumers twice); every group is still solved on the dense model's inputs (one-shot:
+    the solutions wait at the kept width until every statistic is gathered; sequential: the dense targets are
+    taken first). Returns the copy (or ``model``) and a summary for the plan's provenance."""
+    if config.mode == "none":
+        return model, {"mode": "none"}
+    groups, consumers = repaired_consumers(model, plan)
+    work = model.eval() if inplace else _work_copy(model, consumers)
     if not groups:
         return work, {**config.to_dict(), "groups": 0, "tokens": 0}
     device = next(model.parameters()).device

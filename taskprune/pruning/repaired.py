@@ -42,6 +42,15 @@ def repaired_tensors(plan: PruningPlan, base: nn.Module, repaired: nn.Module) ->
     return out
 
 
+def consumer_tensors(model: nn.Module, consumers: list[str]) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of the ``consumers`` (module names) of a model repaired and pruned IN PLACE: what
+    :func:`repaired_tensors` gives when no plain cut of the base is left to compare with (a consumer repair left
+    bit for bit unchanged is included too, which a server loads to the same values). The model's own tensors, not
+    copies: a model pruned in place to fit memory should not hold its consumers twice."""
+    prefixes = tuple(c + "." for c in consumers)
+    return {name: t.detach() for name, t in model.state_dict().items() if name.startswith(prefixes)}
+
+
 def save_repaired(tensors: dict[str, torch.Tensor], path: str | Path, plan: PruningPlan,
                   overwrite: bool = True) -> Path:
     from safetensors.torch import save
