@@ -16,7 +16,8 @@ Per size, in one run (three fresh processes: the two memory probes, then the tim
   rounds of all three with the order rotated per round; medians of the times and of each round's ratios;
 - compress wall time of the default recipe at ``--budget`` (``--method taskprune``: attribution, its global
   allocation, least-squares repair on 128 calibration inputs), its allocation + repair time (the method's steps, ``CompressResult.scoring_seconds``,
-  less the scoring time above), and its peak RSS;
+  less the scoring time above), and its peak RSS; in place (``inplace=True``, as the CLI runs it; rows before
+  2026-12-04 05:30 UTC compressed a copy and are marked so), the dense model rebuilt from its seed afterwards;
 - peak RSS of scoring and of inference over the same batches (VmHWM reset after loading);
 - pruned vs dense forward latency at batch 1 and 16 and greedy generation tokens/s at batch 1 (KV cache), in
   adjacent, order-alternating pairs (ratios are medians of per-pair ratios).
@@ -156,12 +157,17 @@ def main_child(args: argparse.Namespace) -> dict:
     row["bare_recompute_ratio"] = statistics.median(b / s for b, s in zip(runs[2], runs[0]))
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
+    # in place, as `taskprune compress` does: the process holds the model, the solved consumers at the kept width
+    # and the repair's statistics, not a second model (what a 3B model in float32 needs on 24 GiB)
     res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, inplace=True)
     row["compress_s"] = time.perf_counter() - t0
     row["compress_scoring_s"] = res.scoring_seconds
     row["compress_peak_kb"] = _rss_kb("VmHWM")
+    row["compress_inplace"] = True
     pruned = res.model
+    del res, model
+    model, _ = build(SHAPES[args.child], args.bf16_above)  # the dense model again (seeded: the same weights)
     row["pruned_params"] = sum(p.numel() for p in pruned.parameters())
     enc = tok([e.prompt or e.text for e in fit], return_tensors="pt", padding=True)
     for bs in (1, 16):
@@ -253,7 +259,8 @@ def report(args: argparse.Namespace) -> None:
             f"{_ratio(r, 'bare'):.2f} ({_ratio(r, 'bare_recompute'):.2f}) | "
             f"{r['compress_s']:.1f} | {rest:.1f} | "
             f"{r['score_peak_kb'] / 1024:.0f} / {r['infer_peak_kb'] / 1024:.0f} | "
-            f"{r['score_peak_kb'] / r['infer_peak_kb']:.2f} | {r['compress_peak_kb'] / 1024:.0f} | "
+            f"{r['score_peak_kb'] / r['infer_peak_kb']:.2f} | {r['compress_peak_kb'] / 1024:.0f}"
+            f"{'' if r.get('compress_inplace') else ' (copy)'} | "
             f"{r['speedup_b1']:.2f} / {r['speedup_b16']:.2f} | {r['gen_tokens_s'][0]:.1f} → {r['gen_tokens_s'][1]:.1f} |")
     fits = {}
     if len(rows) >= 2:

@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "Kwon": ("kwon", None, None),
     "AP+global": ("attribution", "global", "none"),
     "taskprune": ("taskprune", None, None),  # the default: AP + global-sqrt allocation + least-squares repair
+    # ... scoring the calibration inputs too, labelled by the dense model (compress(self_label=True))
+    "taskprune+selflabel": ("taskprune", None, None),
     "AP+repair": ("attribution", "uniform", "ls"),
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
@@ -59,7 +61,10 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+param+seqrepair": ("attribution", "global-param", "ls+sequential"),
 }
 #: variants pruned in rounds (``compress(steps=)``: re-scored after each round but the last)
-STEPS = {"taskprune+iter3": 3, "AP+raw+repair+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3}
+STEPS = {"taskprune+iter3": 3, "AP+raw+repair+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3,
+         "taskprune+selflabel+iter3": 3}
+#: variants that score the calibration inputs too, labelled by the dense model's predictions
+SELF_LABEL = {"taskprune+selflabel", "taskprune+selflabel+iter3"}
 #: variants whose intermediate rounds are scored masked but unrepaired (only the final cut is repaired)
 MASKED_ROUNDS = {"AP+param+repair+iter3m"}
 VARIANTS.update({v: VARIANTS[v.rsplit("+", 1)[0]] for v in STEPS})
@@ -121,9 +126,12 @@ def run(args: argparse.Namespace) -> None:
             cfg = tp.ScoreConfig(seed=trial)
             res = compress(model, tok, task, fit, RateSpec(rate=budget), method=method, config=cfg, seed=seed,
                            allocate=allocate, repair=_repair_config(repair), calibration=calib,
-                           steps=STEPS.get(variant, 1), round_repair=variant not in MASKED_ROUNDS)
+                           steps=STEPS.get(variant, 1), round_repair=variant not in MASKED_ROUNDS,
+                           self_label=variant in SELF_LABEL)
             pruned = res.model
             info = {"allocation": res.plan.allocation, "repair": res.plan.repair}
+            if res.plan.self_labelled:
+                info["self_labelled"] = res.plan.self_labelled
         seconds = time.perf_counter() - t0
         ev_res = tp.evaluate(pruned, tok, task, ev, batch_size=64)
         correct = [p == e.label for p, e in zip(ev_res.predictions, ev)]

@@ -37,7 +37,15 @@ from .pruning.rates import RateSpec, check_rates_fit, scaled_rates
 from .pruning.repair import RepairConfig, repaired_consumers
 from .pruning.repair import repair as repair_model
 from .pruning.repaired import REPAIR_FILE, consumer_tensors, repaired_tensors, save_repaired
-from .recipe import DEFAULT_SEARCH_ITERATIONS, SEARCH_EXAMPLES, check_recipe, check_steps, check_trials, resolve_method
+from .recipe import (
+    DEFAULT_SEARCH_ITERATIONS,
+    SEARCH_EXAMPLES,
+    check_recipe,
+    check_steps,
+    check_trials,
+    resolve_method,
+    self_labelled,
+)
 from .runtime.distributed import SINGLE, Shard
 from .runtime.placement import is_dispatched
 from .scoring import ScoreConfig, Scores, ScoringJob, get_scorer, save_scores, score_metadata
@@ -151,6 +159,7 @@ def compress(
     inplace: bool = False,
     steps: int = 1,
     round_repair: bool = True,
+    self_label: bool = False,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
 
@@ -170,6 +179,8 @@ def compress(
     the units a round removed score zero and stay removed. The final model is still cut from ``model`` and
     repaired once against it. Costs ``steps`` scorings (and ``steps - 1`` extra repairs; ``round_repair=False``
     scores the rounds masked but unrepaired, which measured worse on SmolLM2: docs/method.md).
+    ``self_label``: score the ``calibration`` inputs too, each labelled by the dense model's own prediction
+    (:func:`taskprune.recipe.self_labelled`; the plan records how many in ``self_labelled``).
     """
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
@@ -194,6 +205,11 @@ def compress(
         raise TaskpruneError(f"repair {repair_cfg.mode} works on a copy of the whole model: it does not run on a model "
                              "placed by a device map; use repair none (--repair none)")
     t0 = time.perf_counter()
+    labelled = len(examples)
+    if self_label and calibration:  # before any weight changes: the dense model's answers
+        examples = [*examples, *self_labelled(model, tokenizer, task, calibration, examples, max(batch_size, 32),
+                                              max_length)]
+        counts = examples_per_rank(method, len(examples), batch_size, shard) if shard.active else None
 
     def score_on(m: nn.Module, r: RateSpec) -> Scores:
         return score(m, tokenizer, task, examples, method=scorer, config=config, batch_size=batch_size,
@@ -210,8 +226,10 @@ def compress(
     base_fingerprint = fingerprint(model)
 
     def plan_for(r: RateSpec) -> PruningPlan:
-        return make_plan(model, scores, r, task=task.name, method=method, samples=len(examples), seed=seed,
+        plan = make_plan(model, scores, r, task=task.name, method=method, samples=labelled, seed=seed,
                          options=config.to_dict(), base_fingerprint=base_fingerprint)
+        plan.self_labelled = len(examples) - labelled or None
+        return plan
 
     def allocated(r: RateSpec) -> tuple[RateSpec, dict[str, Any] | None]:
         """``r`` spread over the groups by the allocation (its budget ``r.rate``), with the allocation's record."""

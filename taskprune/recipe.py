@@ -8,7 +8,7 @@ honoured is refused before any model is loaded or scored, and nothing the user a
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .catalogue import DEFAULT_METHOD, get_method, list_methods
@@ -87,6 +87,21 @@ def check_trials(method: str, trials: int, evaluated: bool, allocate: str | None
                              "or --repair")
 
 
+def self_labelled(model: Any, tokenizer: Any, task: Any, calibration: list[Example], labelled: list[Example],
+                  batch_size: int = 32, max_length: int = 256) -> list[Example]:
+    """The ``calibration`` inputs that are not ``labelled`` examples, each labelled by the dense model's own
+    prediction (rank classification, as evaluation): more examples to score at no labelling cost. The labelled few
+    say which task; on the rest the scores follow what the model does, which is what pruning should keep."""
+    from .evaluate import evaluate
+
+    taken = {(e.text, e.prompt) for e in labelled}
+    rest = [e for e in calibration if (e.text, e.prompt) not in taken]
+    if not rest:
+        return []
+    predicted = evaluate(model, tokenizer, task, rest, batch_size=batch_size, max_length=max_length).predictions
+    return [replace(e, label=int(p)) for e, p in zip(rest, predicted)]
+
+
 def calibration_examples(pool: list[Example], scoring: list[Example], n: int, seed: int = 0) -> list[Example]:
     """``n`` calibration inputs: the scoring examples first, then others drawn (seeded) from ``pool`` (labels are
     not used, so any task input will do: repair needs inputs, not answers)."""
@@ -110,6 +125,7 @@ class Recipe:
     search_iterations: int | None = None
     repair_centred: bool | None = None
     steps: int | None = None  # rounds of iterative pruning (None: one)
+    self_label: bool | None = None  # also score the calibration inputs, labelled by the dense model (None: off)
 
     @property
     def allocation_and_repair(self) -> tuple[str, str]:
@@ -122,7 +138,7 @@ class Recipe:
     @property
     def uses_calibration(self) -> bool:
         allocation, repair = self.allocation_and_repair
-        return repair != "none" or allocation == "search"
+        return repair != "none" or allocation == "search" or bool(self.self_label)
 
     def check(self, rates: RateSpec) -> None:
         """Every refusal the flags alone justify: the combination, then the tuning flags it would not use."""
@@ -136,7 +152,7 @@ class Recipe:
         unused = [flag for flag, value, used in (
             ("--repair-alpha", self.repair_alpha, repair in ("ls", "scale")),
             ("--repair-order", self.repair_order, repair != "none"),
-            ("--calibration", self.calibration, repair != "none" or allocation == "search"),
+            ("--calibration", self.calibration, self.uses_calibration),
             ("--search-iterations", self.search_iterations, allocation == "search"),
             ("--repair-centred", self.repair_centred, repair in ("ls", "scale")),
         ) if value is not None and not used]
@@ -144,7 +160,7 @@ class Recipe:
             raise TaskpruneError(
                 f"{' and '.join(unused)} would change nothing: --method {self.method} runs allocation {allocation} "
                 f"with repair {repair} (--repair-alpha needs --repair ls or scale, --repair-order any repair, "
-                "--calibration a repair or --allocate search, --search-iterations --allocate search, "
+                "--calibration a repair, --allocate search or --self-label, --search-iterations --allocate search, "
                 "--repair-centred --repair ls or scale)")
 
     def check_placement(self) -> None:
@@ -165,7 +181,7 @@ class Recipe:
             return {"allocate": self.allocate, "repair": self.repair}
         allocation, repair = self.allocation_and_repair
         alpha = RepairConfig.alpha if self.repair_alpha is None else self.repair_alpha
-        extra: dict[str, Any] = {"allocate": allocation, "steps": self.steps or 1,
+        extra: dict[str, Any] = {"allocate": allocation, "steps": self.steps or 1, "self_label": bool(self.self_label),
                                  "search_iterations": self.search_iterations or DEFAULT_SEARCH_ITERATIONS,
                                  "repair": RepairConfig(repair, alpha, self.repair_order == "sequential",
                                                         centred=bool(self.repair_centred))}

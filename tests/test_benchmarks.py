@@ -85,7 +85,8 @@ def test_scale_runs_resumes_and_reports(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["pruned_params"] < rows[0]["params"]
     for key in ("scoring_s", "bare_s", "bare_recompute_s", "compress_s", "score_peak_kb", "infer_peak_kb",
-                "compress_peak_kb", "speedup_b1", "speedup_b16", "gen_tokens_s", "bare_ratio", "bare_recompute_ratio"):
+                "compress_peak_kb", "speedup_b1", "speedup_b16", "gen_tokens_s", "bare_ratio", "bare_recompute_ratio",
+                "compress_inplace"):
         assert key in rows[0]
     assert len(rows[0]["scoring_runs_s"]) == len(rows[0]["bare_recompute_runs_s"]) == 2
     second = dict(rows[0], size="tiny", params=rows[0]["params"] * 4, scoring_s=rows[0]["scoring_s"] * 4 + 1e-3)

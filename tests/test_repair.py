@@ -565,3 +565,55 @@ def test_compress_in_place_with_repair_gives_the_copys_model_and_record(family: 
         assert torch.equal(in_place.repaired[name], t), name
     state = in_place.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in in_place.repaired.items())
+
+
+def test_self_labelled_inputs_carry_the_dense_models_predictions() -> None:
+    """``self_labelled`` labels each calibration input the labelled examples do not hold with the dense model's own
+    prediction (what evaluation predicts), and keeps text and prompt."""
+    from taskprune.evaluate import evaluate
+    from taskprune.recipe import self_labelled
+
+    model, tok = tiny_causal("llama", layers=2), tiny_causal_tokenizer()
+    fit = EXAMPLES[:4]
+    out = self_labelled(model, tok, TASK, EXAMPLES, fit)
+    rest = EXAMPLES[4:]
+    assert [(e.text, e.prompt) for e in out] == [(e.text, e.prompt) for e in rest]
+    assert [e.label for e in out] == evaluate(model, tok, TASK, rest).predictions
+    assert self_labelled(model, tok, TASK, fit, fit) == []
+
+
+def test_compress_self_label_scores_the_self_labelled_calibration_inputs() -> None:
+    """``compress(self_label=True)`` scores the labelled examples plus the self-labelled calibration inputs (the
+    same scores as scoring that list directly), records how many in the plan, and keeps ``samples`` the count of
+    labelled examples; without calibration inputs beyond the examples it changes nothing."""
+    from taskprune.api import score
+    from taskprune.recipe import self_labelled
+
+    model, tok = tiny_causal("llama", layers=2), tiny_causal_tokenizer()
+    fit = EXAMPLES[:4]
+    res = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=EXAMPLES, self_label=True)
+    expected = score(model, tok, TASK, [*fit, *self_labelled(model, tok, TASK, EXAMPLES, fit)])
+    assert res.plan.self_labelled == len(EXAMPLES) - len(fit) and res.plan.samples == len(fit)
+    for name, s in res.scores.items():
+        torch.testing.assert_close(s, expected[name])
+    plain = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=EXAMPLES)
+    assert plain.plan.self_labelled is None and any(not torch.equal(plain.scores[k], res.scores[k]) for k in res.scores)
+    same = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=fit, self_label=True)
+    assert same.plan.self_labelled is None and all(torch.equal(plain.scores[k], same.scores[k]) for k in same.scores)
+
+
+def test_the_self_label_flag_draws_calibration_inputs_even_without_repair() -> None:
+    from taskprune.cli import build_parser
+    from taskprune.cli.options import recipe_from
+    from taskprune.recipe import Recipe
+
+    args = build_parser().parse_args(["compress", "--model", "m", "--task", "sst2", "--out", "o", "--self-label",
+                                      "--repair", "none", "--calibration", "20"])
+    recipe = recipe_from(args)
+    assert recipe.self_label and recipe.uses_calibration
+    recipe.check_tuning()  # --calibration is used: by the self-labelling
+    pool = [Example(f"text {i}", i % 2) for i in range(40)]
+    kwargs = recipe.compress_kwargs(pool, pool[:4], 0)
+    assert kwargs["self_label"] and len(kwargs["calibration"]) == 20
+    with pytest.raises(TaskpruneError, match="--calibration would change nothing"):
+        Recipe(repair="none", calibration=20, allocate="uniform").check_tuning()

@@ -180,6 +180,9 @@ def add_recipe(p: argparse.ArgumentParser) -> None:
                         f"from the fit split, N in all (default {DEFAULT_CALIBRATION})")
     g.add_argument("--search-iterations", type=POSITIVE_INT, default=None,
                    help=f"candidate moves of --allocate search (default {DEFAULT_SEARCH_ITERATIONS})")
+    g.add_argument("--self-label", action="store_const", const=True, default=None,
+                   help="also score the calibration inputs (--calibration), each labelled by the dense model's own "
+                        "prediction: more examples at no labelling cost (the plan records how many)")
     g.add_argument("--steps", type=POSITIVE_INT, default=None, metavar="N",
                    help="iterative pruning: reach --rate in N equal rounds, scoring the pruned (and repaired) model "
                         "again after each but the last (N scorings; default 1, one shot)")
@@ -190,7 +193,7 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
     if not hasattr(args, "repair"):
         return Recipe(method=args.method, allocate="uniform", repair="none")
     return Recipe(args.method, args.allocate, args.repair, args.repair_alpha, args.repair_order, args.calibration,
-                  args.search_iterations, args.repair_centred, args.steps)
+                  args.search_iterations, args.repair_centred, args.steps, self_label=args.self_label)
 
 
 def add_rates(p: argparse.ArgumentParser, modules: str = "all") -> None:

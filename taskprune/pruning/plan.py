@@ -73,6 +73,9 @@ class PruningPlan:
     options: dict[str, Any] = field(default_factory=dict)
     allocation: dict[str, Any] | None = None  # how the rates were spread (taskprune.pruning.allocate), None: as given
     repair: dict[str, Any] | None = None  # how kept weights were re-solved (taskprune.pruning.repair), None: not repaired
+    #: calibration inputs scored beside the ``samples`` labelled examples, labelled by the dense model's own
+    #: predictions (``compress(self_label=True)``); None: none
+    self_labelled: int | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: str = PLAN_FORMAT
 
