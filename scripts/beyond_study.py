@@ -113,8 +113,12 @@ def run(args: argparse.Namespace) -> None:
             dev = tp.load_examples(task, "eval", args.data_dir)
             ev = (validation_examples(fit_pool, dev, args.validation_size, args.samples, args.calibration)
                   if args.eval_split == "validation" else dev)[: args.eval_examples or None]
-            cache[task_name] = (task, fit_pool, ev, eval_set_id(ev))
-        task, fit_all, ev, ev_id = cache[task_name]
+            # a seed the validation split was not built around draws its examples from the rest of the fit split
+            held = {(e.text, e.prompt) for e in ev} if args.eval_split == "validation" else set()
+            cache[task_name] = (task, fit_pool, [e for e in fit_pool if (e.text, e.prompt) not in held], ev,
+                                eval_set_id(ev))
+        task, fit_pool, fit_rest, ev, ev_id = cache[task_name]
+        fit_all = fit_pool if seed in VALIDATION_EXCLUDES_SEEDS else fit_rest
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         if variant == "dense":
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"{rid}: {row['metrics']} ({seconds:.1f} s)", flush=True)
 
 
-#: sample seeds whose fit and calibration examples a validation split never holds (the reported studies' seeds)
+#: sample seeds whose fit and calibration examples a validation split never holds (the reported studies' seeds);
+#: other seeds, on a validation run, sample from the fit split less the validation examples
 VALIDATION_EXCLUDES_SEEDS = (0, 1, 2)
 #: a validation example has at least this many words: SST-2's train split holds every sub-sentence phrase of its
 #: parse trees, its dev split whole sentences (median ~19 words); short phrases would validate another task

@@ -159,7 +159,7 @@ def compress(
     inplace: bool = False,
     steps: int = 1,
     round_repair: bool = True,
-    self_label: bool = False,
+    self_label: bool | None = None,
 ) -> CompressResult:
     """Score ``model`` on ``examples``, plan at ``rates`` and return the physically pruned copy.
 
@@ -180,7 +180,8 @@ def compress(
     repaired once against it. Costs ``steps`` scorings (and ``steps - 1`` extra repairs; ``round_repair=False``
     scores the rounds masked but unrepaired, which measured worse on SmolLM2: docs/method.md).
     ``self_label``: score the ``calibration`` inputs too, each labelled by the dense model's own prediction
-    (:func:`taskprune.recipe.self_labelled`; the plan records how many in ``self_labelled``).
+    (:func:`taskprune.recipe.self_labelled`; the plan records how many in ``self_labelled``); None: the method's own
+    (taskprune's recipe: on; every other method: off). No effect without calibration inputs beyond ``examples``.
     """
     repair_cfg = repair if isinstance(repair, RepairConfig) else None
     check_recipe(method, rates, allocate, repair_cfg.mode if repair_cfg else repair)
@@ -206,6 +207,8 @@ def compress(
                              "placed by a device map; use repair none (--repair none)")
     t0 = time.perf_counter()
     labelled = len(examples)
+    if self_label is None:
+        self_label = spec.self_label
     if self_label and calibration:  # before any weight changes: the dense model's answers
         examples = [*examples, *self_labelled(model, tokenizer, task, calibration, examples, max(batch_size, 32),
                                               max_length)]

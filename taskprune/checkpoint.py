@@ -318,6 +318,9 @@ def loading_notes(plan: Any, folder: str | Path | None) -> list[str]:  # noqa: A
     """One line each on how ``plan``'s rates were spread and its weights repaired, then how to load the checkpoint
     saved in ``folder`` (what ``compress`` and ``demo --out`` print after saving)."""
     lines = []
+    if plan is not None and getattr(plan, "self_labelled", None):
+        lines.append(f"scoring: the {plan.samples} labelled examples and {plan.self_labelled} calibration inputs "
+                     "labelled by the dense model's own predictions (--no-self-label: the labelled ones alone)")
     if plan is not None and plan.allocation:
         a = plan.allocation
         widths = {n: len(g["keep"]) for n, g in plan.groups.items()}

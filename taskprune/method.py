@@ -60,7 +60,8 @@ class Method:
 
     ``help`` is its phrase in ``--method``'s help. ``scorer``: the registered scorer it runs (None for a
     transform); ``allocate`` / ``repair``: its default allocation and repair (:mod:`taskprune.pruning.allocate`,
-    :mod:`taskprune.pruning.repair`). ``needs_examples``: it reads the task's examples (random scores and svd do
+    :mod:`taskprune.pruning.repair`); ``self_label``: whether ``compress`` also scores the calibration inputs,
+    labelled by the dense model (:func:`taskprune.recipe.self_labelled`). ``needs_examples``: it reads the task's examples (random scores and svd do
     not). ``combine``: how ranks share its scoring. ``group_local``: a group's score does not depend on which
     other groups are scored, so ``compress`` scores only the groups its rates prune. ``random``: its result is a
     draw of ``--trial-seed`` (``--trials`` applies). ``whole_model``: it needs the whole model in memory (not
@@ -74,6 +75,7 @@ class Method:
     scorer: str | None = None
     allocate: str = "uniform"
     repair: str = "none"
+    self_label: bool = False
     transform: Callable[[TransformRequest], Transformed] | None = None
     needs_examples: bool = True
     combine: Combine = "sum"
@@ -106,12 +108,14 @@ def register_method(method: Method) -> Method:
     return method
 
 
-def recipe(name: str, scorer: str, allocate: str, repair: str, help: str, order: int = 100) -> Method:  # noqa: A002
-    """Register a recipe: the scorer method ``scorer`` (registered before) with an allocation and a repair; it
-    inherits what the scorer is (examples, ranks, randomness) and is run by ``compress`` only."""
+def recipe(name: str, scorer: str, allocate: str, repair: str, help: str, order: int = 100,  # noqa: A002
+           self_label: bool = False) -> Method:
+    """Register a recipe: the scorer method ``scorer`` (registered before) with an allocation, a repair and whether
+    it also scores self-labelled calibration inputs; it inherits what the scorer is (examples, ranks, randomness)
+    and is run by ``compress`` only."""
     base = _METHODS[scorer]
     return register_method(replace(base, name=name, help=help, allocate=allocate, repair=repair,
-                                   scores_alone=False, order=order))
+                                   self_label=self_label, scores_alone=False, order=order))
 
 
 def registered() -> dict[str, Method]:

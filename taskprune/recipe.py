@@ -125,7 +125,7 @@ class Recipe:
     search_iterations: int | None = None
     repair_centred: bool | None = None
     steps: int | None = None  # rounds of iterative pruning (None: one)
-    self_label: bool | None = None  # also score the calibration inputs, labelled by the dense model (None: off)
+    self_label: bool | None = None  # also score the calibration inputs, labelled by the dense model (None: the method's)
 
     @property
     def allocation_and_repair(self) -> tuple[str, str]:
@@ -138,7 +138,13 @@ class Recipe:
     @property
     def uses_calibration(self) -> bool:
         allocation, repair = self.allocation_and_repair
-        return repair != "none" or allocation == "search" or bool(self.self_label)
+        return repair != "none" or allocation == "search" or self.self_labels
+
+    @property
+    def self_labels(self) -> bool:
+        """Whether compress also scores self-labelled calibration inputs (the method's own where not given)."""
+        m = get_method(self.method)
+        return m.selects_units and (m.self_label if self.self_label is None else self.self_label)
 
     def check(self, rates: RateSpec) -> None:
         """Every refusal the flags alone justify: the combination, then the tuning flags it would not use."""
@@ -155,13 +161,14 @@ class Recipe:
             ("--calibration", self.calibration, self.uses_calibration),
             ("--search-iterations", self.search_iterations, allocation == "search"),
             ("--repair-centred", self.repair_centred, repair in ("ls", "scale")),
+            ("--self-label", self.self_label, get_method(self.method).selects_units),
         ) if value is not None and not used]
         if unused:
             raise TaskpruneError(
                 f"{' and '.join(unused)} would change nothing: --method {self.method} runs allocation {allocation} "
                 f"with repair {repair} (--repair-alpha needs --repair ls or scale, --repair-order any repair, "
                 "--calibration a repair, --allocate search or --self-label, --search-iterations --allocate search, "
-                "--repair-centred --repair ls or scale)")
+                "--repair-centred --repair ls or scale, --self-label a method that selects units)")
 
     def check_placement(self) -> None:
         """Refuse, before anything loads, what cannot run on a model placed by a device map."""
@@ -181,7 +188,7 @@ class Recipe:
             return {"allocate": self.allocate, "repair": self.repair}
         allocation, repair = self.allocation_and_repair
         alpha = RepairConfig.alpha if self.repair_alpha is None else self.repair_alpha
-        extra: dict[str, Any] = {"allocate": allocation, "steps": self.steps or 1, "self_label": bool(self.self_label),
+        extra: dict[str, Any] = {"allocate": allocation, "steps": self.steps or 1, "self_label": self.self_labels,
                                  "search_iterations": self.search_iterations or DEFAULT_SEARCH_ITERATIONS,
                                  "repair": RepairConfig(repair, alpha, self.repair_order == "sequential",
                                                         centred=bool(self.repair_centred))}

@@ -65,7 +65,10 @@ def test_compress_end_to_end(workspace: dict[str, Path], capsys: pytest.CaptureF
     # the default recipe: attribution, one ranking across groups (scores per sqrt of parameters), least squares
     assert "allocation: global-sqrt" in text and "plain from_pretrained" in text
     assert "repair: ls on 8 calibration inputs" in text
-    assert json.loads((out / "plan.json").read_text())["repair"]["mode"] == "ls"
+    # ... scoring the 4 labelled examples and the other 4 calibration inputs with the dense model's labels
+    assert "on 4 examples + 4 self-labelled" in text and "4 calibration inputs labelled by the dense model" in text
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["repair"]["mode"] == "ls" and plan["samples"] == 4 and plan["self_labelled"] == 4
     assert {"config.json", "model.safetensors", "plan.json", "scores.safetensors"} <= {p.name for p in out.iterdir()}
     assert load_pruned(out) is not None  # per-layer widths: taskprune.load_pruned reads them
     stock = workspace["root"] / "compressed-uniform"  # the flag the note names: uniform rates, a stock checkpoint

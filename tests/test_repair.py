@@ -596,7 +596,7 @@ def test_compress_self_label_scores_the_self_labelled_calibration_inputs() -> No
     assert res.plan.self_labelled == len(EXAMPLES) - len(fit) and res.plan.samples == len(fit)
     for name, s in res.scores.items():
         torch.testing.assert_close(s, expected[name])
-    plain = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=EXAMPLES)
+    plain = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=EXAMPLES, self_label=False)
     assert plain.plan.self_labelled is None and any(not torch.equal(plain.scores[k], res.scores[k]) for k in res.scores)
     same = compress(model, tok, TASK, fit, RateSpec(rate=0.5), calibration=fit, self_label=True)
     assert same.plan.self_labelled is None and all(torch.equal(plain.scores[k], same.scores[k]) for k in same.scores)
@@ -616,4 +616,21 @@ def test_the_self_label_flag_draws_calibration_inputs_even_without_repair() -> N
     kwargs = recipe.compress_kwargs(pool, pool[:4], 0)
     assert kwargs["self_label"] and len(kwargs["calibration"]) == 20
     with pytest.raises(TaskpruneError, match="--calibration would change nothing"):
-        Recipe(repair="none", calibration=20, allocate="uniform").check_tuning()
+        Recipe("attribution", calibration=20).check_tuning()
+    with pytest.raises(TaskpruneError, match="--calibration would change nothing"):
+        Recipe(repair="none", calibration=20, allocate="uniform", self_label=False).check_tuning()
+    with pytest.raises(TaskpruneError, match="--self-label would change nothing"):
+        Recipe("svd", self_label=True).check_tuning()
+
+
+def test_the_default_recipe_self_labels_and_the_paper_method_does_not() -> None:
+    """taskprune's recipe scores self-labelled calibration inputs by default (chosen on SmolLM2's validation
+    split); ``--method attribution`` (the paper) does not; ``--no-self-label`` turns it off."""
+    from taskprune.recipe import Recipe
+
+    model, tok = tiny_causal("llama", layers=2), tiny_causal_tokenizer()
+    assert Recipe().self_labels and not Recipe("attribution").self_labels and not Recipe(self_label=False).self_labels
+    res = compress(model, tok, TASK, EXAMPLES[:4], RateSpec(rate=0.5), calibration=EXAMPLES)
+    assert res.plan.self_labelled == len(EXAMPLES) - 4
+    paper = compress(model, tok, TASK, EXAMPLES[:4], RateSpec(rate=0.5), method="attribution", calibration=EXAMPLES)
+    assert paper.plan.self_labelled is None

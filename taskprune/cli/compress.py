@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> None:
                 else:
                     row.append(value)
     n_used = "no examples" if args.method == "svd" else used(fit, args.samples)
+    if result.plan is not None and result.plan.self_labelled:
+        n_used += f" + {result.plan.self_labelled} self-labelled"
     echo(f"{task.name}: {args.method} on {n_used} ({result.scoring_seconds:.1f} s{ranks_text(result.examples_per_rank)}), "
          f"plan {plan_text}")
     echo(render_table(["", "before", "after"], rows))

@@ -180,9 +180,11 @@ def add_recipe(p: argparse.ArgumentParser) -> None:
                         f"from the fit split, N in all (default {DEFAULT_CALIBRATION})")
     g.add_argument("--search-iterations", type=POSITIVE_INT, default=None,
                    help=f"candidate moves of --allocate search (default {DEFAULT_SEARCH_ITERATIONS})")
-    g.add_argument("--self-label", action="store_const", const=True, default=None,
+    g.add_argument("--self-label", action=argparse.BooleanOptionalAction, default=None,
                    help="also score the calibration inputs (--calibration), each labelled by the dense model's own "
-                        "prediction: more examples at no labelling cost (the plan records how many)")
+                        "prediction: more examples at no labelling cost (the plan records how many); default: the "
+                        f"method's own ({DEFAULT_METHOD}: {'on' if ours.self_label else 'off'}; attribution and the "
+                        "baselines: off)")
     g.add_argument("--steps", type=POSITIVE_INT, default=None, metavar="N",
                    help="iterative pruning: reach --rate in N equal rounds, scoring the pruned (and repaired) model "
                         "again after each but the last (N scorings; default 1, one shot)")

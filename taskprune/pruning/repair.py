@@ -248,7 +248,9 @@ def _solved(consumer: nn.Linear, cols: torch.Tensor, stats: _Stats, config: Repa
     """One group's new kept weights (and bias), solved from its statistics."""
     weight = consumer.weight.detach()[:, cols].cpu()
     bias = None if consumer.bias is None else consumer.bias.detach().cpu()
-    return solve(stats, weight, bias, config.mode, config.alpha)
+    new_w, new_b = solve(stats, weight, bias, config.mode, config.alpha)
+    # in the consumer's dtype at once: solutions waiting for an in-place write hold no float64 copies
+    return new_w.to(consumer.weight.dtype), None if new_b is None else new_b.to(consumer.bias.dtype)
 
 
 def _store(consumer: nn.Linear, cols: torch.Tensor, new_w: torch.Tensor, new_b: torch.Tensor | None) -> None:
