@@ -171,6 +171,28 @@ def test_commands_that_do_not_share_work_are_refused_under_torchrun(monkeypatch:
     assert capsys.readouterr().err == ""
 
 
+LEAVE_SCRIPT = """
+import atexit, pathlib, sys
+from taskprune import distributed
+atexit.register(lambda: pathlib.Path(sys.argv[1]).write_text("ran"))
+print("unflushed line", end="")
+sys.stderr.write("unflushed error")
+distributed.leave_process(3)
+print("never")
+"""
+
+
+def test_leave_process_runs_the_exit_handlers_flushes_and_skips_the_rest(tmp_path: Path) -> None:
+    """A rank ends without the interpreter's teardown (which can abort it), yet loses nothing: exit handlers ran
+    (temp folders), buffered output reached the pipes, the exit status is the one given."""
+    script, marker = tmp_path / "leave.py", tmp_path / "marker"
+    script.write_text(LEAVE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True, text=True,
+                          env=_env(), timeout=HANG_GUARD_S, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "unflushed line", "unflushed error")
+    assert marker.read_text() == "ran"
+
+
 # ----------------------------------------------------------------------------------------------------
 # real 2-process jobs (torchrun, gloo)
 # ----------------------------------------------------------------------------------------------------
@@ -200,7 +222,8 @@ for model_dir in sys.argv[4:]:
     assert any(v.abs().sum() > 0 for v in learnt.values()), "SMP learnt nothing"
 if shard.is_main:
     save_file(results, out)
-distributed.finish()  # not shutdown(): a rank tearing gloo down while rank 0 still saves can abort (SIGABRT)
+distributed.finish(0)  # not shutdown(): a rank tearing gloo down while rank 0 still saves can abort (SIGABRT);
+# and no interpreter teardown after it (a library thread asking for the GIL then aborts the rank: leave_process)
 """
 
 

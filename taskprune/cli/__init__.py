@@ -91,9 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     debug = _debug_wanted(args)
     try:
-        return _run(args, debug)
+        code = _run(args, debug)
     except distributed.Stopped as err:  # the launcher's SIGTERM came while another error was being handled
-        return report_error(str(err), debug, EXIT_UNEXPECTED)
+        code = report_error(str(err), debug, EXIT_UNEXPECTED)
+    if distributed.joined():  # a rank of a job: no interpreter teardown (it can abort the rank)
+        distributed.leave_process(code)
+    return code
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

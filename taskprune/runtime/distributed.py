@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -30,6 +31,7 @@ from ..errors import TaskpruneError, library_message
 #: noticed at once: torchrun stops the others, and gloo/NCCL fail the pending collective
 COLLECTIVE_TIMEOUT = timedelta(hours=24)
 _ERROR_KEY = "taskprune/error-reports"
+_joined = False  # this process joined a job (init_from_env): it ends through leave_process
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,15 @@ def init_from_env() -> Shard:
             dist.init_process_group(backend(), timeout=COLLECTIVE_TIMEOUT)
         except (RuntimeError, ValueError) as err:
             raise PeerLost(f"cannot join the job: {library_message(err)}") from None
+    global _joined
+    _joined = True
     signal.signal(signal.SIGTERM, _on_sigterm)
     return current()
+
+
+def joined() -> bool:
+    """True once this process has joined a job of several processes (even after leaving its process group)."""
+    return _joined
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
@@ -146,15 +155,38 @@ def quiet_sigterm(ignore: bool = False) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore else signal.SIG_DFL)
 
 
-def finish() -> None:
-    """Leave a job that succeeded: wait until every rank is done, then leave. Tearing gloo down while a peer still
-    talks to it can abort the process (seen once under heavy load: SIGABRT, "terminate called without an active
-    exception"); the barrier makes every rank leave together."""
+def finish(exit_code: int | None = None) -> None:
+    """Leave a job that succeeded: wait until every rank is done, then leave the process group; with ``exit_code``,
+    end the process too (:func:`leave_process`: what a torchrun script should do last). Tearing gloo down while a
+    peer still talks to it can abort the process (seen once under heavy load: SIGABRT, "terminate called without an
+    active exception"); the barrier makes every rank leave together."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         barrier()
     shutdown()
+    if exit_code is not None:
+        leave_process(exit_code)
+
+
+def leave_process(code: int) -> NoReturn:
+    """End a process of a multi-process job now, without the interpreter's finalisation: a library thread (gloo's
+    workers, an intra-op pool) that still drops a tensor owned by Python asks for the GIL while the interpreter is
+    torn down, and CPython then ends that thread with ``pthread_exit``, whose forced unwind through C++ aborts the
+    process: SIGABRT, "terminate called without an active exception", after a job that had succeeded (seen on a
+    loaded CI machine, rank 1 of an ``accelerate launch`` job, 2026-12-04). The exit handlers (temp folders) run
+    first and the output is flushed, so nothing of the job is lost; one process alone exits normally."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter would run at exit, run while it is whole
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said on it
+                pass
+        os._exit(code)
 
 
 def shutdown() -> None:
