@@ -47,9 +47,10 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "FLAP-nobias": ("flap", None, "none"),
     "Kwon": ("kwon", None, None),
     "AP+global": ("attribution", "global", "none"),
-    "taskprune": ("taskprune", None, None),  # the default: AP + global-sqrt allocation + least-squares repair
-    # ... scoring the calibration inputs too, labelled by the dense model (compress(self_label=True))
-    "taskprune+selflabel": ("taskprune", None, None),
+    # the default: AP + global-sqrt allocation + least-squares repair, scoring the calibration inputs too, each
+    # labelled by the dense model (self-labelling: the default since 2026-12-04, reports/beyond/README.md)
+    "taskprune": ("taskprune", None, None),
+    "AP+sqrt+repair": ("attribution", "global-sqrt", "ls"),  # ... without self-labelling: the default until then
     "AP+repair": ("attribution", "uniform", "ls"),
     "AP+global+repair": ("attribution", "global", "ls"),
     "AP+search+repair": ("attribution", "search", "ls"),
@@ -61,10 +62,8 @@ VARIANTS: dict[str, tuple[str, str | None, str | None]] = {
     "AP+param+seqrepair": ("attribution", "global-param", "ls+sequential"),
 }
 #: variants pruned in rounds (``compress(steps=)``: re-scored after each round but the last)
-STEPS = {"taskprune+iter3": 3, "AP+raw+repair+iter3": 3, "AP+param+repair+iter3": 3, "AP+param+repair+iter3m": 3,
-         "taskprune+selflabel+iter3": 3}
-#: variants that score the calibration inputs too, labelled by the dense model's predictions
-SELF_LABEL = {"taskprune+selflabel", "taskprune+selflabel+iter3"}
+STEPS = {"taskprune+iter3": 3, "AP+sqrt+repair+iter3": 3, "AP+raw+repair+iter3": 3, "AP+param+repair+iter3": 3,
+         "AP+param+repair+iter3m": 3}
 #: variants whose intermediate rounds are scored masked but unrepaired (only the final cut is repaired)
 MASKED_ROUNDS = {"AP+param+repair+iter3m"}
 VARIANTS.update({v: VARIANTS[v.rsplit("+", 1)[0]] for v in STEPS})
@@ -78,12 +77,13 @@ EARLIER_ROWS = {"FLAP-headz": "FLAP's metric unsquared, summed per head and stan
 RP_TRIALS = 5
 #: (A, B) pairs the report tests at every budget
 COMPARISONS = (("taskprune", "paper-AP"), ("taskprune", "FLAP"), ("taskprune", "Kwon"), ("AP+repair", "paper-AP"),
-               ("AP+global", "paper-AP"), ("taskprune", "AP+raw+repair"), ("AP+search+repair", "taskprune"),
-               ("AP+global+repair", "taskprune"), ("AP+param+repair", "taskprune"),
+               ("AP+global", "paper-AP"), ("taskprune", "AP+sqrt+repair"), ("AP+sqrt+repair", "AP+raw+repair"),
+               ("AP+search+repair", "AP+sqrt+repair"), ("AP+global+repair", "AP+sqrt+repair"),
+               ("AP+param+repair", "AP+sqrt+repair"),
                ("AP+raw+centred", "AP+raw+repair"), ("FLAP", "FLAP-nobias"), ("FLAP", "FLAP-headz"),
                ("AP+raw+seqrepair", "AP+raw+repair"), ("AP+param+seqrepair", "AP+param+repair"),
-               ("taskprune+iter3", "taskprune"), ("AP+raw+repair+iter3", "AP+raw+repair"),
-               ("AP+param+repair+iter3", "AP+param+repair"),
+               ("taskprune+iter3", "taskprune"), ("AP+sqrt+repair+iter3", "AP+sqrt+repair"),
+               ("AP+raw+repair+iter3", "AP+raw+repair"), ("AP+param+repair+iter3", "AP+param+repair"),
                ("taskprune", "TP-taylor"), ("taskprune", "TP-magnitude"),
                ("paper-AP", "RP"), ("paper-AP", "FPP"))
 
@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> None:
             task = tp.get_task(task_name)
             fit_pool = tp.load_examples(task, "fit", args.data_dir)
             dev = tp.load_examples(task, "eval", args.data_dir)
-            ev = (validation_examples(fit_pool, dev, args.validation_size, args.samples, args.calibration)
+            ev = (validation_examples(fit_pool, dev, args.validation_size, args.samples,
+                                      args.validation_excludes or args.calibration)
                   if args.eval_split == "validation" else dev)[: args.eval_examples or None]
             # a seed the validation split was not built around draws its examples from the rest of the fit split
             held = {(e.text, e.prompt) for e in ev} if args.eval_split == "validation" else set()
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
             res = compress(model, tok, task, fit, RateSpec(rate=budget), method=method, config=cfg, seed=seed,
                            allocate=allocate, repair=_repair_config(repair), calibration=calib,
                            steps=STEPS.get(variant, 1), round_repair=variant not in MASKED_ROUNDS,
-                           self_label=variant in SELF_LABEL)
+                           self_label=None)  # the method's own: only taskprune's recipe self-labels
             pruned = res.model
             info = {"allocation": res.plan.allocation, "repair": res.plan.repair}
             if res.plan.self_labelled:
@@ -410,6 +411,9 @@ def main() -> None:
                     help="dev: the reported split; validation: examples of the fit split held out from every seed's "
                          "fit and calibration examples, to choose a recipe on (keep its rows in their own --out)")
     ap.add_argument("--validation-size", type=POSITIVE_INT, default=300)
+    ap.add_argument("--validation-excludes", type=POSITIVE_INT, default=None,
+                    help="the calibration size whose inputs (seeds 0-2) the validation split leaves out (default: "
+                         "--calibration); give the largest size compared so that every size validates on one set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/beyond/results.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="write TABLES.md and the plot here from --out's rows")
