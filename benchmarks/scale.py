@@ -130,6 +130,24 @@ def probe(args: argparse.Namespace) -> dict:
     return {"base_kb": base, "peak_kb": _rss_kb("VmHWM")}
 
 
+def compress_probe(args: argparse.Namespace) -> dict:
+    """Child of ``--compress-only``: the default compress in place and its peak RSS, nothing else. For a size whose
+    timing pairs need the dense and the pruned model at once beyond this machine's memory (3B in float32: 12.8 GB
+    + ~7 GB), this still answers whether the default compress fits and what it costs."""
+    model, dtype = build(SHAPES[args.child], args.bf16_above)
+    tok, task, fit, calib = _inputs(args)
+    params = sum(p.numel() for p in model.parameters())
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kb("VmRSS")
+    t0 = time.perf_counter()
+    res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
+                      batch_size=args.batch_size, inplace=True)
+    return {"dtype": dtype, "params": params, "compress_s": time.perf_counter() - t0,
+            "compress_scoring_s": res.scoring_seconds, "compress_base_kb": base, "compress_peak_kb": _rss_kb("VmHWM"),
+            "compress_inplace": True, "self_labelled": res.plan.self_labelled or 0,
+            "pruned_params": sum(p.numel() for p in res.model.parameters()), "compress_only": True}
+
+
 def main_child(args: argparse.Namespace) -> dict:
     """Child: the timings (scoring, bare passes, compress, latency pairs, generation)."""
     model, dtype = build(SHAPES[args.child], args.bf16_above)
@@ -212,24 +230,33 @@ def _child(args: argparse.Namespace, name: str, what: str) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {json.loads(x)["size"] for x in args.out.read_text().splitlines() if x.strip()} if args.out.exists() else set()
+    rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()] if args.out.exists() else []
+    done = {(r["size"], bool(r.get("compress_only"))) for r in rows}
     for name in args.sizes:
-        if name in done:
+        if (name, args.compress_only) in done:
             continue
         t0 = time.perf_counter()
-        infer, score = _child(args, name, "infer"), _child(args, name, "score")
-        row = {"size": name, **asdict(SHAPES[name]), **_child(args, name, "main"),
-               "infer_peak_kb": infer["peak_kb"], "score_peak_kb": score["peak_kb"],
-               "infer_base_kb": infer["base_kb"], "score_base_kb": score["base_kb"],
-               "examples": args.examples, "calibration": args.calibration, "budget": args.budget,
-               "batch_size": args.batch_size, "threads": args.threads, "machine": platform.machine(),
-               "cpus": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "run_s": 0.0}
+        if args.compress_only:
+            row = {"size": name, **asdict(SHAPES[name]), **_child(args, name, "compress")}
+        else:
+            infer, score = _child(args, name, "infer"), _child(args, name, "score")
+            row = {"size": name, **asdict(SHAPES[name]), **_child(args, name, "main"),
+                   "infer_peak_kb": infer["peak_kb"], "score_peak_kb": score["peak_kb"],
+                   "infer_base_kb": infer["base_kb"], "score_base_kb": score["base_kb"]}
+        row |= {"examples": args.examples, "calibration": args.calibration, "budget": args.budget,
+                "batch_size": args.batch_size, "threads": args.threads, "machine": platform.machine(),
+                "cpus": os.cpu_count(), "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "run_s": 0.0}
         row["run_s"] = round(time.perf_counter() - t0, 1)
         with args.out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{name}: {row['params'] / 1e6:.0f}M {row['dtype']}, scoring {row['scoring_s']:.1f} s, compress "
-              f"{row['compress_s']:.1f} s, score/infer peak {row['score_peak_kb'] / row['infer_peak_kb']:.2f}", flush=True)
+        if args.compress_only:
+            print(f"{name}: {row['params'] / 1e6:.0f}M {row['dtype']}, compress {row['compress_s']:.1f} s, peak "
+                  f"{row['compress_peak_kb'] / 2**20:.1f} GB (compress only)", flush=True)
+        else:
+            print(f"{name}: {row['params'] / 1e6:.0f}M {row['dtype']}, scoring {row['scoring_s']:.1f} s, compress "
+                  f"{row['compress_s']:.1f} s, score/infer peak {row['score_peak_kb'] / row['infer_peak_kb']:.2f}",
+                  flush=True)
 
 
 def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -249,6 +276,8 @@ def _ratio(row: dict, bare: str) -> float:
 def report(args: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
     rows = sorted((r for r in rows if r["size"] != "tiny" or args.include_tiny), key=lambda r: r["params"])
+    only = [r for r in rows if r.get("compress_only")]
+    rows = [r for r in rows if not r.get("compress_only")]
     lines = ["| size | params | dtype | scoring s | bare f+b s (recomputing) | bare ÷ scoring (recomputing) | "
              "compress s | allocation + repair s | peak MB score / infer | ratio | compress peak MB | speed-up b1 / b16 | "
              "tokens/s dense → pruned |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -267,6 +296,14 @@ def report(args: argparse.Namespace) -> None:
         lines.append("\n- † compressed by the default recipe of its day, which did not yet self-label (before "
                      "2026-12-04, commit b70e29d): today's default scores the 128 calibration inputs, not the 10 "
                      "examples alone (SmolLM2: ~35 s instead of ~11 s, reports/beyond/README.md)")
+    if only:
+        lines += ["", "Compress only (`--compress-only`: the default compress in place and its peak; the timing pairs "
+                  "need the dense and the pruned model at once, which these sizes do not fit beside each other):", "",
+                  "| size | params | dtype | compress s | allocation + repair s (with scoring) | compress peak MB "
+                  "(before: model loaded) |", "|---|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['size']} | {r['params'] / 1e6:.0f}M → {r['pruned_params'] / 1e6:.0f}M | {r['dtype']} | "
+                  f"{r['compress_s']:.1f} | {r['compress_scoring_s']:.1f} | {r['compress_peak_kb'] / 1024:.0f} "
+                  f"({r['compress_base_kb'] / 1024:.0f}) |" for r in only]
     fits = {}
     if len(rows) >= 2:
         xs = [r["params"] for r in rows]
@@ -328,13 +365,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=Path("benchmarks/scale/results.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="write TABLE.md and scale.png here from --out's rows")
+    ap.add_argument("--compress-only", action="store_true",
+                    help="measure only the default compress and its peak (sizes whose timing pairs do not fit)")
     ap.add_argument("--include-tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
-    ap.add_argument("--probe", choices=["infer", "score", "main"], help=argparse.SUPPRESS)
+    ap.add_argument("--probe", choices=["infer", "score", "main", "compress"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(main_child(args) if args.probe == "main" else probe(args)))
+        child = {"main": main_child, "compress": compress_probe}.get(args.probe, probe)
+        print(json.dumps(child(args)))
     elif args.report:
         report(args)
     else:

@@ -94,3 +94,10 @@ def test_scale_runs_resumes_and_reports(tmp_path: Path) -> None:
     text = _run("benchmarks/scale.py", "--report", str(tmp_path / "scale"), "--out", str(out), "--include-tiny")
     assert "log-log slope of scoring s" in text and (tmp_path / "scale" / "scale.png").stat().st_size > 0
     assert "(NOT measured)" in text
+    # --compress-only: a row of its own (the full row does not count as done for it), reported in its own table
+    _run(*args, "--compress-only")
+    only = [json.loads(x) for x in out.read_text().splitlines()][-1]
+    assert only["compress_only"] and only["compress_peak_kb"] >= only["compress_base_kb"] > 0
+    assert only["pruned_params"] < only["params"] and "speedup_b1" not in only
+    text = _run("benchmarks/scale.py", "--report", str(tmp_path / "scale"), "--out", str(out), "--include-tiny")
+    assert "Compress only" in text and text.count("| tiny |") == 3
