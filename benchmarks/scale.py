@@ -14,10 +14,12 @@ Per size, in one run (three fresh processes: the two memory probes, then the tim
 - scoring time (the default ScoreConfig: gates + activation checkpointing) and the bare forward+backward of the
   same batches, plain and recomputing its blocks as scoring does, after one warm bare pass, in ``--score-rounds``
   rounds of all three with the order rotated per round; medians of the times and of each round's ratios;
-- compress wall time of the default recipe at ``--budget`` (``--method taskprune``: attribution, its global
-  allocation, least-squares repair on 128 calibration inputs), its allocation + repair time (the method's steps, ``CompressResult.scoring_seconds``,
-  less the scoring time above), and its peak RSS; in place (``inplace=True``, as the CLI runs it; rows before
-  2026-12-04 05:30 UTC compressed a copy and are marked so), the dense model rebuilt from its seed afterwards;
+- compress wall time of the default recipe at ``--budget`` (``--method taskprune``: attribution scores of the 10
+  examples and, self-labelled, of the other calibration inputs, its global allocation, least-squares repair on
+  128 calibration inputs), the rest of it (the method's steps, ``CompressResult.scoring_seconds``, less the
+  10-example scoring time above: self-labelling, allocation and repair) and its peak RSS; in place
+  (``inplace=True``, as the CLI runs it; rows before 2026-12-04 05:30 UTC compressed a copy and are marked so),
+  the dense model rebuilt from its seed afterwards;
 - peak RSS of scoring and of inference over the same batches (VmHWM reset after loading);
 - pruned vs dense forward latency at batch 1 and 16 and greedy generation tokens/s at batch 1 (KV cache), in
   adjacent, order-alternating pairs (ratios are medians of per-pair ratios).
@@ -279,7 +281,7 @@ def report(args: argparse.Namespace) -> None:
     only = [r for r in rows if r.get("compress_only")]
     rows = [r for r in rows if not r.get("compress_only")]
     lines = ["| size | params | dtype | scoring s | bare f+b s (recomputing) | bare ÷ scoring (recomputing) | "
-             "compress s | allocation + repair s | peak MB score / infer | ratio | compress peak MB | speed-up b1 / b16 | "
+             "compress s | compress less a 10-example scoring s | peak MB score / infer | ratio | compress peak MB | speed-up b1 / b16 | "
              "tokens/s dense → pruned |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rest = r["compress_scoring_s"] - r["scoring_s"]  # the method's steps less a scoring of the same examples
@@ -299,7 +301,7 @@ def report(args: argparse.Namespace) -> None:
     if only:
         lines += ["", "Compress only (`--compress-only`: the default compress in place and its peak; the timing pairs "
                   "need the dense and the pruned model at once, which these sizes do not fit beside each other):", "",
-                  "| size | params | dtype | compress s | allocation + repair s (with scoring) | compress peak MB "
+                  "| size | params | dtype | compress s | method steps s | compress peak MB "
                   "(before: model loaded) |", "|---|---:|---|---:|---:|---:|"]
         lines += [f"| {r['size']} | {r['params'] / 1e6:.0f}M → {r['pruned_params'] / 1e6:.0f}M | {r['dtype']} | "
                   f"{r['compress_s']:.1f} | {r['compress_scoring_s']:.1f} | {r['compress_peak_kb'] / 1024:.0f} "
