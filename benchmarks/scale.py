@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -132,6 +133,20 @@ def probe(args: argparse.Namespace) -> dict:
     return {"base_kb": base, "peak_kb": _rss_kb("VmHWM")}
 
 
+def _compress(args: argparse.Namespace, model: torch.nn.Module, tok: Any, task: Any, fit: list, calib: list) -> tuple:
+    """The default compress in place, as `taskprune compress` runs it (the process holds the model, the solved
+    consumers at the kept width and the repair's statistics, not a second model): its row fields and result."""
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kb("VmRSS")
+    t0 = time.perf_counter()
+    res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
+                      batch_size=args.batch_size, inplace=True)
+    return {"compress_s": time.perf_counter() - t0, "compress_scoring_s": res.scoring_seconds,
+            "compress_base_kb": base, "compress_peak_kb": _rss_kb("VmHWM"), "compress_inplace": True,
+            "self_labelled": res.plan.self_labelled or 0,  # the default recipe's self-labelled inputs (2026-12-04)
+            "pruned_params": sum(p.numel() for p in res.model.parameters())}, res
+
+
 def compress_probe(args: argparse.Namespace) -> dict:
     """Child of ``--compress-only``: the default compress in place and its peak RSS, nothing else. For a size whose
     timing pairs need the dense and the pruned model at once beyond this machine's memory (3B in float32: 12.8 GB
@@ -139,15 +154,8 @@ def compress_probe(args: argparse.Namespace) -> dict:
     model, dtype = build(SHAPES[args.child], args.bf16_above)
     tok, task, fit, calib = _inputs(args)
     params = sum(p.numel() for p in model.parameters())
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _rss_kb("VmRSS")
-    t0 = time.perf_counter()
-    res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
-                      batch_size=args.batch_size, inplace=True)
-    return {"dtype": dtype, "params": params, "compress_s": time.perf_counter() - t0,
-            "compress_scoring_s": res.scoring_seconds, "compress_base_kb": base, "compress_peak_kb": _rss_kb("VmHWM"),
-            "compress_inplace": True, "self_labelled": res.plan.self_labelled or 0,
-            "pruned_params": sum(p.numel() for p in res.model.parameters()), "compress_only": True}
+    fields, _ = _compress(args, model, tok, task, fit, calib)
+    return {"dtype": dtype, "params": params, **fields, "compress_only": True}
 
 
 def main_child(args: argparse.Namespace) -> dict:
@@ -175,21 +183,11 @@ def main_child(args: argparse.Namespace) -> dict:
     # each round's bare ÷ scoring, then the median: a round's three passes saw the same machine
     row["bare_ratio"] = statistics.median(b / s for b, s in zip(runs[1], runs[0]))
     row["bare_recompute_ratio"] = statistics.median(b / s for b, s in zip(runs[2], runs[0]))
-    Path("/proc/self/clear_refs").write_text("5")
-    t0 = time.perf_counter()
-    # in place, as `taskprune compress` does: the process holds the model, the solved consumers at the kept width
-    # and the repair's statistics, not a second model (what a 3B model in float32 needs on 24 GiB)
-    res = tp.compress(model, tok, task, fit, tp.RateSpec(rate=args.budget), calibration=calib,
-                      batch_size=args.batch_size, inplace=True)
-    row["compress_s"] = time.perf_counter() - t0
-    row["compress_scoring_s"] = res.scoring_seconds
-    row["compress_peak_kb"] = _rss_kb("VmHWM")
-    row["compress_inplace"] = True
-    row["self_labelled"] = res.plan.self_labelled or 0  # the default recipe's self-labelled inputs (since 2026-12-04)
+    fields, res = _compress(args, model, tok, task, fit, calib)
+    row.update(fields)
     pruned = res.model
     del res, model
     model, _ = build(SHAPES[args.child], args.bf16_above)  # the dense model again (seeded: the same weights)
-    row["pruned_params"] = sum(p.numel() for p in pruned.parameters())
     enc = tok([e.prompt or e.text for e in fit], return_tensors="pt", padding=True)
     for bs in (1, 16):
         reps = -(-bs // len(fit))
@@ -284,7 +282,7 @@ def report(args: argparse.Namespace) -> None:
              "compress s | compress less a 10-example scoring s | peak MB score / infer | ratio | compress peak MB | speed-up b1 / b16 | "
              "tokens/s dense → pruned |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        rest = r["compress_scoring_s"] - r["scoring_s"]  # the method's steps less a scoring of the same examples
+        rest = r["compress_scoring_s"] - r["scoring_s"]  # the method's steps less a 10-example scoring
         lines.append(
             f"| {r['size']} | {r['params'] / 1e6:.0f}M → {r['pruned_params'] / 1e6:.0f}M | {r['dtype']} | "
             f"{r['scoring_s']:.1f} | {r['bare_s']:.1f} ({r['bare_recompute_s']:.1f}) | "
